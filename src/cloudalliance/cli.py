@@ -1,0 +1,249 @@
+"""The ``cloudalliance`` command: one subcommand per stage.
+
+Exit codes: 0 done, 1 the work failed (a notebook, a check), 2 bad input or
+an environment problem (with a message that says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data import SyntheticSpec, generate_synthetic
+
+    spec = SyntheticSpec(args.train_per_class, args.test_per_class, args.pred, args.seed, args.problem_files)
+    root = generate_synthetic(args.out, spec, progress=not args.json)
+    if args.json:
+        _print_json({"root": str(root), **spec.to_dict()})
+    else:
+        print(f"synthetic data set written to {root}")
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from .data import load_image_folder, validate_dataset, validate_folder
+
+    if args.split == "all":
+        reports = validate_dataset(args.path, progress=not args.json)
+    else:
+        split = None if args.split == "auto" else args.split
+        reports = {args.split: validate_folder(load_image_folder(args.path, split), progress=not args.json)}
+    if args.json:
+        _print_json({k: r.to_dict() for k, r in reports.items()})
+    else:
+        for split, rep in reports.items():
+            print(f"[{split}] {rep.summary()}")
+            for p in rep.problems[: args.show]:
+                print(f"    {p.kind:<13} {p.path}  ({p.detail})")
+            if len(rep.problems) > args.show:
+                print(f"    ... and {len(rep.problems) - args.show} more (--show N, or --json)")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .data import fetch_dataset
+
+    path = fetch_dataset(args.dest)
+    print(f"Intel Image Classification data set at {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- s3
+
+
+def cmd_s3_start(args: argparse.Namespace) -> int:
+    from .storage import ensure_local_s3
+
+    info = ensure_local_s3(args.data_dir)
+    if args.json:
+        _print_json({"endpoint_url": info.endpoint_url, "pid": info.pid, "data_dir": info.data_dir,
+                     "log_file": info.log_file, "ports": info.ports})
+    else:
+        print(f"embedded S3 (SeaweedFS) at {info.endpoint_url}, pid {info.pid}, data in {info.data_dir}")
+    return 0
+
+
+def cmd_s3_stop(args: argparse.Namespace) -> int:
+    from .storage import stop_local_s3
+
+    stopped = stop_local_s3()
+    print("embedded S3 stopped" if stopped else "embedded S3 was not running")
+    return 0
+
+
+def cmd_s3_status(args: argparse.Namespace) -> int:
+    from .storage import local_s3_status
+
+    info = local_s3_status()
+    if args.json:
+        _print_json({"running": info is not None, **(info.to_dict() if info else {})})
+    else:
+        print(f"running at {info.endpoint_url} (pid {info.pid})" if info else "not running")
+    return 0 if info else 1
+
+
+def _client(args: argparse.Namespace, workers: int = 16):
+    from .storage import create_s3_client
+
+    return create_s3_client(args.backend, endpoint_url=args.endpoint_url, region=args.region,
+                            max_pool_connections=max(10, workers))
+
+
+def cmd_s3_upload(args: argparse.Namespace) -> int:
+    from .storage import S3Location, ensure_bucket, upload_folder
+
+    location = S3Location.parse(args.dest)
+    if not Path(args.src).is_dir():
+        raise FileNotFoundError(f"Upload source {args.src} is not a folder")
+    client = _client(args, args.workers)
+    if args.create_bucket:
+        ensure_bucket(client, location.bucket)
+    result = upload_folder(args.src, location, client, workers=args.workers, progress=not args.json)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(f"{result.files} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.2f} s: "
+              f"{result.files_per_s:.0f} files/s, {result.mb_per_s:.1f} MB/s; "
+              f"uploaded {result.uploaded}, skipped {result.skipped} already there")
+    return 0
+
+
+# --------------------------------------------------------------------------- course and records
+
+
+def cmd_course_run(args: argparse.Namespace) -> int:
+    from .course import run_course
+
+    t0 = time.perf_counter()
+    result = run_course(args.params, run_id=args.run_id, only=args.only, log_output=args.verbose)
+    print(f"[course] {len(result.results)} notebooks passed in {time.perf_counter() - t0:.1f} s")
+    print(f"[course] run folder: {result.run.path}")
+    print(f"[course] report:     {result.report}")
+    return 0
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    from .records import load_records
+
+    folder = Path(args.run_dir)
+    records = load_records(folder / "records" if (folder / "records").is_dir() else folder, args.stage)
+    if args.json:
+        _print_json([r.to_dict() for r in records])
+        return 0
+    for r in records:
+        total = r.timings.get("total_s", "")
+        print(f"{r.filename:<40} {r.backend:<6} {r.instance:<16} {total}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloudalliance", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cloudalliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make, check or fetch the image data set").add_subparsers(
+        dest="action", required=True)
+    p = data.add_parser("synth", help="write the synthetic data set in Kaggle's layout")
+    p.add_argument("--out", required=True, help="destination folder")
+    p.add_argument("--train-per-class", type=int, default=40)
+    p.add_argument("--test-per-class", type=int, default=10)
+    p.add_argument("--pred", type=int, default=12, help="unlabeled images in seg_pred")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--problem-files", action="store_true", help="also write broken files (for tests)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("validate", help="counts, sizes, modes and problem files of a data folder")
+    p.add_argument("path")
+    p.add_argument("--split", default="all", choices=["all", "auto", "train", "test", "pred"],
+                   help="all: every seg_* split found; auto: PATH holds the class folders")
+    p.add_argument("--show", type=int, default=20, help="problems to list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("fetch", help="download the real data set with kagglehub (needs internet)")
+    p.add_argument("--dest", help="link the download here")
+    p.set_defaults(func=cmd_data_fetch)
+
+    s3 = sub.add_parser("s3", help="the embedded S3 server and uploads").add_subparsers(dest="action", required=True)
+    p = s3.add_parser("start", help="start the embedded S3 server (SeaweedFS) and leave it running")
+    p.add_argument("--data-dir", help="where SeaweedFS keeps its data (default: in the state folder)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_s3_start)
+    p = s3.add_parser("stop", help="stop the embedded S3 server")
+    p.set_defaults(func=cmd_s3_stop)
+    p = s3.add_parser("status", help="is the embedded S3 server up?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_s3_status)
+    p = s3.add_parser("upload", help="upload a folder to s3://BUCKET/PREFIX (resumable)")
+    p.add_argument("src")
+    p.add_argument("dest", help="s3://BUCKET/PREFIX")
+    p.add_argument("--backend", default="local", choices=["local", "aws"])
+    p.add_argument("--endpoint-url", help="S3 endpoint (local: the embedded server, started if needed)")
+    p.add_argument("--region")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_s3_upload)
+
+    course = sub.add_parser("course", help="run the notebooks with papermill").add_subparsers(
+        dest="action", required=True)
+    p = course.add_parser("run", help="run the course's notebooks in order")
+    p.add_argument("--params", default="params/local.yaml")
+    p.add_argument("--run-id")
+    p.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these")
+    p.add_argument("--verbose", action="store_true", help="show the notebooks' output as they run")
+    p.set_defaults(func=cmd_course_run)
+
+    p = sub.add_parser("records", help="list the records of a run")
+    p.add_argument("run_dir", help="runs/<run-id> (or its records folder)")
+    p.add_argument("--stage")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_records)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .course import CourseError
+    from .data import DataError
+    from .records import RecordError
+    from .services import ServiceError
+    from .storage import StorageError
+
+    return (DataError, StorageError, ServiceError, RecordError, CourseError, FileNotFoundError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _known_errors() as exc:
+        from .course import CourseError
+
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, CourseError) else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The course runner: papermill runs the notebooks in order with parameters from a YAML file.
+
+``params/<backend>.yaml``::
+
+    backend: local            # local | aws
+    run_id: null              # null: a timestamp
+    runs_dir: runs
+    parameters:               # offered to every notebook; each takes those it declares
+      DATA_SOURCE: synthetic
+    notebooks:
+      - 01_data_exploration.ipynb
+      - notebook: 03_training.ipynb
+        parameters: {EPOCHS: 3}
+        foreach: {INSTANCE_TYPE: [local-1cpu, local-2cpu]}   # one run per value
+
+Executed notebooks go to ``runs/<run-id>/notebooks/``, the report to
+``runs/<run-id>/report.html``. Local servers started during the run are
+stopped at the end, whether it passed or failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import html
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from . import services
+from .runs import RunContext, new_run_id, open_run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+_TOP_KEYS = {"backend", "run_id", "runs_dir", "parameters", "notebooks", "kernel"}
+_PARAM_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class CourseError(RuntimeError):
+    """A course run that could not start or whose notebook failed."""
+
+
+@dataclasses.dataclass
+class Job:
+    notebook: str
+    output: str
+    parameters: dict[str, Any]
+
+
+@dataclasses.dataclass
+class JobResult:
+    job: Job
+    status: str  # passed | failed | not run
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclasses.dataclass
+class CourseResult:
+    run: RunContext
+    results: list[JobResult]
+    report: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "passed" for r in self.results)
+
+
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CourseError(f"Parameter file {path} not found; see params/local.yaml for the format")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CourseError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CourseError(f"{path} must be a mapping with keys: {', '.join(sorted(_TOP_KEYS))}")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise CourseError(f"{path}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    if doc.get("backend", "local") not in ("local", "aws"):
+        raise CourseError(f"{path}: backend {doc.get('backend')!r} unknown; choose one of: local, aws")
+    for name in doc.get("parameters") or {}:
+        if not _PARAM_RE.match(name):
+            raise CourseError(f"{path}: parameter {name!r} must be UPPER_CASE like the notebooks' parameters")
+    if not doc.get("notebooks"):
+        raise CourseError(f"{path}: 'notebooks' lists no notebook to run")
+    return doc
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The parameters a notebook declares in its cell tagged ``parameters``."""
+    import papermill
+
+    return dict(papermill.inspect_notebook(str(path)))
+
+
+def plan(doc: dict[str, Any], notebooks_dir: Path = NOTEBOOKS_DIR, run: RunContext | None = None) -> list[Job]:
+    """Expand the notebook list (with ``foreach``) into jobs with their parameters."""
+    common = dict(doc.get("parameters") or {})
+    if run is not None:
+        common.update(RUN_ID=run.run_id, RUNS_DIR=str(run.runs_dir), BACKEND=run.backend)
+    jobs: list[Job] = []
+    for entry in doc["notebooks"]:
+        if isinstance(entry, str):
+            entry = {"notebook": entry}
+        if not isinstance(entry, dict) or "notebook" not in entry:
+            raise CourseError(f"Notebook entry {entry!r} needs a 'notebook' name")
+        name = entry["notebook"]
+        path = notebooks_dir / name
+        if not path.is_file():
+            raise CourseError(f"Notebook {name} not found in {notebooks_dir}")
+        declared = notebook_parameters(path)
+        extra = dict(entry.get("parameters") or {})
+        undeclared = sorted(set(extra) - set(declared))
+        if undeclared:
+            raise CourseError(f"{name} has no parameters {undeclared}; it declares: {', '.join(declared)}")
+        foreach = entry.get("foreach") or {}
+        if len(foreach) > 1:
+            raise CourseError(f"{name}: foreach takes one parameter, got {sorted(foreach)}")
+        variants: list[dict[str, Any]] = [{}]
+        if foreach:
+            (key, values), = foreach.items()
+            if key not in declared:
+                raise CourseError(f"{name} has no parameter {key!r} to run foreach over")
+            if not isinstance(values, list) or not values:
+                raise CourseError(f"{name}: foreach {key} needs a non-empty list")
+            variants = [{key: v} for v in values]
+        for variant in variants:
+            params = {k: v for k, v in common.items() if k in declared}
+            params.update(extra)
+            params.update(variant)
+            stem = Path(name).stem
+            suffix = "".join(f"-{re.sub(r'[^A-Za-z0-9._-]', '_', str(v))}" for v in variant.values())
+            jobs.append(Job(notebook=name, output=f"{stem}{suffix}.ipynb", parameters=params))
+    return jobs
+
+
+@contextlib.contextmanager
+def _environment(**env: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _describe_failure(exc: Exception, job: Job, output: Path) -> str:
+    cell = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    where = f"cell {cell}" if cell is not None else "a cell"
+    if count is not None:
+        where += f" (In [{count}])"
+    return f"{job.notebook} failed at {where}: {ename}: {evalue}. Executed notebook: {output}"
+
+
+def run_course(
+    params_path: str | os.PathLike,
+    run_id: str | None = None,
+    only: list[str] | None = None,
+    notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR,
+    log_output: bool = False,
+) -> CourseResult:
+    """Run the course's notebooks in order; raise :class:`CourseError` naming the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    doc = load_params(params_path)
+    notebooks_dir = Path(notebooks_dir).resolve()
+    runs_dir = Path(doc.get("runs_dir") or "runs")
+    if not runs_dir.is_absolute():
+        runs_dir = REPO_ROOT / runs_dir
+    run = open_run(run_id or doc.get("run_id") or new_run_id(), runs_dir, doc.get("backend", "local"))
+    jobs = plan(doc, notebooks_dir, run)
+    if only:
+        jobs = [j for j in jobs if any(j.notebook.startswith(o) or j.output.startswith(o) for o in only)]
+        if not jobs:
+            raise CourseError(f"--only {only} matches no notebook")
+    (run.path / "params.yaml").write_text(
+        yaml.safe_dump({**doc, "run_id": run.run_id, "runs_dir": str(run.runs_dir),
+                        "jobs": [dataclasses.asdict(j) for j in jobs]}, sort_keys=False)
+    )
+    out_dir = run.path / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = run.path / "services"
+    results = [JobResult(job, "not run") for job in jobs]
+    failure: str | None = None
+    with _environment(**{services.STATE_ENV: str(state)}):
+        try:
+            for result in results:
+                job = result.job
+                output = out_dir / job.output
+                print(f"[course] {job.output} ...", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    papermill.execute_notebook(
+                        str(notebooks_dir / job.notebook),
+                        str(output),
+                        parameters=job.parameters,
+                        cwd=str(notebooks_dir),
+                        kernel_name=doc.get("kernel", "python3"),
+                        progress_bar=False,
+                        log_output=log_output,
+                    )
+                except PapermillExecutionError as exc:
+                    result.status, result.seconds = "failed", time.perf_counter() - t0
+                    result.error = failure = _describe_failure(exc, job, output)
+                    break
+                except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook, ...
+                    result.status, result.seconds = "failed", time.perf_counter() - t0
+                    result.error = failure = f"{job.notebook} could not run: {type(exc).__name__}: {exc}"
+                    break
+                result.status, result.seconds = "passed", time.perf_counter() - t0
+                print(f"[course] {job.output} passed in {result.seconds:.1f} s", flush=True)
+        finally:
+            stopped = services.stop_all()
+            if stopped:
+                print(f"[course] stopped local services: {', '.join(stopped)}", flush=True)
+    report = write_report(run, results, Path(params_path))
+    course = CourseResult(run, results, report)
+    if failure:
+        raise CourseError(f"{failure}\nReport: {report}")
+    return course
+
+
+def _summary_markdown(run: RunContext, results: list[JobResult], params_path: Path) -> str:
+    lines = [
+        f"# Course run `{run.run_id}`",
+        "",
+        f"Backend **{run.backend}**, parameters from `{params_path}`, "
+        f"finished {_dt.datetime.now().isoformat(timespec='seconds')}.",
+        "",
+        "| notebook | status | seconds |",
+        "|---|---|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r.job.output} | {r.status} | {r.seconds:.1f} |")
+    failed = [r for r in results if r.error]
+    if failed:
+        lines += ["", "**Failure:** " + html.escape(failed[0].error)]
+    records = run.records()
+    if records:
+        lines += ["", "## Records", "", "| record | backend | instance | total s | key figures |", "|---|---|---|---:|---|"]
+        for rec in records:
+            total = rec.timings.get("total_s", "")
+            figures = ", ".join(f"{k}={v}" for k, v in list(rec.metrics.items())[:3] if not isinstance(v, dict))
+            lines.append(f"| {rec.filename} | {rec.backend} | {rec.instance} | {total} | {figures} |")
+    return "\n".join(lines)
+
+
+def write_report(run: RunContext, results: list[JobResult], params_path: Path) -> Path:
+    """One self-contained ``report.html``: the run summary, then every executed notebook."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    combined = nbformat.v4.new_notebook()
+    combined.cells.append(nbformat.v4.new_markdown_cell(_summary_markdown(run, results, params_path)))
+    for r in results:
+        path = run.path / "notebooks" / r.job.output
+        if r.status == "not run" or not path.exists():
+            continue
+        nb = nbformat.read(path, as_version=4)
+        combined.cells.append(nbformat.v4.new_markdown_cell(f"---\n# {r.job.output} ({r.status})"))
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{Path(r.job.output).stem[:40]}-{i}"
+            combined.cells.append(cell)
+        if not combined.metadata and nb.metadata:
+            combined.metadata = nb.metadata
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(combined)
+    path = run.path / "report.html"
+    path.write_text(body, encoding="utf-8")
+    return path

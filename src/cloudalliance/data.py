@@ -1,0 +1,448 @@
+"""Data: the synthetic data set, the Kaggle-layout loader and its validation report.
+
+Kaggle's layout is ``seg_train/seg_train/<class>/*.jpg``,
+``seg_test/seg_test/<class>/*.jpg`` and ``seg_pred/seg_pred/*.jpg``. The loader
+also takes the flat form (``<root>/<class>/*.jpg``) and a split folder given
+directly.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import synthetic
+
+CLASSES = synthetic.CLASSES
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "test", "pred")
+EXPECTED_SIZE = (150, 150)
+KAGGLE_DATASET = "puneet6060/intel-image-classification"
+
+
+class DataError(RuntimeError):
+    """A data folder that cannot be used, with what to do about it."""
+
+
+# --------------------------------------------------------------------------- synthetic data set
+
+
+@dataclasses.dataclass
+class SyntheticSpec:
+    train_per_class: int = 40
+    test_per_class: int = 10
+    pred: int = 12
+    seed: int = 0
+    problem_files: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _write_one(job: tuple[str, int, str]) -> None:
+    cls, seed, path = job
+    data = synthetic.encode_jpeg(synthetic.render(cls, seed), seed)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _seed(base: int, split: str, cls: str, index: int) -> int:
+    return (base * 1_000_003 + SPLITS.index(split) * 100_003 + CLASSES.index(cls) * 10_007 + index) % (2**31)
+
+
+def generate_synthetic(
+    dest: str | os.PathLike,
+    spec: SyntheticSpec | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write the synthetic data set in Kaggle's layout under ``dest``; return ``dest``.
+
+    Files that already exist are kept (the same seed writes the same bytes),
+    so a rerun after an interruption only writes what is missing.
+    """
+    from tqdm.auto import tqdm
+
+    spec = spec or SyntheticSpec()
+    root = Path(dest)
+    jobs: list[tuple[str, int, str]] = []
+    for split, per_class in (("train", spec.train_per_class), ("test", spec.test_per_class)):
+        for cls in CLASSES:
+            folder = root / f"seg_{split}" / f"seg_{split}" / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                jobs.append((cls, _seed(spec.seed, split, cls, i), str(folder / f"{i:05d}.jpg")))
+    pred_folder = root / "seg_pred" / "seg_pred"
+    pred_folder.mkdir(parents=True, exist_ok=True)
+    pred_rng = np.random.default_rng(spec.seed + 7)
+    for i in range(spec.pred):
+        cls = CLASSES[int(pred_rng.integers(len(CLASSES)))]
+        jobs.append((cls, _seed(spec.seed, "pred", cls, i), str(pred_folder / f"{i:05d}.jpg")))
+    todo = [j for j in jobs if not os.path.exists(j[2])]
+    workers = workers or min(4, os.cpu_count() or 1)
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="synthetic scenes", unit="img",
+              disable=not progress) as bar:
+        if workers > 1 and len(todo) > 50:
+            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(_write_one, todo, chunksize=16):
+                    bar.update(1)
+        else:
+            for job in todo:
+                _write_one(job)
+                bar.update(1)
+    if spec.problem_files:
+        synthetic.write_problem_files(root / "seg_train" / "seg_train" / CLASSES[0], spec.seed)
+    (root / "synthetic.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    return root
+
+
+def prepare_dataset(source: str, dest: str | os.PathLike, spec: SyntheticSpec | None = None,
+                    progress: bool = True) -> Path:
+    """The data set's root folder: ``source`` is ``"synthetic"`` or a Kaggle-layout folder."""
+    if source == "synthetic":
+        return generate_synthetic(dest, spec, progress=progress)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"Data folder {root} does not exist. Pass a Kaggle-layout folder "
+            "(seg_train/seg_train/<class>/*.jpg), 'synthetic', or run `cloudalliance data fetch`."
+        )
+    return root
+
+
+# --------------------------------------------------------------------------- loader
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """Image files and their labels (label -1: unlabeled, as in ``seg_pred``)."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: list[int]
+    ignored: list[Path] = dataclasses.field(default_factory=list)  # files that are not images
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.classes)
+
+    def counts(self) -> dict[str, int]:
+        c = collections.Counter(self.labels)
+        return {cls: c.get(i, 0) for i, cls in enumerate(self.classes)}
+
+    def without(self, paths: Iterable[os.PathLike | str]) -> "ImageFolder":
+        drop = {Path(p) for p in paths}
+        keep = [(f, l) for f, l in zip(self.files, self.labels) if f not in drop]
+        return dataclasses.replace(self, files=[f for f, _ in keep], labels=[l for _, l in keep])
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _visible(entries: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def resolve_split(root: str | os.PathLike, split: str | None = None) -> Path:
+    """The folder that holds the class folders (or the images) of ``split``.
+
+    ``root`` may be the data set root (with ``seg_<split>``), a split folder
+    (doubly nested or not), or a folder of class folders.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"Data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; give the folder that holds the class folders")
+    if split is not None:
+        if split not in SPLITS:
+            raise DataError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        for candidate in (root / f"seg_{split}" / f"seg_{split}", root / f"seg_{split}", root / split):
+            if candidate.is_dir():
+                root = candidate
+                break
+        else:
+            raise DataError(
+                f"No {split} split under {root}: looked for seg_{split}/seg_{split}, seg_{split} and {split}"
+            )
+    # doubly nested: seg_train/seg_train
+    subdirs = [p for p in _visible(root.iterdir()) if p.is_dir()]
+    if len(subdirs) == 1 and subdirs[0].name == root.name:
+        root = subdirs[0]
+    return root
+
+
+def load_image_folder(path: str | os.PathLike, split: str | None = None,
+                      classes: Sequence[str] | None = None) -> ImageFolder:
+    """File list and labels of a Kaggle-layout folder (nested or flat), or of unlabeled images."""
+    root = resolve_split(path, split)
+    entries = _visible(root.iterdir())
+    class_dirs = [p for p in entries if p.is_dir()]
+    if not class_dirs:
+        images = [p for p in entries if p.is_file() and _is_image(p)]
+        if not images:
+            raise DataError(f"{root} has no class folders and no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return ImageFolder(root, [], images, [-1] * len(images),
+                           ignored=[p for p in entries if p.is_file() and not _is_image(p)])
+    names = [p.name for p in class_dirs]
+    if classes is None:
+        classes = names
+    else:
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise DataError(f"{root} has class folders {unknown} that are not among: {', '.join(classes)}")
+    files, labels, ignored = [], [], []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            continue
+        for p in _visible(folder.rglob("*")):
+            if not p.is_file():
+                continue
+            if _is_image(p):
+                files.append(p)
+                labels.append(label)
+            else:
+                ignored.append(p)
+    if not files:
+        raise DataError(f"{root} has class folders but no images in them")
+    return ImageFolder(root, list(classes), files, labels, ignored)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclasses.dataclass
+class Problem:
+    path: str
+    kind: str  # unreadable | empty | grayscale | odd-size | not-an-image
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    root: str
+    classes: list[str]
+    counts: dict[str, int]
+    files: int
+    bytes: int
+    sizes: dict[str, int]
+    modes: dict[str, int]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem_paths(self, kinds: Sequence[str] = ("unreadable", "empty")) -> list[str]:
+        return [p.path for p in self.problems if p.kind in kinds]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["problems"] = [p.to_dict() for p in self.problems]
+        return data
+
+    def summary(self) -> str:
+        kinds = collections.Counter(p.kind for p in self.problems)
+        lines = [f"{self.root}: {self.files} images, {self.bytes / 1e6:.1f} MB, {len(self.classes)} classes"]
+        for cls, n in self.counts.items():
+            lines.append(f"  {cls:<10} {n:>6}")
+        lines.append("  sizes: " + ", ".join(f"{k} x{v}" for k, v in list(self.sizes.items())[:6]))
+        lines.append("  modes: " + ", ".join(f"{k} x{v}" for k, v in self.modes.items()))
+        if kinds:
+            lines.append("  problems: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+        else:
+            lines.append("  problems: none")
+        return "\n".join(lines)
+
+
+def inspect_image(path: Path, expected_size: tuple[int, int] = EXPECTED_SIZE) -> tuple[str, str, int, list[Problem]]:
+    """Decode one file fully; return (size, mode, bytes, problems). Never raises on bad files."""
+    from PIL import Image, UnidentifiedImageError
+
+    problems: list[Problem] = []
+    try:
+        nbytes = path.stat().st_size
+    except OSError as exc:
+        return "", "", 0, [Problem(str(path), "unreadable", str(exc))]
+    if nbytes == 0:
+        return "", "", 0, [Problem(str(path), "empty", "0 bytes")]
+    try:
+        with Image.open(path) as img:
+            img.load()
+            size, mode = img.size, img.mode
+            gray = mode in ("L", "LA", "1", "I", "I;16", "F")
+            if not gray and mode == "RGB":
+                arr = np.asarray(img)
+                gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+                if gray:
+                    mode = "RGB (gray content)"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return "", "", nbytes, [Problem(str(path), "unreadable", f"{type(exc).__name__}: {exc}")]
+    if gray:
+        problems.append(Problem(str(path), "grayscale", mode))
+    if expected_size and tuple(size) != tuple(expected_size):
+        problems.append(Problem(str(path), "odd-size", f"{size[0]}x{size[1]}"))
+    return f"{size[0]}x{size[1]}", mode, nbytes, problems
+
+
+def validate_folder(folder: ImageFolder, expected_size: tuple[int, int] | None = EXPECTED_SIZE,
+                    workers: int = 4, progress: bool = True) -> ValidationReport:
+    """Counts per class, sizes, modes, and every unreadable, grayscale or odd-sized file by name."""
+    from tqdm.auto import tqdm
+
+    sizes: collections.Counter = collections.Counter()
+    modes: collections.Counter = collections.Counter()
+    problems: list[Problem] = [Problem(str(p), "not-an-image", p.suffix or "no extension") for p in folder.ignored]
+    total = 0
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: inspect_image(p, expected_size), folder.files)
+        for size, mode, nbytes, found in tqdm(results, total=len(folder), desc="checking images",
+                                              unit="img", disable=not progress):
+            total += nbytes
+            if size:
+                sizes[size] += 1
+                modes[mode] += 1
+            problems.extend(found)
+    counts = folder.counts() if folder.labeled else {"(unlabeled)": len(folder)}
+    return ValidationReport(
+        root=str(folder.root),
+        classes=list(folder.classes),
+        counts=counts,
+        files=len(folder),
+        bytes=total,
+        sizes=dict(sizes.most_common()),
+        modes=dict(modes.most_common()),
+        problems=problems,
+    )
+
+
+def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "test", "pred"),
+                     progress: bool = True) -> dict[str, ValidationReport]:
+    """Validation reports for every split of a Kaggle-layout data set that is present."""
+    reports = {}
+    for split in splits:
+        try:
+            folder = load_image_folder(root, split)
+        except DataError:
+            continue
+        reports[split] = validate_folder(folder, progress=progress)
+    if not reports:
+        raise DataError(
+            f"No split found under {root}; expected seg_train/seg_train/<class>/*.jpg "
+            "(or seg_test, seg_pred), or class folders directly"
+        )
+    return reports
+
+
+def counts_by_split(reports: dict[str, ValidationReport]) -> dict[str, dict[str, int]]:
+    return {split: dict(rep.counts) for split, rep in reports.items()}
+
+
+def stats_table(reports: dict[str, ValidationReport]):
+    """One row per split: files, MB, classes, the most common size and mode, problems."""
+    import pandas as pd
+
+    rows = []
+    for split, rep in reports.items():
+        rows.append({
+            "split": split,
+            "files": rep.files,
+            "MB": round(rep.bytes / 1e6, 2),
+            "classes": len(rep.classes),
+            "sizes": ", ".join(f"{k} ({v})" for k, v in list(rep.sizes.items())[:3]),
+            "modes": ", ".join(f"{k} ({v})" for k, v in rep.modes.items()),
+            "problems": len(rep.problems),
+        })
+    return pd.DataFrame(rows).set_index("split")
+
+
+def problems_table(reports: dict[str, ValidationReport]):
+    """Every problem file by name, with its split, kind and detail."""
+    import pandas as pd
+
+    rows = [{"split": split, **p.to_dict()} for split, rep in reports.items() for p in rep.problems]
+    return pd.DataFrame(rows, columns=["split", "kind", "path", "detail"])
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _online(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def fetch_dataset(dest: str | os.PathLike | None = None) -> Path:
+    """Download the real Intel data set with kagglehub; clear error when offline."""
+    if not _online():
+        raise DataError(
+            "Kaggle is not reachable from this machine, so the real data set cannot be downloaded here. "
+            f"Download '{KAGGLE_DATASET}' on a machine with internet (kagglehub or the Kaggle web page), "
+            "copy the unpacked folder here and pass it as the data source "
+            "(DATA_SOURCE in the notebooks, data.source in params/*.yaml); "
+            "or keep the embedded synthetic data set (DATA_SOURCE='synthetic')."
+        )
+    try:
+        import kagglehub
+    except ImportError as exc:  # pragma: no cover - kagglehub is a dependency
+        raise DataError("kagglehub is not installed: pip install kagglehub") from exc
+    try:
+        path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
+    except Exception as exc:  # noqa: BLE001 - kagglehub raises many kinds
+        raise DataError(
+            f"kagglehub could not download {KAGGLE_DATASET}: {exc}. "
+            "Check your Kaggle credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY)."
+        ) from exc
+    if dest is None:
+        return path
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest} exists and is not empty; choose an empty folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(path, dest, target_is_directory=True)
+    return dest
+
+
+# --------------------------------------------------------------------------- records
+
+
+def data_record(reports: dict[str, ValidationReport], source: str, seconds: float, backend: str = "local"):
+    from .records import Record
+
+    sizes: dict[str, Any] = {}
+    for split, rep in reports.items():
+        sizes[f"{split}_files"] = rep.files
+        sizes[f"{split}_bytes"] = rep.bytes
+        sizes[f"{split}_problems"] = len(rep.problems)
+    return Record(
+        stage="data",
+        name="exploration",
+        backend=backend,
+        instance="localhost" if backend == "local" else "",
+        timings={"validate_s": round(seconds, 3)},
+        sizes=sizes,
+        metrics={f"{split}_counts": rep.counts for split, rep in reports.items()},
+        config={"source": source},
+    )

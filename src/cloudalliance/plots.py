@@ -1,0 +1,96 @@
+"""Charts the notebooks show. Each returns a matplotlib Figure; nothing here computes results."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .data import ImageFolder
+
+
+def _plt():
+    # matplotlib picks a headless backend by itself when there is no display,
+    # and the inline one inside Jupyter.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_counts(counts_by_split: Mapping[str, Mapping[str, int]], title: str = "Images per class"):
+    """Grouped bar chart: one group per class, one bar per split."""
+    plt = _plt()
+    splits = [s for s, c in counts_by_split.items() if c and "(unlabeled)" not in c]
+    classes = sorted({cls for s in splits for cls in counts_by_split[s]})
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / max(1, len(splits))
+    x = np.arange(len(classes))
+    for i, split in enumerate(splits):
+        values = [counts_by_split[split].get(c, 0) for c in classes]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=split)
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(folder: ImageFolder, per_class: int = 6, seed: int = 0, title: str = "Samples per class",
+                skip: Sequence[str] = ()):
+    """A grid with one row per class (or one row of unlabeled images)."""
+    from PIL import Image
+
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    skip_set = set(map(str, skip))
+    rows = folder.classes or ["(unlabeled)"]
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(1.6 * per_class, 1.7 * len(rows)), squeeze=False)
+    for r, cls in enumerate(rows):
+        label = r if folder.classes else -1
+        pool = [f for f, l in zip(folder.files, folder.labels) if l == label and str(f) not in skip_set]
+        picks = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False) if pool else []
+        for c in range(per_class):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(picks):
+                with Image.open(pool[picks[c]]) as img:
+                    ax.imshow(img.convert("RGB"))
+            if c == 0:
+                ax.set_title(cls, loc="left", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bars(values: Mapping[str, float], ylabel: str, title: str, fmt: str = "{:.1f}", color: str | None = None):
+    """One bar per name, labelled with its value."""
+    plt = _plt()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.4))
+    drawn = ax.bar(names, [values[n] for n in names], color=color)
+    ax.bar_label(drawn, labels=[fmt.format(values[n]) for n in names], fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def upload_comparison(results: Sequence[Mapping], title: str = "S3 upload"):
+    """Seconds and files/s side by side for several uploads (records' dicts)."""
+    plt = _plt()
+    names = [r["name"] for r in results]
+    seconds = [r["seconds"] for r in results]
+    rates = [r["files_per_s"] for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(names) + 3), 3.4))
+    for ax, vals, label, fmt in ((a, seconds, "seconds (lower is better)", "{:.1f}"),
+                                 (b, rates, "files/s (higher is better)", "{:.0f}")):
+        drawn = ax.bar(names, vals)
+        ax.bar_label(drawn, labels=[fmt.format(v) for v in vals], fontsize=9)
+        ax.set_title(label)
+        ax.margins(y=0.15)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

