@@ -156,13 +156,31 @@ def _environment(**env: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+_ADDED_BY_PAPERMILL = ("injected-parameters", "papermill-error-cell-tag")
+
+
 def _describe_failure(exc: Exception, job: Job, output: Path) -> str:
-    cell = getattr(exc, "cell_index", None)
+    """'<notebook> failed at cell N (In [k]) `first line`: Error: message'.
+
+    N counts the cells of the source notebook from 1 (papermill's injected
+    parameters and error banner are not counted).
+    """
+    import nbformat
+
     count = getattr(exc, "exec_count", None)
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
-    where = f"cell {cell}" if cell is not None else "a cell"
-    if count is not None:
-        where += f" (In [{count}])"
+    where = "a cell"
+    try:
+        cells = [c for c in nbformat.read(output, as_version=4).cells
+                 if not set(c.metadata.get("tags", [])) & set(_ADDED_BY_PAPERMILL)]
+        for position, cell in enumerate(cells, start=1):
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                first = cell.source.strip().splitlines()[0][:80] if cell.source.strip() else ""
+                where = f"cell {position}" + (f" (In [{count}])" if count is not None else "")
+                where += f" `{first}`" if first else ""
+                break
+    except (OSError, ValueError):
+        pass
     return f"{job.notebook} failed at {where}: {ename}: {evalue}. Executed notebook: {output}"
 
 
@@ -182,6 +200,7 @@ def run_course(
     runs_dir = Path(doc.get("runs_dir") or "runs")
     if not runs_dir.is_absolute():
         runs_dir = REPO_ROOT / runs_dir
+    plan(doc, notebooks_dir)  # every mistake in the file is reported before anything is created
     run = open_run(run_id or doc.get("run_id") or new_run_id(), runs_dir, doc.get("backend", "local"))
     jobs = plan(doc, notebooks_dir, run)
     if only:

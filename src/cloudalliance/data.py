@@ -337,7 +337,15 @@ def validate_folder(folder: ImageFolder, expected_size: tuple[int, int] | None =
 
 def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "test", "pred"),
                      progress: bool = True) -> dict[str, ValidationReport]:
-    """Validation reports for every split of a Kaggle-layout data set that is present."""
+    """Validation reports for every split of a Kaggle-layout data set that is present.
+
+    A folder with no ``seg_*`` split but class folders (the flat form) gives one
+    report under the key ``"folder"``.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} does not exist" if not root.exists()
+                        else f"{root} is a file; give the data set's folder")
     reports = {}
     for split in splits:
         try:
@@ -345,6 +353,11 @@ def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", 
         except DataError:
             continue
         reports[split] = validate_folder(folder, progress=progress)
+    if not reports:
+        try:
+            reports["folder"] = validate_folder(load_image_folder(root), progress=progress)
+        except DataError:
+            pass
     if not reports:
         raise DataError(
             f"No split found under {root}; expected seg_train/seg_train/<class>/*.jpg "

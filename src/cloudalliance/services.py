@@ -49,6 +49,7 @@ class ServiceInfo:
     log_file: str
     cmdline: list[str]
     started_at: float
+    cleanup: list[str] = dataclasses.field(default_factory=list)  # files to remove once stopped
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -124,7 +125,7 @@ def _pid_matches(info: ServiceInfo) -> bool:
 
 
 def _state_file(name: str) -> Path:
-    return state_dir() / f"{name}.json"
+    return state_dir() / f"{name}.service.json"
 
 
 @contextlib.contextmanager
@@ -143,15 +144,17 @@ def read_state(name: str) -> ServiceInfo | None:
     if not path.exists():
         return None
     try:
-        return ServiceInfo(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(ServiceInfo)}
+        return ServiceInfo(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError):
         return None
 
 
 def list_services() -> list[ServiceInfo]:
     found = []
-    for path in sorted(state_dir().glob("*.json")):
-        info = read_state(path.stem)
+    for path in sorted(state_dir().glob("*.service.json")):
+        info = read_state(path.name[: -len(".service.json")])
         if info is not None:
             found.append(info)
     return found
@@ -187,6 +190,7 @@ def start_service(
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     cwd: str | os.PathLike | None = None,
+    cleanup: Sequence[str | os.PathLike] = (),
 ) -> ServiceInfo:
     """Start ``argv`` as service ``name`` and wait until ``healthy()`` is true.
 
@@ -219,6 +223,7 @@ def start_service(
         log_file=str(log_file),
         cmdline=list(argv),
         started_at=time.time(),
+        cleanup=[str(p) for p in cleanup],
     )
     _atomic_write_text(_state_file(name), json.dumps(info.to_dict(), indent=2) + "\n")
     deadline = time.monotonic() + timeout
@@ -293,6 +298,9 @@ def stop_service(name: str, grace: float = 5.0) -> bool:
         if pid_alive(info.pid):
             raise ServiceError(f"{name} (pid {info.pid}) did not stop, even after SIGKILL")
         stopped = True
+    if info is not None:
+        for leftover in info.cleanup:
+            Path(leftover).unlink(missing_ok=True)
     _state_file(name).unlink(missing_ok=True)
     return stopped
 

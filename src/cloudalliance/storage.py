@@ -193,9 +193,16 @@ def _s3_answers(endpoint_url: str) -> bool:
         return False
 
 
-def _local_s3_ready(endpoint_url: str) -> bool:
-    """The S3 API answers and an authenticated ListBuckets succeeds."""
-    if not _s3_answers(endpoint_url):
+def _volume_server_registered(master_port: int) -> bool:
+    """The master knows a volume server (before that, reads and writes fail with InternalError)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as resp:
+        topology = json.load(resp).get("Topology", {})
+    return any(rack.get("DataNodes") for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or [])
+
+
+def _local_s3_ready(endpoint_url: str, master_port: int) -> bool:
+    """The S3 API answers, a volume server is registered, and an authenticated ListBuckets succeeds."""
+    if not _s3_answers(endpoint_url) or not _volume_server_registered(master_port):
         return False
     client = create_s3_client("local", endpoint_url=endpoint_url, retries=1)
     client.list_buckets()
@@ -256,9 +263,13 @@ def start_local_s3(data_dir: str | os.PathLike | None = None, timeout: float = 9
         argv,
         ports=ports,
         endpoint_url=endpoint_url,
-        healthy=lambda: _local_s3_ready(endpoint_url),
+        healthy=lambda: _local_s3_ready(endpoint_url, master),
         data_dir=data,
         timeout=timeout,
+        # unix sockets SeaweedFS leaves in /tmp when it is killed
+        cleanup=[_socket_path("filer", filer), _socket_path("s3", s3),
+                 f"/tmp/seaweedfs-master-grpc-{master + 1}.sock", f"/tmp/seaweedfs-volume-grpc-{volume + 1}.sock",
+                 f"/tmp/seaweedfs-s3-grpc-{s3 + 1}.sock", f"/tmp/seaweedfs-filer-grpc-{filer + 1}.sock"],
     )
 
 
@@ -283,12 +294,7 @@ def local_s3_status() -> services.ServiceInfo | None:
 
 
 def stop_local_s3() -> bool:
-    info = services.read_state(LOCAL_S3_SERVICE)
-    stopped = services.stop_service(LOCAL_S3_SERVICE, grace=3.0)
-    if info is not None:
-        for kind in ("filer", "s3"):
-            Path(_socket_path(kind, info.ports.get(kind, 0))).unlink(missing_ok=True)
-    return stopped
+    return services.stop_service(LOCAL_S3_SERVICE, grace=3.0)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -389,7 +395,7 @@ class UploadResult:
 
 def list_objects(client, location: S3Location) -> dict[str, tuple[int, str]]:
     """``{key: (size, etag)}`` under the location's prefix."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     found: dict[str, tuple[int, str]] = {}
     prefix = f"{location.prefix}/" if location.prefix else ""
@@ -397,7 +403,7 @@ def list_objects(client, location: S3Location) -> dict[str, tuple[int, str]]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise explain(exc, location.uri) from exc
     return found
 

@@ -1,0 +1,50 @@
+# The course's two commands: `make course` and `make test`.
+# Each creates or reuses .venv and installs what it needs (once; a rerun reinstalls nothing).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PARAMS ?= params/local.yaml
+PYTEST_ARGS ?=
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
+
+.PHONY: install course test test-slow test-all clean-notebooks lock clean stop
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing into $(VENV) (torch 2.14.1 + torchvision 0.29.1 pinned; the first time takes a few minutes)"
+	$(PIP) install --progress-bar off -q -c requirements/constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/cloudalliance course run --params $(PARAMS)
+
+# Unit and integration tests (real SeaweedFS, real HTTP servers) and every notebook under nbval.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not aws" --nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)
+
+# The long tests (real-data training, full uploads) that stay out of the default run.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not aws" tests $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+# Strip outputs and execution counts so notebooks are committed clean.
+clean-notebooks: $(STAMP)
+	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+# Stop the local servers (embedded S3, endpoint, gateway) left running by an interactive session.
+stop: $(STAMP)
+	$(BIN)/cloudalliance s3 stop
+
+lock: $(STAMP)
+	{ echo "# Exact versions the course was tested with; 'make' installs with these as constraints."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -v '^cloudalliance'; } > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from cloudalliance.cli import build_parser, main
+
+
+def test_every_stage_has_a_subcommand():
+    parser = build_parser()
+    for argv in (["data", "synth", "--out", "x"], ["data", "validate", "x"], ["data", "fetch"],
+                 ["s3", "start"], ["s3", "stop"], ["s3", "status"], ["s3", "upload", "a", "s3://b/c"],
+                 ["course", "run"], ["records", "x"]):
+        assert callable(parser.parse_args(argv).func)
+
+
+def test_synth_then_validate_json(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "--train-per-class", "2", "--test-per-class", "1",
+                 "--pred", "1", "--problem-files", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["train"]["counts"]["sea"] == 2
+    assert len(report["train"]["problems"]) == 5
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", "validate", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_fetch_offline_says_what_to_do(monkeypatch, capsys):
+    from cloudalliance import data
+
+    monkeypatch.setattr(data, "_online", lambda *a, **k: False)
+    assert main(["data", "fetch"]) == 2
+    err = capsys.readouterr().err
+    assert "not reachable" in err and "synthetic" in err
+
+
+def test_bad_s3_uri(tmp_path, capsys):
+    assert main(["s3", "upload", str(tmp_path), "bucket/prefix"]) == 2
+    assert "s3://BUCKET/PREFIX" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from cloudalliance.course import CourseError, load_params, plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _notebook(path: Path, params: str, body: str = "print('ok')"):
+    nb = {
+        "cells": [
+            {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": params, "outputs": [],
+             "execution_count": None, "id": "p"},
+            {"cell_type": "code", "metadata": {}, "source": body, "outputs": [], "execution_count": None, "id": "b"},
+        ],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+
+
+@pytest.fixture
+def nbdir(tmp_path):
+    _notebook(tmp_path / "01_a.ipynb", "RUN_ID = 'x'\nSEED = 0\n")
+    _notebook(tmp_path / "03_b.ipynb", "RUN_ID = 'x'\nINSTANCE_TYPE = 'local-1cpu'\nEPOCHS = 1\n")
+    return tmp_path
+
+
+def test_each_notebook_gets_only_what_it_declares(nbdir):
+    doc = {"parameters": {"SEED": 3, "EPOCHS": 2},
+           "notebooks": ["01_a.ipynb", {"notebook": "03_b.ipynb", "parameters": {"EPOCHS": 5},
+                                         "foreach": {"INSTANCE_TYPE": ["local-1cpu", "local-2cpu"]}}]}
+    jobs = plan(doc, nbdir)
+    assert [(j.output, j.parameters) for j in jobs] == [
+        ("01_a.ipynb", {"SEED": 3}),
+        ("03_b-local-1cpu.ipynb", {"EPOCHS": 5, "INSTANCE_TYPE": "local-1cpu"}),
+        ("03_b-local-2cpu.ipynb", {"EPOCHS": 5, "INSTANCE_TYPE": "local-2cpu"}),
+    ]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"notebook": "01_a.ipynb", "parameters": {"NOPE": 1}}, r"has no parameters \['NOPE'\]"),
+    ({"notebook": "03_b.ipynb", "foreach": {"NOPE": [1]}}, "no parameter 'NOPE'"),
+    ({"notebook": "03_b.ipynb", "foreach": {"EPOCHS": []}}, "non-empty list"),
+    ({"notebook": "09_missing.ipynb"}, "not found"),
+])
+def test_plan_errors(nbdir, entry, message):
+    with pytest.raises(CourseError, match=message):
+        plan({"notebooks": [entry]}, nbdir)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("backend: gcp\nnotebooks: [a]", "choose one of: local, aws"),
+    ("notebooks: []", "lists no notebook"),
+    ("colour: red\nnotebooks: [a]", "unknown keys"),
+    ("parameters: {seed: 1}\nnotebooks: [a]", "UPPER_CASE"),
+    ("notebooks: [a", "not valid YAML"),
+])
+def test_params_file_errors(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(CourseError, match=message):
+        load_params(path)
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "aws.yaml"])
+def test_shipped_params_files_plan_cleanly(name):
+    jobs = plan(load_params(REPO / "params" / name))
+    assert [j.notebook for j in jobs][:2] == ["01_data_exploration.ipynb", "02_s3_upload.ipynb"]

@@ -1,0 +1,96 @@
+import shutil
+
+import pytest
+
+from cloudalliance.data import (
+    CLASSES,
+    DataError,
+    load_image_folder,
+    problems_table,
+    resolve_split,
+    stats_table,
+    validate_dataset,
+    validate_folder,
+)
+
+
+def test_nested_split_and_root_forms_agree(synthetic_root):
+    nested = synthetic_root / "seg_train" / "seg_train"
+    a = load_image_folder(synthetic_root, "train")
+    b = load_image_folder(synthetic_root / "seg_train")
+    c = load_image_folder(nested)
+    assert a.root == b.root == c.root == nested
+    assert a.files == b.files == c.files
+    assert a.classes == list(CLASSES)
+
+
+def test_flat_class_folders(tmp_path, synthetic_root):
+    flat = tmp_path / "flat"
+    shutil.copytree(synthetic_root / "seg_test" / "seg_test", flat)
+    folder = load_image_folder(flat)
+    assert folder.counts() == {c: 3 for c in CLASSES}
+    assert resolve_split(flat) == flat
+
+
+def test_unlabeled_pred_folder(synthetic_root):
+    pred = load_image_folder(synthetic_root, "pred")
+    assert pred.classes == [] and set(pred.labels) == {-1} and len(pred) == 5
+
+
+def test_problem_files_are_named_not_fatal(synthetic_root, tmp_path):
+    train = load_image_folder(synthetic_root, "train")
+    report = validate_folder(train, progress=False)
+    kinds = {p.path.rsplit("/", 1)[-1]: p.kind for p in report.problems}
+    assert kinds == {
+        "problem_truncated.jpg": "unreadable",
+        "problem_not_a_jpeg.jpg": "unreadable",
+        "problem_empty.jpg": "empty",
+        "problem_grayscale.jpg": "grayscale",
+        "problem_odd_size.jpg": "odd-size",
+    }
+    assert not report.ok
+    assert report.counts["buildings"] == 8 + 5
+    assert report.sizes["150x113"] == 1
+    unusable = report.problem_paths()
+    assert len(unusable) == 3
+    assert len(train.without(unusable)) == len(train) - 3
+
+
+def test_non_image_files_are_reported(tmp_path, synthetic_root):
+    flat = tmp_path / "flat"
+    shutil.copytree(synthetic_root / "seg_test" / "seg_test", flat)
+    (flat / "sea" / "notes.txt").write_text("hello")
+    report = validate_folder(load_image_folder(flat), progress=False)
+    assert [(p.kind, p.path.endswith("notes.txt")) for p in report.problems] == [("not-an-image", True)]
+
+
+def test_tables(synthetic_root):
+    reports = validate_dataset(synthetic_root, progress=False)
+    assert list(reports) == ["train", "test", "pred"]
+    stats = stats_table(reports)
+    assert stats.loc["train", "problems"] == 5 and stats.loc["test", "files"] == 18
+    problems = problems_table(reports)
+    assert sorted(problems["kind"].unique()) == ["empty", "grayscale", "odd-size", "unreadable"]
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty", "no_split"])
+def test_bad_folders_get_clear_errors(tmp_path, make):
+    target = tmp_path / "x"
+    if make == "file":
+        target.write_text("x")
+    elif make in ("empty", "no_split"):
+        target.mkdir()
+    with pytest.raises(DataError) as info:
+        if make == "no_split":
+            validate_dataset(target, progress=False)
+        else:
+            load_image_folder(target)
+    assert str(target) in str(info.value)
+
+
+def test_unknown_class_folder_is_an_error(tmp_path, synthetic_root):
+    flat = tmp_path / "flat"
+    shutil.copytree(synthetic_root / "seg_test" / "seg_test", flat)
+    (flat / "desert").mkdir()
+    with pytest.raises(DataError, match="desert"):
+        load_image_folder(flat, classes=CLASSES)

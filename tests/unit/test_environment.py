@@ -1,0 +1,47 @@
+"""environment.yml (SageMaker notebook instances, conda) and pyproject.toml (pip) must agree."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject():
+    doc = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return doc["dependencies"] + doc["optional-dependencies"]["dev"]
+
+
+def _conda_pip():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return [p for p in pip if not p.startswith("-e")], env
+
+
+def test_same_packages_and_versions():
+    pip, _ = _conda_pip()
+    assert {_name(r): r.replace(" ", "") for r in _pyproject()} == {_name(r): r.replace(" ", "") for r in pip}
+
+
+def test_python_and_torch_pins():
+    _, env = _conda_pip()
+    assert "python=3.11" in env["dependencies"]
+    deps = _pyproject()
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_constraints_pin_what_pyproject_asks_for():
+    pinned = {}
+    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pinned[_name(name)] = version.strip()
+    missing = sorted(_name(r) for r in _pyproject() if _name(r) not in pinned)
+    assert not missing, f"not in requirements/constraints.txt (run `make lock`): {missing}"
+    assert pinned["torch"] == "2.14.1" and pinned["torchvision"] == "0.29.1"

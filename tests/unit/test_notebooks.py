@@ -1,0 +1,54 @@
+"""The notebooks follow the house rules: one parameters cell of literals, logic in the library, no outputs."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+
+
+def test_numbered_notebooks_exist():
+    names = [p.name for p in NOTEBOOKS]
+    assert names[:2] == ["01_data_exploration.ipynb", "02_s3_upload.ipynb"]
+    assert all(re.match(r"^0[1-7]_[a-z0-9_]+\.ipynb$", n) for n in names), names
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=lambda p: p.name)
+def notebook(request):
+    return json.loads(request.param.read_text())
+
+
+def _code(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_exactly_one_parameters_cell_of_upper_case_literals(notebook):
+    tagged = [c for c in _code(notebook) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    tree = ast.parse("".join(tagged[0]["source"]))
+    assert tree.body, "the parameters cell is empty"
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        name = node.targets[0].id
+        assert re.match(r"^[A-Z][A-Z0-9_]*$", name), name
+        ast.literal_eval(node.value)  # raises on anything but a literal
+
+
+def test_no_definitions_or_loops(notebook):
+    for cell in _code(notebook):
+        tree = ast.parse("".join(cell["source"]))
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For,
+                                         ast.While, ast.Lambda)), "".join(cell["source"])
+
+
+def test_committed_without_outputs(notebook):
+    for cell in _code(notebook):
+        assert cell.get("outputs") == [] and cell.get("execution_count") is None
+
+
+def test_runs_on_the_python3_kernel(notebook):
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
