@@ -94,3 +94,81 @@ def upload_comparison(results: Sequence[Mapping], title: str = "S3 upload"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "Learning curves"):
+    """Validation accuracy and training loss per epoch, one line per run (instance)."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        a.plot(epochs, [h.get("val_accuracy", float("nan")) for h in history], marker="o", label=name)
+        b.plot(epochs, [h["train_loss"] for h in history], marker="o", label=name)
+    a.set_xlabel("epoch")
+    a.set_ylabel("validation accuracy")
+    b.set_xlabel("epoch")
+    b.set_ylabel("training loss")
+    a.legend()
+    a.grid(alpha=0.3)
+    b.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_over_time(histories: Mapping[str, Sequence[Mapping]], title: str = "Validation accuracy over time"):
+    """Validation accuracy against wall-clock seconds: what time-to-accuracy looks like."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, history in histories.items():
+        ax.plot([h["elapsed_seconds"] for h in history], [h.get("val_accuracy", float("nan")) for h in history],
+                marker="o", label=name)
+    ax.set_xlabel("seconds since the script started")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix, classes: Sequence[str], title: str = "Confusion matrix", normalize: bool = True):
+    """Rows: true class; columns: predicted. Normalised per row, with the counts written in."""
+    plt = _plt()
+    cm = np.asarray(matrix, dtype=float)
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    fig, ax = plt.subplots(figsize=(5.8, 5))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if shown[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_gallery(items: Sequence[Mapping], columns: int = 6, title: str = "", caption: str = "{label}"):
+    """A grid of image files, each captioned from its item (keys: file and whatever ``caption`` names)."""
+    from PIL import Image
+
+    plt = _plt()
+    n = max(1, len(items))
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.15 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(items):
+            with Image.open(items[k]["file"]) as img:
+                ax.imshow(img.convert("RGB"))
+            ax.set_title(caption.format(**items[k]), fontsize=7.5)
+    if not items:
+        axes.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

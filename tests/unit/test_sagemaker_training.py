@@ -1,0 +1,93 @@
+"""The aws training path offline: SDK v3 ModelTrainer against moto's SageMaker, S3 and STS.
+
+No AWS account is reachable here, so the control plane is mocked; botocore still
+validates every request against the real service models.
+"""
+
+import json
+
+import pytest
+
+moto = pytest.importorskip("moto")
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
+        monkeypatch.setenv(key, value)
+    with moto.mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        session.client("s3").create_bucket(Bucket="course-data")
+        yield session
+
+
+def test_model_trainer_request_shape(aws):
+    from cloudalliance import launch
+
+    trainer = launch.create_model_trainer("ml.c5.4xlarge", ROLE, {"epochs": 2, "img_size": 150, "tta": True},
+                                          boto_session=aws, checkpoint_s3_uri="s3://course-data/ckpt/run1")
+    name = launch.start_sagemaker_training(trainer, "s3://course-data/intel/seg_train/seg_train",
+                                           "s3://course-data/intel/seg_test/seg_test", wait=False, logs=False)
+    job = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert "pytorch-training" in job["AlgorithmSpecification"]["TrainingImage"]
+    assert job["ResourceConfig"]["InstanceType"] == "ml.c5.4xlarge"
+    assert job["RoleArn"] == ROLE
+    assert job["HyperParameters"]["epochs"] == "2" and job["HyperParameters"]["img_size"] == "150"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels["train"] == "s3://course-data/intel/seg_train/seg_train"
+    assert channels["test"] == "s3://course-data/intel/seg_test/seg_test"
+    assert "code" in channels
+    assert job["CheckpointConfig"]["S3Uri"] == "s3://course-data/ckpt/run1"
+    assert trainer.environment["SM_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    # the uploaded source is the course's own entry script and package
+    bucket, _, prefix = channels["code"][len("s3://"):].partition("/")
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert any(k.endswith("/train.py") for k in keys) and any(k.endswith("cloudalliance/training.py") for k in keys)
+    info = launch.describe_training_job(name, aws.client("sagemaker"))
+    assert info["instance_type"] == "ml.c5.4xlarge" and info["model_artifact"].endswith("model.tar.gz")
+
+
+def test_describe_reads_timings_and_billable_seconds():
+    import datetime as dt
+
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    response = {
+        "TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/job-1",
+        "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://b/job-1/output/model.tar.gz"},
+        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "img"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": t,
+        "TrainingTimeInSeconds": 300, "BillableTimeInSeconds": 300,
+        "SecondaryStatusTransitions": [
+            {"Status": "Starting", "StartTime": t, "EndTime": t + dt.timedelta(seconds=90)},
+            {"Status": "Downloading", "StartTime": t + dt.timedelta(seconds=90), "EndTime": t + dt.timedelta(seconds=100)},
+            {"Status": "Training", "StartTime": t + dt.timedelta(seconds=100), "EndTime": t + dt.timedelta(seconds=380)},
+        ],
+    }
+    with Stubber(client) as stub:
+        stub.add_response("describe_training_job", response, {"TrainingJobName": "job-1"})
+        from cloudalliance.launch import describe_training_job
+
+        info = describe_training_job("job-1", client)
+    assert info["billable_seconds"] == 300 and info["starting_seconds"] == 90
+    assert info["downloading_seconds"] == 10 and info["training_phase_seconds"] == 280
+    json.dumps(info)
+
+
+def test_aws_backend_needs_a_role(tmp_path):
+    from cloudalliance import launch
+    from cloudalliance.runs import open_run
+
+    with pytest.raises(launch.LaunchError, match="needs ROLE_ARN"):
+        launch.train_instance("aws", "ml.m5.xlarge", open_run("r", tmp_path), tmp_path, {},
+                              location="s3://b/p", role="")

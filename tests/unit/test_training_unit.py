@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+
+from cloudalliance import launch, prices, training
+from cloudalliance.evaluation import EvaluationResult
+
+
+def test_stratified_split_holds_out_every_class_reproducibly():
+    labels = np.repeat(np.arange(6), [50, 40, 30, 20, 10, 3])
+    train, val = training.stratified_split(labels, 0.1, seed=3)
+    assert not set(train) & set(val) and len(train) + len(val) == len(labels)
+    assert sorted(np.unique(labels[val])) == list(range(6)), "every class is in the validation split"
+    assert [int((labels[val] == k).sum()) for k in range(6)] == [5, 4, 3, 2, 1, 1]
+    again = training.stratified_split(labels, 0.1, seed=3)
+    assert (again[1] == val).all()
+    assert not (training.stratified_split(labels, 0.1, seed=4)[1] == val).all()
+
+
+def test_batches_shard_one_permutation_across_ranks():
+    one = [b for b in training.batches(20, 4, seed=1, epoch=0, dist=training.Dist())]
+    assert sorted(np.concatenate(one)) == list(range(20))
+    r0 = np.concatenate(list(training.batches(20, 4, 1, 0, training.Dist(0, 2))))
+    r1 = np.concatenate(list(training.batches(20, 4, 1, 0, training.Dist(1, 2))))
+    assert not set(r0) & set(r1) and len(r0) == len(r1) == 8  # 10 each, drop_last to 8
+    assert not np.array_equal(np.concatenate(one), np.concatenate(list(training.batches(20, 4, 1, 1, training.Dist()))))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, (0, 1)),
+    ({"SM_HOSTS": '["algo-1","algo-2"]', "SM_CURRENT_HOST": "algo-2"}, (1, 2)),
+    ({"SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}, (0, 1)),
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, (3, 4)),
+])
+def test_rank_and_world_from_the_contract(env, expected):
+    d = training.dist_from_env(env)
+    assert (d.rank, d.world) == expected
+
+
+def test_sagemaker_style_hyperparameters_parse():
+    """SageMaker's v3 driver passes hyperparameters as --name_with_underscores value."""
+    from sagemaker.train.container_drivers.common.utils import hyperparameters_to_cli_args
+
+    argv = hyperparameters_to_cli_args({"img_size": "96", "epochs": "2", "freeze_blocks": "1", "tta": "false"})
+    cfg = training.config_from_args(training.build_parser().parse_args(argv))
+    assert (cfg.img_size, cfg.epochs, cfg.freeze_blocks, cfg.tta) == (96, 2, 1, False)
+    assert launch.hyperparameter_flags({"img_size": 96, "tta": True, "skip": None}) == ["--img-size", "96", "--tta", "true"]
+    with pytest.raises(SystemExit):
+        training.config_from_args(training.build_parser().parse_args(["--epochs", "0"]))
+
+
+def test_augment_keeps_shape_and_changes_pixels():
+    import torch
+
+    x = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
+    out = training.augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 32, 32)
+    assert not torch.equal(out, x.permute(0, 3, 1, 2).float())
+
+
+def test_offline_weights_load_and_unknown_arch_names_choices():
+    import torch
+
+    from cloudalliance.models import ModelError, _offline_state_dict, create_model
+
+    model, source = create_model("efficientnet_lite0", 6)
+    assert "offline" in source and model.classifier.out_features == 6
+    stem = next(iter(_offline_state_dict("efficientnet_lite0").values()))
+    assert torch.equal(model.conv_stem.weight, stem)
+    with pytest.raises(ModelError, match="Unknown arch 'resnet_nope'; choose one of"):
+        create_model("resnet_nope", 6)
+
+
+def test_pretrained_yes_without_network_is_a_clear_error(monkeypatch):
+    import timm
+
+    from cloudalliance.models import ModelError, create_model
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("network unreachable")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ModelError, match="need the internet"):
+        create_model("mobilenetv3_small_050", 6, pretrained="yes")
+    model, source = create_model("mobilenetv3_small_050", 6, pretrained="auto")
+    assert source.startswith("random")
+
+
+def test_costs():
+    assert prices.training_cost("ml.m5.xlarge", 3600)["usd"] == pytest.approx(0.23)
+    assert prices.training_cost("ml.c5.4xlarge", 1800, count=2)["usd"] == pytest.approx(0.816)
+    assert prices.training_cost("ml.x9.huge", 10)["usd"] is None
+    local = prices.training_cost("local-2cpu", 3600)
+    assert local["usd"] == 0.0 and local["equivalent_usd"] == pytest.approx(0.115)
+
+
+def test_evaluation_figures():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    result = EvaluationResult(["a", "b"], ["w", "x", "y", "z"], np.array([0, 1, 1, 0]), probs, 0.1, 0.1, [])
+    assert result.accuracy == 0.5
+    assert result.confusion().tolist() == [[1, 1], [1, 1]]
+    assert result.per_class()["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert [m["file"] for m in result.mistakes()] == ["y", "z"]  # 0.7 before 0.6
+    json.dumps(result.to_dict())
