@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 
 def test_numbered_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    assert names[:2] == ["01_data_exploration.ipynb", "02_s3_upload.ipynb"]
+    assert names[:4] == ["01_data_exploration.ipynb", "02_s3_upload.ipynb", "03_training.ipynb", "04_evaluation.ipynb"]
     assert all(re.match(r"^0[1-7]_[a-z0-9_]+\.ipynb$", n) for n in names), names
 
 
@@ -52,3 +52,9 @@ def test_committed_without_outputs(notebook):
 
 def test_runs_on_the_python3_kernel(notebook):
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_each_notebook_checks_something(notebook):
+    """nbval runs every cell; a cell of asserts is what makes a notebook able to fail on a wrong result."""
+    asserts = [n for c in _code(notebook) for n in ast.walk(ast.parse("".join(c["source"]))) if isinstance(n, ast.Assert)]
+    assert len(asserts) >= 2
