@@ -55,6 +55,18 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from .data import split_folder
+
+    counts = split_folder(args.src, args.out, args.test_fraction, args.seed, copy=args.copy)
+    if args.json:
+        _print_json(counts)
+    else:
+        for split, per_class in counts.items():
+            print(f"{split:<5} {sum(per_class.values()):>6}  " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from .data import fetch_dataset
 
@@ -235,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=20, help="problems to list")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_validate)
+    p = data.add_parser("split", help="stratified train/test split of a labeled folder (links, or --copy)")
+    p.add_argument("src", help="Kaggle root, seg_train folder or flat class folders")
+    p.add_argument("--out", required=True, help="writes OUT/train/<class> and OUT/test/<class>")
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_split)
     p = data.add_parser("fetch", help="download the real data set with kagglehub (needs internet)")
     p.add_argument("--dest", help="link the download here")
     p.set_defaults(func=cmd_data_fetch)

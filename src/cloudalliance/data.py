@@ -396,6 +396,42 @@ def problems_table(reports: dict[str, ValidationReport]):
     return pd.DataFrame(rows, columns=["split", "kind", "path", "detail"])
 
 
+def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction: float = 0.15, seed: int = 0,
+                 copy: bool = False) -> dict[str, dict[str, int]]:
+    """Split a labeled folder into ``dest/train/<class>`` and ``dest/test/<class>`` (stratified, seeded).
+
+    Files are linked (symlinks) unless ``copy``; an existing split of the same
+    files is left as it is, so a rerun changes nothing.
+    """
+    import shutil
+
+    from .training import stratified_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError("test fraction must be between 0 and 1")
+    folder = load_image_folder(src, "train" if (Path(src) / "seg_train").is_dir() else None)
+    if not folder.classes:
+        raise DataError(f"{folder.root} has no class folders to split")
+    train_idx, test_idx = stratified_split(folder.labels, test_fraction, seed)
+    dest = Path(dest)
+    counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
+    for split, indices in (("train", train_idx), ("test", test_idx)):
+        for i in indices:
+            cls = folder.classes[folder.labels[i]]
+            source = folder.files[i]
+            target = dest / split / cls / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                if copy:
+                    shutil.copy2(source, target)
+                else:
+                    target.symlink_to(source.resolve())
+            counts[split][cls] = counts[split].get(cls, 0) + 1
+    (dest / "split.json").write_text(json.dumps({"source": str(folder.root), "test_fraction": test_fraction,
+                                                 "seed": seed, "counts": counts}, indent=2) + "\n")
+    return counts
+
+
 # --------------------------------------------------------------------------- fetch
 
 

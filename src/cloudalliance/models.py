@@ -51,6 +51,19 @@ def _load_in_key_order(model, source: dict) -> int:
     return copied
 
 
+def _zero_head(model):
+    """Start the new head at zero: the first loss is ln(classes) instead of the large one a random
+    head gives on pretrained features, and the pretrained layers are not shaken by it early on."""
+    import torch
+
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+    return model
+
+
 def create_model(arch: str, num_classes: int, pretrained: str = "auto", drop_rate: float = 0.2):
     """A timm model with a new ``num_classes`` head.
 
@@ -71,10 +84,10 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto", drop_rat
         return model, "random"
     if arch in OFFLINE_WEIGHTS:
         _load_in_key_order(model, _offline_state_dict(arch))
-        return model, f"imagenet (offline package for {arch})"
+        return _zero_head(model), f"imagenet (offline package for {arch})"
     try:
         pre = timm.create_model(arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
-        return pre, "imagenet (timm hub)"
+        return _zero_head(pre), "imagenet (timm hub)"
     except Exception as exc:  # noqa: BLE001 - no network, no hub, ...
         message = (f"No pretrained weights for {arch!r}: they need the internet ({type(exc).__name__}). "
                    f"Offline, use one of: {', '.join(sorted(OFFLINE_WEIGHTS))}.")

@@ -94,3 +94,17 @@ def test_unknown_class_folder_is_an_error(tmp_path, synthetic_root):
     (flat / "desert").mkdir()
     with pytest.raises(DataError, match="desert"):
         load_image_folder(flat, classes=CLASSES)
+
+
+def test_split_folder_is_stratified_linked_and_rerunnable(synthetic_root, tmp_path):
+    from cloudalliance.data import split_folder
+
+    counts = split_folder(synthetic_root, tmp_path / "split", test_fraction=0.25, seed=0)
+    assert counts["test"] == {c: (3 if c == "buildings" else 2) for c in CLASSES}
+    assert sum(counts["train"].values()) + sum(counts["test"].values()) == len(load_image_folder(synthetic_root, "train"))
+    linked = next((tmp_path / "split" / "test" / "sea").iterdir())
+    assert linked.is_symlink() and linked.resolve().is_file()
+    again = split_folder(synthetic_root, tmp_path / "split", test_fraction=0.25, seed=0)
+    assert again == counts
+    train_names = {p.name for p in (tmp_path / "split" / "train" / "sea").iterdir()}
+    assert not train_names & {p.name for p in (tmp_path / "split" / "test" / "sea").iterdir()}

@@ -1,0 +1,265 @@
+"""Serving: the model artifact, the local endpoint server, and SageMaker endpoints.
+
+``model.tar.gz`` holds ``model.pt``, ``model.onnx`` (checked to agree with
+PyTorch), ``labels.json``, ``preprocess.json``, ``config.json``, ``metrics.json``
+and ``code/inference.py`` (``model_fn``, ``input_fn``, ``predict_fn``,
+``output_fn``) with ``code/presets.py`` beside it.
+
+The local endpoint is a real HTTP server on 127.0.0.1 that loads the artifact
+through those same four functions and answers ``GET /ping``,
+``POST /invocations`` and ``POST /endpoints/<name>/invocations`` (the
+SageMaker Runtime path, so boto3's ``sagemaker-runtime`` client with
+``endpoint_url=`` works unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fastapi import FastAPI, Request, Response  # module level: FastAPI reads the annotations
+
+from . import services
+
+ARTIFACT_FILES = ("model.pt", "labels.json", "preprocess.json", "config.json", "metrics.json")
+CODE_DIR = Path(__file__).resolve().parent / "artifact_code"
+ENDPOINT_SERVICE = "endpoint"
+ONNX_OPSET = 17
+
+
+class ServingError(RuntimeError):
+    """An artifact or endpoint problem, with what to do."""
+
+
+# --------------------------------------------------------------------------- artifact
+
+
+def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Export the model folder's network to ONNX (dynamic batch, NCHW float input)."""
+    import torch
+
+    from .evaluation import load_model
+
+    loaded = load_model(model_dir, "cpu")
+    model = loaded.model.to(memory_format=torch.contiguous_format)
+    size = loaded.preprocess.size
+    out = Path(out or Path(model_dir) / "model.onnx")
+    dummy = torch.zeros(1, 3, size, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript-based exporter: deprecated upstream, but exact for this CNN and needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (dummy,), str(out), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
+                          dynamo=False)
+    return out
+
+
+@dataclasses.dataclass
+class OnnxCheck:
+    images: int
+    max_abs_diff: float
+    same_label: float
+    torch_ms_per_image: float
+    onnx_ms_per_image: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_onnx(model_dir: str | os.PathLike, images: np.ndarray, onnx_path: str | os.PathLike | None = None) -> OnnxCheck:
+    """Compare ONNX Runtime with PyTorch on real images: probability difference and label agreement."""
+    import onnxruntime as ort
+    import torch
+
+    from .evaluation import load_model
+    from .presets import preprocess_numpy, to_tensor_batch
+
+    loaded = load_model(model_dir, "cpu")
+    cfg = loaded.preprocess
+    onnx_path = onnx_path or Path(model_dir) / "model.onnx"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        ref = loaded.model(to_tensor_batch(images, cfg).contiguous(memory_format=torch.channels_last)).softmax(1).numpy()
+    t_torch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    logits = session.run(None, {"image": preprocess_numpy(images, cfg)})[0]
+    t_onnx = time.perf_counter() - t0
+    got = np.exp(logits - logits.max(1, keepdims=True))
+    got /= got.sum(1, keepdims=True)
+    n = len(images)
+    return OnnxCheck(n, float(np.abs(ref - got).max()), float((ref.argmax(1) == got.argmax(1)).mean()),
+                     1000 * t_torch / n, 1000 * t_onnx / n)
+
+
+def package_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                  check_images: np.ndarray | None = None, tolerance: float = 1e-4) -> tuple[Path, OnnxCheck | None]:
+    """Build ``model.tar.gz`` from a model folder (exports ONNX; checks it on ``check_images`` if given)."""
+    model_dir = Path(model_dir)
+    missing = [f for f in ARTIFACT_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise ServingError(f"{model_dir} lacks {', '.join(missing)}: train it with `cloudalliance train` first")
+    onnx_path = export_onnx(model_dir)
+    check = None
+    if check_images is not None and len(check_images):
+        check = check_onnx(model_dir, check_images, onnx_path)
+        if check.max_abs_diff > tolerance or check.same_label < 1.0:
+            raise ServingError(f"ONNX disagrees with PyTorch: max |p diff| {check.max_abs_diff:.2e}, "
+                               f"same label on {check.same_label:.1%} of {check.images} images")
+    out = Path(out or model_dir.parent / f"{model_dir.name}.tar.gz")
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for name in (*ARTIFACT_FILES, "model.onnx"):
+            tar.add(model_dir / name, arcname=name)
+        tar.add(CODE_DIR / "inference.py", arcname="code/inference.py")
+        tar.add(Path(__file__).resolve().parent / "presets.py", arcname="code/presets.py")
+        requirements = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        requirements.write("onnxruntime>=1.18\npillow\nnumpy\n")
+        requirements.close()
+        tar.add(requirements.name, arcname="code/requirements.txt")
+        os.unlink(requirements.name)
+    os.replace(tmp, out)
+    return out, check
+
+
+def unpack_artifact(artifact: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(artifact) as tar:
+        tar.extractall(dest, filter="data")
+    if not (dest / "code" / "inference.py").is_file():
+        raise ServingError(f"{artifact} has no code/inference.py: build it with serving.package_model")
+    return dest
+
+
+def load_handlers(model_dir: str | os.PathLike):
+    """Import ``code/inference.py`` of an unpacked artifact as its own module."""
+    path = Path(model_dir) / "code" / "inference.py"
+    spec = importlib.util.spec_from_file_location(f"inference_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- local endpoint
+
+
+def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "cloudalliance"):
+    """A FastAPI app that serves an unpacked artifact through its four handler functions."""
+
+    handlers = load_handlers(model_dir)
+    model = handlers.model_fn(str(model_dir))
+    app = FastAPI(title=f"local SageMaker-style endpoint {endpoint_name}")
+    stats = {"invocations": 0, "errors": 0}
+
+    def error(status: int, message: str) -> Response:
+        stats["errors"] += 1
+        return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+    async def invoke(request: Request) -> Response:
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        accept = request.headers.get("accept", "application/json")
+        try:
+            data = handlers.input_fn(body, content_type)
+            prediction = handlers.predict_fn(data, model)
+            payload = handlers.output_fn(prediction, accept)
+        except handlers.UnsupportedInput as exc:
+            return error(getattr(exc, "status", 415), str(exc))
+        except Exception as exc:  # noqa: BLE001 - a model failure is a 500 with a short reason
+            return error(500, f"{type(exc).__name__}: {exc}")
+        stats["invocations"] += 1
+        return Response(payload, media_type="application/json")
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        return Response(json.dumps({"status": "ok", "endpoint": endpoint_name, **stats}), media_type="application/json")
+
+    app.add_api_route("/invocations", invoke, methods=["POST"])
+
+    @app.post("/endpoints/{name}/invocations")
+    async def named(name: str, request: Request) -> Response:
+        if name != endpoint_name:
+            return error(404, f"Endpoint {name} not found; this server serves {endpoint_name}")
+        return await invoke(request)
+
+    return app
+
+
+def _ping(url: str) -> bool:
+    with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
+        return resp.status == 200
+
+
+def start_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "cloudalliance",
+                         threads: int = 0, timeout: float = 120.0) -> services.ServiceInfo:
+    """Unpack ``artifact`` and serve it on a free 127.0.0.1 port (a uvicorn process), waiting for /ping."""
+    root = services.state_dir() / f"{ENDPOINT_SERVICE}-model"
+    if root.exists():
+        shutil.rmtree(root)
+    unpack_artifact(artifact, root)
+    port = services.free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "cloudalliance.serving", "--model-dir", str(root), "--name", endpoint_name,
+            "--port", str(port)]
+    env = {"INFERENCE_THREADS": str(threads)} if threads else None
+    return services.start_service(ENDPOINT_SERVICE, argv, ports={"http": port}, endpoint_url=url,
+                                  healthy=lambda: _ping(url), data_dir=root, env=env, timeout=timeout)
+
+
+def stop_local_endpoint() -> bool:
+    return services.stop_service(ENDPOINT_SERVICE)
+
+
+def runtime_client(endpoint_url: str | None = None, region: str | None = None):
+    """boto3 ``sagemaker-runtime``; with ``endpoint_url`` it talks to the local endpoint."""
+    import boto3
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {"config": Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=30)}
+    if endpoint_url:
+        kwargs.update(endpoint_url=endpoint_url, aws_access_key_id="local", aws_secret_access_key="local",
+                      region_name=region or "us-east-1")
+    else:
+        kwargs["region_name"] = region
+    return boto3.client("sagemaker-runtime", **kwargs)
+
+
+def invoke(client, endpoint_name: str, image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
+    response = client.invoke_endpoint(EndpointName=endpoint_name, Body=image, ContentType=content_type,
+                                      Accept="application/json")
+    return json.loads(response["Body"].read())
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="cloudalliance.serving", description="Serve an unpacked model artifact.")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--name", default="cloudalliance")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    args = p.parse_args(argv)
+    app = create_endpoint_app(args.model_dir, args.name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

@@ -1,0 +1,127 @@
+"""The artifact, the local endpoint and the local API gateway, for real (HTTP on 127.0.0.1)."""
+
+import base64
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from handler_support import ImageServer, routes_for  # noqa: E402
+
+from cloudalliance import api, launch, serving, services  # noqa: E402
+from cloudalliance.training import decode_images  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, synthetic_root):
+    out = tmp_path_factory.mktemp("serving")
+    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
+                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
+                              progress=False)
+    files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
+    images = decode_images(files, 48, progress=False)
+    path, check = serving.package_model(result.model_dir, out / "model.tar.gz", check_images=images)
+    return path, check, files
+
+
+@pytest.fixture(scope="module")
+def endpoint(artifact):
+    info = serving.start_local_endpoint(artifact[0], endpoint_name="course-test")
+    yield info
+    serving.stop_local_endpoint()
+
+
+def test_artifact_layout_and_onnx_agreement(artifact):
+    path, check, _ = artifact
+    with tarfile.open(path) as tar:
+        names = set(tar.getnames())
+    assert {"model.pt", "model.onnx", "labels.json", "preprocess.json", "config.json", "metrics.json",
+            "code/inference.py", "code/presets.py", "code/requirements.txt"} <= names
+    assert check.images == 18 and check.same_label == 1.0 and check.max_abs_diff < 1e-4
+
+
+def test_handlers_in_process(artifact, tmp_path):
+    root = serving.unpack_artifact(artifact[0], tmp_path / "unpacked")
+    h = serving.load_handlers(root)
+    model = h.model_fn(str(root))
+    body = h.output_fn(h.predict_fn(h.input_fn(artifact[2][0].read_bytes(), "image/jpeg"), model), "application/json")
+    reply = json.loads(body)
+    assert reply["label"] in reply["probabilities"] and abs(sum(reply["probabilities"].values()) - 1) < 1e-3
+    with pytest.raises(h.UnsupportedInput, match="not supported"):
+        h.input_fn(b"x", "text/plain")
+
+
+def test_boto3_runtime_client_against_the_local_endpoint(endpoint, artifact):
+    client = serving.runtime_client(endpoint.endpoint_url)
+    files = artifact[2]
+    reply = serving.invoke(client, "course-test", files[0].read_bytes())
+    assert set(reply) == {"label", "confidence", "probabilities"}
+    # the endpoint agrees with the evaluation code on every test image
+    from cloudalliance.evaluation import load_model
+    from cloudalliance.training import predict
+
+    root = Path(endpoint.data_dir)
+    loaded = load_model(root)
+    expected = predict(loaded.model, decode_images(files, 48, progress=False), loaded.preprocess,
+                       __import__("torch").device("cpu"), tta=False).labels
+    got = [loaded.classes.index(serving.invoke(client, "course-test", f.read_bytes())["label"]) for f in files]
+    assert got == list(expected)
+
+
+def test_endpoint_refuses_bad_requests(endpoint):
+    import urllib.error
+    import urllib.request
+
+    def post(path, body, ctype):
+        req = urllib.request.Request(endpoint.endpoint_url + path, data=body, method="POST",
+                                     headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert post("/invocations", b"hello", "text/plain")[0] == 415
+    status, body = post("/invocations", b"not an image at all", "image/jpeg")
+    assert status == 415 and "not an image" in body["error"]
+    assert post("/endpoints/other/invocations", b"x", "image/jpeg")[0] == 404
+    with urllib.request.urlopen(endpoint.endpoint_url + "/ping", timeout=5) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def gateway(endpoint):
+    info = api.start_local_gateway(endpoint.endpoint_url, "course-test", allowed_private_hosts="127.0.0.1")
+    yield info
+    services.stop_service(api.GATEWAY_SERVICE)
+
+
+def test_curl_like_calls_through_gateway_handler_and_endpoint(gateway, artifact):
+    files = artifact[2]
+    jpeg = files[0].read_bytes()
+    with ImageServer(routes_for(jpeg, 5_000_000)) as images:
+        reply = api.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/sea.jpg"})
+        assert reply.status == 200 and reply.body["message"] == f"Image predicted: {reply.body['label']}"
+        refused = api.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/to-metadata"})
+        assert refused.status == 403
+    direct = api.call_api(gateway.endpoint_url + "/predict", api.image_payload(files[0]))
+    assert direct.status == 200 and direct.body["label"] == reply.body["label"]
+    bad = api.call_api(gateway.endpoint_url + "/predict", b"{oops")
+    assert bad.status == 400 and "Malformed JSON" in bad.body["error"]
+    latency = api.measure_latency(gateway.endpoint_url + "/predict", [api.image_payload(f) for f in files[:3]],
+                                  requests=20, warmup=2, progress=False)
+    assert latency.errors == 0 and len(latency.seconds) == 20 and latency.percentile(99) >= latency.percentile(50)
+
+
+def test_endpoint_down_is_a_503(tmp_path, artifact):
+    port = services.free_port()
+    info = api.start_local_gateway(f"http://127.0.0.1:{port}", "course-test")
+    try:
+        reply = api.call_api(info.endpoint_url + "/predict", api.image_payload(artifact[2][0]))
+        assert reply.status == 503 and "not reachable" in reply.body["error"]
+    finally:
+        services.stop_service(api.GATEWAY_SERVICE)
