@@ -39,7 +39,7 @@ clean-notebooks: $(STAMP)
 
 # Stop the local servers (embedded S3, endpoint, gateway) left running by an interactive session.
 stop: $(STAMP)
-	$(BIN)/cloudalliance s3 stop
+	$(BIN)/cloudalliance services stop
 
 lock: $(STAMP)
 	{ echo "# Exact versions the course was tested with; 'make' installs with these as constraints."; \

@@ -245,6 +245,27 @@ def measure_latency(api_url: str, payloads: Sequence[dict[str, Any]], requests: 
     return LatencyResult(len(times) + errors, errors, times)
 
 
+def api_record(latency: LatencyResult, backend: str, api_url: str, hosting_instance: str = "ml.m5.large",
+               lambda_memory_mb: int = 512):
+    """The api stage's record: latency percentiles and what 1,000 predictions cost on AWS."""
+    from . import bench, prices
+    from .records import Record
+
+    d = latency.to_dict()
+    mean_s = d["mean_ms"] / 1000 if latency.seconds else 0.0
+    per_1000 = bench.cost_per_1000_predictions(mean_s, prices.HOSTING_PER_HOUR[hosting_instance], lambda_memory_mb)
+    return Record(
+        stage="api", name="predict", backend=backend, instance="local gateway" if backend == "local" else "API Gateway",
+        timings={"latencies_ms": [round(1000 * t, 3) for t in latency.seconds], "total_s": round(sum(latency.seconds), 3)},
+        sizes={"requests": latency.requests, "errors": latency.errors},
+        metrics={k: round(v, 3) for k, v in d.items() if k.endswith("_ms")},
+        cost={"currency": "USD", "prices_date": prices.PRICES_DATE, "hosting_instance": hosting_instance,
+              "per_1000_predictions_usd": round(per_1000["total_usd"], 6),
+              **{k: round(v, 6) for k, v in per_1000.items()}},
+        config={"api_url": api_url, "lambda_memory_mb": lambda_memory_mb},
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 

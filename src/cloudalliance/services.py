@@ -198,6 +198,8 @@ def start_service(
     it and it can be stopped as a group. On failure the process is stopped and
     the error names the log file and shows its last lines.
     """
+    if running(name) is not None:
+        stop_service(name)  # one process per service name: never leave an old one behind
     log_file = state_dir() / f"{name}.log"
     with open(log_file, "ab") as log:
         log.write(f"\n--- starting {name} at {time.ctime()}: {' '.join(argv)}\n".encode())

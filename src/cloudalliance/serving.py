@@ -245,6 +245,134 @@ def invoke(client, endpoint_name: str, image: bytes, content_type: str = "image/
     return json.loads(response["Body"].read())
 
 
+def check_images(data_root: str | os.PathLike, count: int, size: int) -> tuple[list[Path], np.ndarray]:
+    """The first ``count`` test images (spread over the classes), decoded at ``size``."""
+    from .data import load_image_folder
+    from .training import decode_images
+
+    folder = load_image_folder(data_root, "test")
+    order = np.argsort(np.arange(len(folder)) % max(1, len(folder.classes)), kind="stable")  # round-robin
+    files = [folder.files[i] for i in order[:count]]
+    return files, decode_images(files, size, progress=False)
+
+
+def artifact_path(run) -> Path:
+    return run.path / "artifacts" / "model.tar.gz"
+
+
+def ensure_artifact(run, data_root: str | os.PathLike, model_instance: str = "", check_count: int = 32,
+                    fallback: dict[str, Any] | None = None) -> tuple[Path, OnnxCheck | None]:
+    """The run's ``model.tar.gz``: packaged now (ONNX checked on real test images) unless it exists."""
+    from .launch import pick_model
+    from .presets import Preprocess
+
+    path = artifact_path(run)
+    model_dir = pick_model(run, model_instance, data_root, fallback=fallback or {"epochs": 1, "img_size": 64})
+    if path.exists() and path.stat().st_mtime >= (model_dir / "model.pt").stat().st_mtime:
+        return path, None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, images = check_images(data_root, check_count, Preprocess.load(model_dir).size)
+    return package_model(model_dir, path, check_images=images)
+
+
+def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "cloudalliance") -> services.ServiceInfo:
+    """The running local endpoint if it serves this artifact, else a fresh one."""
+    info = services.running(ENDPOINT_SERVICE)
+    if info is not None:
+        try:
+            same = Path(info.data_dir, ".artifact").read_text() == f"{Path(artifact).resolve()}:{Path(artifact).stat().st_mtime}"
+            if same and _ping(info.endpoint_url) and endpoint_name in info.cmdline:
+                return info
+        except OSError:
+            pass
+        stop_local_endpoint()
+    info = start_local_endpoint(artifact, endpoint_name)
+    Path(info.data_dir, ".artifact").write_text(f"{Path(artifact).resolve()}:{Path(artifact).stat().st_mtime}")
+    return info
+
+
+# --------------------------------------------------------------------------- SageMaker endpoints
+
+FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch inference container
+PY_VERSION = "py312"
+
+
+def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
+    """Put ``model.tar.gz`` at ``s3_uri`` (a key ending in .tar.gz, or a prefix)."""
+    from .storage import S3Location
+
+    loc = S3Location.parse(s3_uri)
+    key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key("model.tar.gz")
+    s3_client.upload_file(str(artifact), loc.bucket, key)
+    return f"s3://{loc.bucket}/{key}"
+
+
+def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m5.large",
+                     endpoint_name: str = "cloudalliance", boto_session=None, region: str | None = None,
+                     wait: bool = True):
+    """A real-time endpoint from the artifact with SDK v3 ``ModelBuilder`` (PyTorch inference container,
+    the artifact's own ``code/inference.py``); waits for InService when ``wait``. Returns the Endpoint."""
+    import boto3
+    from sagemaker.core import image_uris
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.serve.model_builder import ModelBuilder
+
+    boto_session = boto_session or boto3.Session(region_name=region)
+    if not boto_session.region_name:
+        raise ServingError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
+    if not role:
+        raise ServingError("Deploying needs ROLE_ARN: an IAM role SageMaker can assume to read the artifact")
+    image = image_uris.retrieve("pytorch", boto_session.region_name, version=FRAMEWORK_VERSION, py_version=PY_VERSION,
+                                instance_type=instance_type, image_scope="inference")
+    builder = ModelBuilder(
+        image_uri=image,
+        s3_model_data_url=artifact_s3_uri,
+        role_arn=role,
+        instance_type=instance_type,
+        sagemaker_session=Session(boto_session=boto_session),
+        env_vars={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                  "INFERENCE_THREADS": "0"},
+    )
+    builder.build()
+    return builder.deploy(endpoint_name=endpoint_name, initial_instance_count=1, wait=wait)
+
+
+def delete_sagemaker_endpoint(endpoint_name: str, sagemaker_client) -> dict[str, list[str]]:
+    """Delete the endpoint, its endpoint config and its models (what stops the hourly charge)."""
+    from botocore.exceptions import ClientError
+
+    deleted: dict[str, list[str]] = {"endpoint": [], "endpoint_config": [], "model": []}
+    try:
+        desc = sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+    except ClientError as exc:
+        if "Could not find" in str(exc) or "ValidationException" in str(exc):
+            return deleted
+        raise
+    config_name = desc["EndpointConfigName"]
+    config = sagemaker_client.describe_endpoint_config(EndpointConfigName=config_name)
+    sagemaker_client.delete_endpoint(EndpointName=endpoint_name)
+    deleted["endpoint"].append(endpoint_name)
+    sagemaker_client.delete_endpoint_config(EndpointConfigName=config_name)
+    deleted["endpoint_config"].append(config_name)
+    for variant in config.get("ProductionVariants", []):
+        sagemaker_client.delete_model(ModelName=variant["ModelName"])
+        deleted["model"].append(variant["ModelName"])
+    return deleted
+
+
+def deployment_record(name: str, backend: str, instance: str, timings: dict[str, float], sizes: dict[str, Any],
+                      metrics: dict[str, Any], config: dict[str, Any]):
+    from . import prices
+    from .records import Record
+
+    rate = prices.HOSTING_PER_HOUR.get(instance, 0.0 if backend == "local" else None)
+    cost = {"currency": "USD", "prices_date": prices.PRICES_DATE, "price_per_hour": rate,
+            "equivalent_instance": "ml.m5.large" if backend == "local" else instance,
+            "equivalent_price_per_hour": prices.HOSTING_PER_HOUR["ml.m5.large"] if backend == "local" else rate}
+    return Record(stage="deployment", name=name, backend=backend, instance=instance, timings=timings, sizes=sizes,
+                  metrics=metrics, cost=cost, config=config)
+
+
 def serve_main(argv: Sequence[str] | None = None) -> int:
     import argparse
 

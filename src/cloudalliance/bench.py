@@ -1,0 +1,158 @@
+"""Benchmarks from a run's records only: nothing here re-runs work.
+
+Notebook 07 draws the course's headline figures from these: training time per
+instance, S3 upload time, the two combined with each bar's reduction against
+the slowest, API latency percentiles, costs, and one summary table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import prices
+from .records import Record
+
+
+def _latest(records: list[Record]) -> dict[str, Record]:
+    found: dict[str, Record] = {}
+    for r in records:  # records come oldest first: later ones win
+        found[r.name] = r
+    return found
+
+
+def training_seconds(run) -> dict[str, float]:
+    return {name: float(r.timings.get("total_s", 0.0)) for name, r in _latest(run.records("training")).items()}
+
+
+def upload_seconds(run) -> dict[str, float]:
+    """First uploads only (a rerun that skipped everything measures the resume, not the upload)."""
+    return {name: float(r.timings.get("total_s", 0.0)) for name, r in _latest(run.records("upload")).items()
+            if r.sizes.get("uploaded", 0) > 0}
+
+
+def reduction_vs_slowest(values: Mapping[str, float]) -> dict[str, float]:
+    """Percent less time than the slowest entry (the slowest itself: 0)."""
+    if not values:
+        return {}
+    slowest = max(values.values())
+    return {k: (100.0 * (slowest - v) / slowest if slowest > 0 else 0.0) for k, v in values.items()}
+
+
+def _bar_panel(ax, values: Mapping[str, float], title: str, unit: str = "s") -> None:
+    names = list(values)
+    if not names:
+        ax.text(0.5, 0.5, "no records of this stage in the run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title)
+        return
+    cuts = reduction_vs_slowest(values)
+    drawn = ax.bar(names, [values[n] for n in names])
+    ax.bar_label(drawn, labels=[f"{values[n]:.1f} {unit}" + (f"\n-{cuts[n]:.0f}%" if cuts[n] > 0.5 else "")
+                                for n in names], fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(unit)
+    ax.margins(y=0.25)
+    ax.tick_params(axis="x", labelrotation=15)
+
+
+def figure_training(run):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    _bar_panel(ax, training_seconds(run), "Training time per instance (and reduction vs the slowest)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_upload(run):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    _bar_panel(ax, upload_seconds(run), "S3 upload time (and reduction vs the slowest)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_combined(run):
+    """Upload and training side by side, as the original study's third figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    _bar_panel(a, upload_seconds(run), "S3 upload")
+    _bar_panel(b, training_seconds(run), "Training")
+    fig.suptitle("Where the time goes")
+    fig.tight_layout()
+    return fig
+
+
+def api_latency(run) -> dict[str, Any]:
+    records = _latest(run.records("api"))
+    if not records:
+        return {}
+    rec = next(iter(records.values()))
+    return {**rec.metrics, "latencies_ms": rec.timings.get("latencies_ms", [])}
+
+
+def figure_latency(run):
+    import matplotlib.pyplot as plt
+
+    lat = api_latency(run)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    values = lat.get("latencies_ms", [])
+    if values:
+        ax.hist(values, bins=min(40, max(5, len(values) // 5)))
+        for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+            ax.axvline(lat[q], color="k", linestyle=style, label=f"{q[:-3]} {lat[q]:.1f} ms")
+        ax.legend()
+    ax.set_xlabel("ms per request (gateway → handler → endpoint)")
+    ax.set_ylabel("requests")
+    ax.set_title(f"API latency over {len(values)} requests")
+    fig.tight_layout()
+    return fig
+
+
+def cost_per_1000_predictions(mean_latency_s: float, hosting_price_per_hour: float, lambda_memory_mb: int = 512) -> dict[str, float]:
+    """What 1,000 sequential predictions cost on AWS: endpoint time + Lambda + API Gateway requests."""
+    endpoint = hosting_price_per_hour / 3600.0 * mean_latency_s * 1000
+    lam = (mean_latency_s * lambda_memory_mb / 1024.0 * prices.LAMBDA_PER_GB_SECOND * 1000
+           + prices.LAMBDA_PER_MILLION_REQUESTS / 1000)
+    gateway = prices.HTTP_API_PER_MILLION_REQUESTS / 1000
+    return {"endpoint_usd": endpoint, "lambda_usd": lam, "api_gateway_usd": gateway,
+            "total_usd": endpoint + lam + gateway}
+
+
+def summary_table(run):
+    """One row per measured step: what, where, seconds, throughput, accuracy, cost."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for rec in _latest(run.records("upload")).values():
+        rows.append({"step": f"upload ({rec.name})", "instance": rec.instance, "seconds": rec.timings.get("total_s"),
+                     "throughput": f"{rec.metrics.get('files_per_s', 0):.0f} files/s", "accuracy": None,
+                     "cost $": None})
+    for rec in _latest(run.records("training")).values():
+        usd = rec.cost.get("usd")
+        rows.append({"step": "training", "instance": rec.instance, "seconds": rec.timings.get("total_s"),
+                     "throughput": f"{rec.metrics.get('images_per_s', 0):.1f} img/s",
+                     "accuracy": rec.metrics.get("val_accuracy"),
+                     "cost $": usd if usd else rec.cost.get("equivalent_usd")})
+    for rec in _latest(run.records("evaluation")).values():
+        rows.append({"step": f"evaluation ({rec.name})", "instance": rec.instance,
+                     "seconds": rec.timings.get("total_s"),
+                     "throughput": f"{rec.metrics.get('images_per_s', 0):.0f} img/s",
+                     "accuracy": rec.metrics.get("accuracy"), "cost $": None})
+    for rec in _latest(run.records("deployment")).values():
+        rows.append({"step": "deployment", "instance": rec.instance, "seconds": rec.timings.get("total_s"),
+                     "throughput": None, "accuracy": rec.metrics.get("endpoint_accuracy"),
+                     "cost $": rec.cost.get("equivalent_price_per_hour")})
+    for rec in _latest(run.records("api")).values():
+        per_1000 = rec.cost.get("per_1000_predictions_usd")
+        rows.append({"step": "api (p50 / p99 ms)", "instance": rec.instance,
+                     "seconds": round(rec.metrics.get("p50_ms", np.nan) / 1000, 4),
+                     "throughput": f"p50 {rec.metrics.get('p50_ms', np.nan):.1f} / p99 {rec.metrics.get('p99_ms', np.nan):.1f} ms",
+                     "accuracy": None, "cost $": per_1000})
+    table = pd.DataFrame(rows, columns=["step", "instance", "seconds", "throughput", "accuracy", "cost $"])
+    return table.set_index("step")
