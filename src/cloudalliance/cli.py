@@ -109,7 +109,7 @@ def cmd_s3_status(args: argparse.Namespace) -> int:
     return 0 if info else 1
 
 
-def _client(args: argparse.Namespace, workers: int = 16):
+def _client(args: argparse.Namespace, workers: int = 32):
     from .storage import create_s3_client
 
     return create_s3_client(args.backend, endpoint_url=args.endpoint_url, region=args.region,
@@ -125,14 +125,33 @@ def cmd_s3_upload(args: argparse.Namespace) -> int:
     client = _client(args, args.workers)
     if args.create_bucket:
         ensure_bucket(client, location.bucket)
-    result = upload_folder(args.src, location, client, workers=args.workers, progress=not args.json)
+    result = upload_folder(args.src, location, client, mode=args.mode, engine=args.engine, workers=args.workers,
+                           shard_mb=args.shard_mb, progress=not args.json)
     if args.json:
         _print_json(result.to_dict())
     else:
-        print(f"{result.files} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.2f} s: "
-              f"{result.files_per_s:.0f} files/s, {result.mb_per_s:.1f} MB/s; "
+        print(f"{result.files} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.2f} s "
+              f"({result.mode}, {result.engine}): {result.files_per_s:.0f} files/s, {result.mb_per_s:.1f} MB/s; "
               f"uploaded {result.uploaded}, skipped {result.skipped} already there")
     return 0
+
+
+def cmd_s3_verify(args: argparse.Namespace) -> int:
+    from .storage import S3Location, verify_upload
+
+    result = verify_upload(args.src, S3Location.parse(args.dest), _client(args))
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.ok:
+        print(f"OK: all {result.files} files are in {result.location} with the right checksum ({result.mode})")
+    else:
+        print(f"{len(result.missing)} missing and {len(result.different)} different of {result.files} files "
+              f"in {result.location}:")
+        for path in result.missing[: args.show]:
+            print(f"  missing    {path}")
+        for path in result.different[: args.show]:
+            print(f"  different  {path}")
+    return 0 if result.ok else 1
 
 
 # --------------------------------------------------------------------------- training and evaluation
@@ -278,6 +297,29 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- benchmarks
+
+
+def cmd_bench_upload(args: argparse.Namespace) -> int:
+    from .records import write_record
+    from .storage import comparison_table, compare_uploads, ensure_bucket, upload_record
+
+    client = _client(args, args.workers)
+    ensure_bucket(client, args.bucket)
+    results, notes = compare_uploads(args.src, args.bucket, client, tools=args.tools, workers=args.workers,
+                                     shard_mb=args.shard_mb, progress=not args.json)
+    if args.record_dir:
+        for r in results:
+            write_record(args.record_dir, upload_record(r, name=r.mode, backend=args.backend))
+    if args.json:
+        _print_json({"results": [r.to_dict() for r in results], "notes": notes})
+    else:
+        print(comparison_table(results).to_string())
+        for note in notes:
+            print("note:", note)
+    return 0
+
+
 # --------------------------------------------------------------------------- course and records
 
 
@@ -360,10 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="local", choices=["local", "aws"])
     p.add_argument("--endpoint-url", help="S3 endpoint (local: the embedded server, started if needed)")
     p.add_argument("--region")
-    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--mode", default="objects", choices=["objects", "shards"],
+                   help="objects: one object per file; shards: tar shards (WebDataset naming)")
+    p.add_argument("--engine", default="auto", choices=["auto", "s5cmd", "boto3"], help="objects mode only")
+    p.add_argument("--workers", type=int, default=32)
+    p.add_argument("--shard-mb", type=float, default=64)
     p.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_s3_upload)
+    p = s3.add_parser("verify", help="exit 0 only if every file is in S3 with the right checksum")
+    p.add_argument("src")
+    p.add_argument("dest", help="s3://BUCKET/PREFIX")
+    p.add_argument("--backend", default="local", choices=["local", "aws"])
+    p.add_argument("--endpoint-url")
+    p.add_argument("--region")
+    p.add_argument("--show", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_s3_verify)
 
     course = sub.add_parser("course", help="run the notebooks with papermill").add_subparsers(
         dest="action", required=True)
@@ -448,6 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("services", help="local servers (S3, endpoint, gateway, images)")
     p.add_argument("action", choices=["list", "stop"])
     p.set_defaults(func=cmd_services)
+
+    bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
+    p = bench.add_parser("upload", help="aws s3 sync vs s5cmd vs our objects and shards modes, same files and server")
+    p.add_argument("src")
+    p.add_argument("--bucket", default="cloudalliance-bench")
+    p.add_argument("--tools", nargs="+", default=["aws-s3-sync", "s5cmd", "objects", "shards"],
+                   choices=["aws-s3-sync", "s5cmd", "objects", "shards"])
+    p.add_argument("--backend", default="local", choices=["local", "aws"])
+    p.add_argument("--endpoint-url")
+    p.add_argument("--region")
+    p.add_argument("--workers", type=int, default=32)
+    p.add_argument("--shard-mb", type=float, default=64)
+    p.add_argument("--record-dir", help="also write one upload record per tool here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_upload)
 
     p = sub.add_parser("records", help="list the records of a run")
     p.add_argument("run_dir", help="runs/<run-id> (or its records folder)")

@@ -120,6 +120,31 @@ def prepare_dataset(source: str, dest: str | os.PathLike, spec: SyntheticSpec | 
     return root
 
 
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """Tar shards (``*.tar``) directly in ``folder``: a channel uploaded in shards mode."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("*.tar") if p.is_file()) if folder.is_dir() else []
+
+
+def materialize_shards(folder: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Unpack every tar shard in ``folder`` (into ``dest`` or a temporary folder); return the root.
+
+    A folder without shards is returned as it is, so callers can pass either layout.
+    """
+    import tarfile
+    import tempfile
+
+    shards = shard_files(folder)
+    if not shards:
+        return Path(folder)
+    root = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="cloudalliance-shards-"))
+    root.mkdir(parents=True, exist_ok=True)
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            tar.extractall(root, filter="data")
+    return root
+
+
 # --------------------------------------------------------------------------- loader
 
 

