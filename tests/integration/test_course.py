@@ -25,8 +25,9 @@ def test_course_runs_01_and_02_and_stops_its_servers(tmp_path):
     assert result.ok
     assert sorted(p.name for p in (run / "notebooks").iterdir()) == ["01_data_exploration.ipynb", "02_s3_upload.ipynb"]
     names = {r.filename for r in load_records(run / "records")}
-    assert {"data-exploration.json", "upload-objects.json", "upload-objects-rerun.json"} <= names
-    upload = json.loads((run / "records" / "upload-objects.json").read_text())
+    assert {"data-exploration.json", "upload-course-data.json", "upload-course-data-rerun.json",
+            "upload-aws-s3-sync.json", "upload-s5cmd.json", "upload-objects.json", "upload-shards.json"} <= names
+    upload = json.loads((run / "records" / "upload-course-data.json").read_text())
     assert upload["sizes"]["files"] == 5 * 6 + 2 * 6 + 3 + 1  # images + synthetic.json
     assert {"01_class_counts.png", "01_samples.png", "02_upload.png"} <= {p.name for p in (run / "figures").iterdir()}
     report = (run / "report.html").read_text()
