@@ -10,7 +10,7 @@ PARAMS ?= params/local.yaml
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install course test test-slow test-all clean-notebooks lock clean stop
+.PHONY: install course test test-slow test-all bench-train bench-upload clean-notebooks lock clean stop
 
 install: $(STAMP)
 
@@ -29,9 +29,20 @@ test: $(STAMP)
 
 # The long tests (real-data training, full uploads) that stay out of the default run.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow and not aws" tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -s -m "slow and not aws" tests $(PYTEST_ARGS)
 
 test-all: test test-slow
+
+# The training benchmark (issue: time-to-accuracy on a CPU): TRAIN_DIR=... [TEST_DIR=...] make bench-train
+TRAIN_DIR ?= ../shared/data/intel/seg_train
+bench-train: $(STAMP)
+	$(BIN)/cloudalliance bench train --train-dir $(TRAIN_DIR) --model-dir runs/bench-train/model \
+		--checkpoint-dir runs/bench-train/checkpoints-$$(date +%s) $(if $(TEST_DIR),--test-dir $(TEST_DIR),)
+
+# The upload benchmark: SRC=... make bench-upload
+SRC ?= ../shared/data/intel
+bench-upload: $(STAMP)
+	$(BIN)/cloudalliance bench upload $(SRC)
 
 # Strip outputs and execution counts so notebooks are committed clean.
 clean-notebooks: $(STAMP)

@@ -320,6 +320,31 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .launch import run_local, time_to_accuracy
+
+    hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k, None) is not None}
+    result = run_local(args.train_dir, args.model_dir, args.profile, hp, test_dir=args.test_dir,
+                       checkpoint_dir=args.checkpoint_dir, progress=not args.json)
+    summary = time_to_accuracy(result.metrics, args.target)
+    summary.update(instance=result.instance, wall_seconds=round(result.wall_seconds, 2),
+                   hyperparameters=hp, model_dir=str(result.model_dir))
+    if args.json:
+        _print_json(summary)
+        return 0
+    reached = summary["seconds_to_target"]
+    print(f"time to {args.target:.0%}: " + (f"{reached:.1f} s (epoch {summary['epoch_to_target']})" if reached
+                                            else "not reached"))
+    print(f"final validation accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}), "
+          f"{summary['images_per_s']:.1f} images/s, {result.wall_seconds:.1f} s wall")
+    print(f"where the time went: decoding {summary['data_load_seconds']:.1f} s, training "
+          f"{summary['train_seconds']:.1f} s, validation {summary['val_seconds']:.1f} s")
+    for h in result.history:
+        print(f"  epoch {h['epoch']}: {h['elapsed_seconds']:.1f} s, val accuracy {h.get('val_accuracy', float('nan')):.4f}, "
+              f"loss {h['train_loss']:.4f}, {h['images_per_s']:.1f} img/s")
+    return 0
+
+
 # --------------------------------------------------------------------------- course and records
 
 
@@ -518,6 +543,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-dir", help="also write one upload record per tool here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_upload)
+
+    p = bench.add_parser("train", help="run the training recipe and print time-to-accuracy, accuracy, images/s")
+    p.add_argument("--train-dir", required=True)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--test-dir")
+    p.add_argument("--target", type=float, default=0.92, help="validation accuracy to time (default 0.92)")
+    p.add_argument("--profile", default="local-2cpu")
+    p.add_argument("--checkpoint-dir")
+    for flag, kind in (("--arch", str), ("--pretrained", str), ("--epochs", int), ("--img-size", int),
+                       ("--batch-size", int), ("--lr", float), ("--freeze-blocks", int), ("--seed", int),
+                       ("--val-fraction", float), ("--max-train-images", int)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_train)
 
     p = sub.add_parser("records", help="list the records of a run")
     p.add_argument("run_dir", help="runs/<run-id> (or its records folder)")

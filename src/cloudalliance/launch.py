@@ -406,6 +406,25 @@ def pick_model(run, instance: str = "", data_root: str | os.PathLike | None = No
     return result.model_dir
 
 
+def time_to_accuracy(metrics: Mapping[str, Any], target: float = 0.92) -> dict[str, Any]:
+    """From a metrics.json: seconds (since the script started) until validation accuracy reached ``target``,
+    final and best accuracy, images/s, and where the time went."""
+    history = metrics.get("history", [])
+    hit = next((h for h in history if (h.get("val_accuracy") or 0.0) >= target), None)
+    return {
+        "target": target,
+        "seconds_to_target": round(hit["elapsed_seconds"], 2) if hit else None,
+        "epoch_to_target": hit["epoch"] if hit else None,
+        "final_accuracy": metrics.get("val_accuracy"),
+        "best_accuracy": metrics.get("best_val_accuracy"),
+        "images_per_s": round(metrics.get("images_per_s", 0.0), 2),
+        "data_load_seconds": round(metrics.get("data_load_seconds", 0.0), 2),
+        "train_seconds": round(sum(h.get("train_seconds", 0.0) for h in history), 2),
+        "val_seconds": round(sum(h.get("val_seconds", 0.0) for h in history), 2),
+        "total_seconds": round(metrics.get("total_seconds", 0.0), 2),
+    }
+
+
 # --------------------------------------------------------------------------- records
 
 

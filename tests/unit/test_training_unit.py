@@ -107,3 +107,15 @@ def test_evaluation_figures():
     assert result.per_class()["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert [m["file"] for m in result.mistakes()] == ["y", "z"]  # 0.7 before 0.6
     json.dumps(result.to_dict())
+
+
+def test_time_to_accuracy_reads_the_history():
+    metrics = {"history": [{"epoch": 1, "val_accuracy": 0.88, "elapsed_seconds": 170.0, "train_seconds": 150.0,
+                            "val_seconds": 10.0},
+                           {"epoch": 2, "val_accuracy": 0.925, "elapsed_seconds": 330.0, "train_seconds": 150.0,
+                            "val_seconds": 10.0}],
+               "val_accuracy": 0.925, "best_val_accuracy": 0.925, "images_per_s": 44.0, "data_load_seconds": 6.0,
+               "total_seconds": 335.0}
+    got = launch.time_to_accuracy(metrics, 0.92)
+    assert (got["seconds_to_target"], got["epoch_to_target"], got["train_seconds"]) == (330.0, 2, 300.0)
+    assert launch.time_to_accuracy(metrics, 0.95)["seconds_to_target"] is None
