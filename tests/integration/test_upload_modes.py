@@ -89,6 +89,33 @@ def test_a_killed_upload_resumes(s3_server, s3, bucket, tmp_path):
     assert verify_upload(src, loc, s3).ok
 
 
+def test_a_killed_s5cmd_upload_leaves_no_s5cmd_behind_and_resumes(s3_server, s3, bucket, tmp_path):
+    from cloudalliance.data import SyntheticSpec, generate_synthetic
+
+    src = generate_synthetic(tmp_path / "src", SyntheticSpec(80, 0, 0, seed=5), progress=False)
+    loc = S3Location(bucket, "killed-s5cmd")
+    argv = [sys.executable, "-m", "cloudalliance", "s3", "upload", str(src), loc.uri, "--endpoint-url",
+            s3_server.endpoint_url, "--engine", "s5cmd", "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    child = None
+    while time.monotonic() < deadline and child is None and proc.poll() is None:
+        found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "s5cmd"], capture_output=True, text=True).stdout.split()
+        child = int(found[0]) if found else None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert child is not None, "s5cmd was seen running under the upload"
+    for _ in range(100):
+        if not services.pid_alive(child):
+            break
+        time.sleep(0.05)
+    assert not services.pid_alive(child), "s5cmd stops with the upload that started it (its output pipe closes)"
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert verify_upload(src, loc, s3).ok
+
+
 def test_server_stopped_mid_upload_then_restarted(tmp_path, monkeypatch):
     """The server dies during an upload: a clear error; after a restart the rerun completes it."""
     from cloudalliance.data import SyntheticSpec, generate_synthetic
