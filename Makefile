@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 
 test-all: test test-slow
 
-# The training benchmark (issue: time-to-accuracy on a CPU): TRAIN_DIR=... [TEST_DIR=...] make bench-train
+# The training benchmark (time to accuracy on this machine): TRAIN_DIR=... [TEST_DIR=...] make bench-train
 TRAIN_DIR ?= ../shared/data/intel/seg_train
 bench-train: $(STAMP)
 	$(BIN)/cloudalliance bench train --train-dir $(TRAIN_DIR) --model-dir runs/bench-train/model \
