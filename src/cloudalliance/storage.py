@@ -356,11 +356,6 @@ def list_files(src: str | os.PathLike) -> list[LocalFile]:
     return found
 
 
-def iter_files(src: str | os.PathLike) -> Iterable[Path]:
-    """Paths of :func:`list_files`."""
-    return (Path(f.full) for f in list_files(src))
-
-
 def build_manifest(src: str | os.PathLike, workers: int = 2, files: list[LocalFile] | None = None) -> list[FileEntry]:
     """Size and MD5 of every file under ``src`` (MD5 is S3's ETag for single-part objects)."""
     files = list_files(src) if files is None else files
