@@ -323,7 +323,7 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     from .launch import run_local, time_to_accuracy
 
-    hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k, None) is not None}
+    hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k) is not None}
     result = run_local(args.train_dir, args.model_dir, args.profile, hp, test_dir=args.test_dir,
                        checkpoint_dir=args.checkpoint_dir, progress=not args.json)
     summary = time_to_accuracy(result.metrics, args.target)
@@ -376,6 +376,31 @@ def cmd_records(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_s3_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="local", choices=["local", "aws"])
+    p.add_argument("--endpoint-url", help="S3 endpoint (local: the embedded server, started if needed)")
+    p.add_argument("--region")
+
+
+def _add_training_run_args(p: argparse.ArgumentParser) -> None:
+    """Where the data and the model are, the local profile, and the hyperparameters (``_HP_FLAGS``)."""
+    p.add_argument("--train-dir", required=True, help="class folders (Kaggle layout, nested or flat)")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--test-dir", help="labeled folder to validate on (default: a held-out split of --train-dir)")
+    p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
+    p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
+    p.add_argument("--arch")
+    p.add_argument("--pretrained", choices=["auto", "yes", "no"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--freeze-blocks", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--max-train-images", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudalliance", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cloudalliance {__version__}")
@@ -424,9 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = s3.add_parser("upload", help="upload a folder to s3://BUCKET/PREFIX (resumable)")
     p.add_argument("src")
     p.add_argument("dest", help="s3://BUCKET/PREFIX")
-    p.add_argument("--backend", default="local", choices=["local", "aws"])
-    p.add_argument("--endpoint-url", help="S3 endpoint (local: the embedded server, started if needed)")
-    p.add_argument("--region")
+    _add_s3_args(p)
     p.add_argument("--mode", default="objects", choices=["objects", "shards"],
                    help="objects: one object per file; shards: tar shards (WebDataset naming)")
     p.add_argument("--engine", default="auto", choices=["auto", "s5cmd", "boto3"], help="objects mode only")
@@ -438,9 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = s3.add_parser("verify", help="exit 0 only if every file is in S3 with the right checksum")
     p.add_argument("src")
     p.add_argument("dest", help="s3://BUCKET/PREFIX")
-    p.add_argument("--backend", default="local", choices=["local", "aws"])
-    p.add_argument("--endpoint-url")
-    p.add_argument("--region")
+    _add_s3_args(p)
     p.add_argument("--show", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_s3_verify)
@@ -455,21 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_course_run)
 
     p = sub.add_parser("train", help="train with the SageMaker entry script in local processes")
-    p.add_argument("--train-dir", required=True, help="class folders (Kaggle layout, nested or flat)")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--test-dir", help="labeled folder to validate on (default: a held-out split of --train-dir)")
-    p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
-    p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
-    p.add_argument("--arch")
-    p.add_argument("--pretrained", choices=["auto", "yes", "no"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--freeze-blocks", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--max-train-images", type=int)
+    _add_training_run_args(p)
     p.add_argument("--record-dir", help="also write the training record here (runs/<id>/records)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -535,9 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", default="cloudalliance-bench")
     p.add_argument("--tools", nargs="+", default=["aws-s3-sync", "s5cmd", "objects", "shards"],
                    choices=["aws-s3-sync", "s5cmd", "objects", "shards"])
-    p.add_argument("--backend", default="local", choices=["local", "aws"])
-    p.add_argument("--endpoint-url")
-    p.add_argument("--region")
+    _add_s3_args(p)
     p.add_argument("--workers", type=int, default=32)
     p.add_argument("--shard-mb", type=float, default=32)
     p.add_argument("--record-dir", help="also write one upload record per tool here")
@@ -545,16 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_upload)
 
     p = bench.add_parser("train", help="run the training recipe and print time-to-accuracy, accuracy, images/s")
-    p.add_argument("--train-dir", required=True)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--test-dir")
+    _add_training_run_args(p)
     p.add_argument("--target", type=float, default=0.92, help="validation accuracy to time (default 0.92)")
-    p.add_argument("--profile", default="local-2cpu")
-    p.add_argument("--checkpoint-dir")
-    for flag, kind in (("--arch", str), ("--pretrained", str), ("--epochs", int), ("--img-size", int),
-                       ("--batch-size", int), ("--lr", float), ("--freeze-blocks", int), ("--seed", int),
-                       ("--val-fraction", float), ("--max-train-images", int)):
-        p.add_argument(flag, type=kind)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
 

