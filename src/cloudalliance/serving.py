@@ -24,7 +24,6 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +36,6 @@ from . import services
 ARTIFACT_FILES = ("model.pt", "labels.json", "preprocess.json", "config.json", "metrics.json")
 CODE_DIR = Path(__file__).resolve().parent / "artifact_code"
 ENDPOINT_SERVICE = "endpoint"
-ONNX_OPSET = 17
 
 
 class ServingError(RuntimeError):
@@ -49,22 +47,12 @@ class ServingError(RuntimeError):
 
 def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Export the model folder's network to ONNX (dynamic batch, NCHW float input)."""
-    import torch
-
     from .evaluation import load_model
+    from .onnxrt import export_module
 
     loaded = load_model(model_dir, "cpu")
-    model = loaded.model.to(memory_format=torch.contiguous_format)
     size = loaded.preprocess.size
-    out = Path(out or Path(model_dir) / "model.onnx")
-    dummy = torch.zeros(1, 3, size, size)
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript-based exporter: deprecated upstream, but exact for this CNN and needs no onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (dummy,), str(out), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
-                          dynamo=False)
-    return out
+    return export_module(loaded.model, (1, 3, size, size), out or Path(model_dir) / "model.onnx")
 
 
 @dataclasses.dataclass
@@ -81,16 +69,16 @@ class OnnxCheck:
 
 def check_onnx(model_dir: str | os.PathLike, images: np.ndarray, onnx_path: str | os.PathLike | None = None) -> OnnxCheck:
     """Compare ONNX Runtime with PyTorch on real images: probability difference and label agreement."""
-    import onnxruntime as ort
     import torch
 
     from .evaluation import load_model
+    from .onnxrt import cpu_session
     from .presets import preprocess_numpy, to_tensor_batch
 
     loaded = load_model(model_dir, "cpu")
     cfg = loaded.preprocess
     onnx_path = onnx_path or Path(model_dir) / "model.onnx"
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)
     t0 = time.perf_counter()
     with torch.inference_mode():
         ref = loaded.model(to_tensor_batch(images, cfg).contiguous(memory_format=torch.channels_last)).softmax(1).numpy()
