@@ -157,7 +157,8 @@ def cmd_s3_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- training and evaluation
 
 
-_HP_FLAGS = ("arch", "pretrained", "epochs", "img_size", "batch_size", "lr", "freeze_blocks", "seed",
+_HP_FLAGS = ("preset", "arch", "pretrained", "epochs", "img_size", "first_epochs", "first_size", "batch_size", "lr",
+             "freeze_blocks", "ema", "seed",
              "val_fraction", "max_train_images")
 
 
@@ -189,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, write_json
 
     result = evaluate(args.model_dir, args.data_dir, split=None if args.split == "auto" else args.split,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet, engine=args.engine)
     if args.json:
         write_json(result, args.json)
     print(f"accuracy {result.accuracy:.4f} on {len(result.labels)} images "
@@ -389,13 +390,18 @@ def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-dir", help="labeled folder to validate on (default: a held-out split of --train-dir)")
     p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
     p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
+    p.add_argument("--preset", choices=["default", "fast", "best"],
+                   help="a named recipe (fast: ~5 min on 2 cores; best: longer); the flags below override it")
     p.add_argument("--arch")
     p.add_argument("--pretrained", choices=["auto", "yes", "no"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--img-size", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--first-epochs", type=int, help="of --epochs, how many run first at --first-size (0: none)")
+    p.add_argument("--first-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per step over all processes")
     p.add_argument("--lr", type=float)
-    p.add_argument("--freeze-blocks", type=int)
+    p.add_argument("--freeze-blocks", type=int, help="keep the stem and the first N blocks frozen")
+    p.add_argument("--ema", type=float, help="decay of the weights' moving average (0: off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--max-train-images", type=int)
@@ -488,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which split of a Kaggle root (auto: DATA_DIR holds the class folders)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+                   help="on a CPU: auto scores with ONNX Runtime where it can (same weights, faster)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

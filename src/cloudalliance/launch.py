@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import prices
 from .records import Record
@@ -352,9 +352,19 @@ def train_instance(backend: str, instance: str, run, data_root: str | os.PathLik
     return result, record
 
 
-def training_histories(run) -> dict[str, list[dict[str, Any]]]:
-    """Per-epoch history of every training record in the run, by instance."""
-    return {r.name: r.metrics.get("history", []) for r in run.records("training")}
+def training_histories(run, with_checks: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch history of every training record in the run, by instance; ``with_checks`` adds the
+    validations within epochs (``--val-checks``), all in time order (for accuracy over time)."""
+    out = {}
+    for r in run.records("training"):
+        out[r.name] = validations_in_time_order(r.metrics.get("history", []),
+                                                r.metrics.get("checks", []) if with_checks else [])
+    return out
+
+
+def validations_in_time_order(history: Sequence[Mapping], checks: Sequence[Mapping] = ()) -> list:
+    """End-of-epoch validations and those within epochs, sorted by seconds since the script started."""
+    return sorted([*history, *checks], key=lambda h: h.get("elapsed_seconds", 0.0))
 
 
 def training_table(run):
@@ -410,7 +420,9 @@ def time_to_accuracy(metrics: Mapping[str, Any], target: float = 0.92) -> dict[s
     """From a metrics.json: seconds (since the script started) until validation accuracy reached ``target``,
     final and best accuracy, images/s, and where the time went."""
     history = metrics.get("history", [])
-    hit = next((h for h in history if (h.get("val_accuracy") or 0.0) >= target), None)
+    # end-of-epoch validations and those within epochs (--val-checks), in time order
+    points = validations_in_time_order(history, metrics.get("checks", []))
+    hit = next((h for h in points if (h.get("val_accuracy") or 0.0) >= target), None)
     return {
         "target": target,
         "seconds_to_target": round(hit["elapsed_seconds"], 2) if hit else None,
@@ -451,9 +463,11 @@ def training_record(result: TrainingResult, name: str | None = None) -> Record:
             "val_accuracy": m.get("val_accuracy"),
             "best_val_accuracy": m.get("best_val_accuracy"),
             "history": m.get("history", []),
+            "checks": m.get("checks", []),
         },
         cost=prices.training_cost(result.instance, seconds, count),
-        config={k: c.get(k) for k in ("arch", "weights", "epochs", "img_size", "batch_size", "lr", "freeze_blocks",
-                                       "threads", "device", "world_size", "amp", "validation", "seed")}
+        config={k: c.get(k) for k in ("preset", "arch", "weights", "epochs", "img_size", "batch_size", "lr",
+                                       "freeze_blocks", "ema", "frozen_layers_engine", "threads", "device",
+                                       "world_size", "amp", "validation", "seed")}
                | {"model_dir": str(result.model_dir), "job_name": result.job_name, "artifact": result.artifact},
     )

@@ -34,6 +34,19 @@ def test_model_folder_follows_the_artifact_contract(trained):
     history = trained.metrics["history"]
     assert len(history) == 1 and 0.0 <= history[0]["val_accuracy"] <= 1.0
     assert trained.metrics["data_load_seconds"] > 0 and trained.metrics["images_per_s"] > 0
+    # the default recipe: frozen trunk in ONNX Runtime, weight average, a validation within the epoch
+    assert config["freeze_blocks"] == 3 and config["frozen_layers_engine"] == "onnxruntime" and config["ema"] > 0
+    assert [c["epoch"] for c in trained.metrics["checks"]] == [0.5]
+    assert trained.metrics["checks"][0]["elapsed_seconds"] < history[0]["elapsed_seconds"]
+
+
+def test_saved_model_is_the_validated_weight_average(trained, synthetic_root):
+    """evaluate on the test channel must give the accuracy training reported for it (same weights, same TTA)."""
+    from cloudalliance.evaluation import evaluate
+
+    result = evaluate(trained.model_dir, synthetic_root / "seg_test", split=None, progress=False)
+    # training scored with ONNX Runtime, evaluate with PyTorch: at most one near-tie may fall the other way
+    assert result.accuracy == pytest.approx(trained.metrics["val_accuracy"], abs=1.5 / len(result.labels))
 
 
 def test_training_record(trained):
@@ -103,4 +116,18 @@ def test_two_process_distributed_training(synthetic_root, tmp_path):
     assert result.config["world_size"] == 2
     assert (tmp_path / "model" / "model.pt").is_file()
     seen = result.metrics["history"][0]["train_images"]
-    assert seen == 2 * ranks[0]["steps_per_epoch"] * 4, "the images of both ranks are counted"
+    assert seen == 2 * ranks[0]["steps_per_epoch"] * 2, "each rank takes half the batch; both are counted"
+
+
+def test_the_same_seed_gives_the_same_model(synthetic_root, tmp_path):
+    """Two runs with one seed: the same validation accuracy and (nearly) the same weights; another seed differs."""
+    import torch
+
+    def once(name, seed):
+        return launch.run_local(synthetic_root / "seg_train", tmp_path / name, "local-2cpu",
+                                {**TINY, "seed": seed, "max_train_images": 96}, progress=False)
+
+    a, b, c = once("a", 1), once("b", 1), once("c", 2)
+    assert a.metrics["val_accuracy"] == pytest.approx(b.metrics["val_accuracy"], abs=0.003)
+    wa, wb, wc = (torch.load(r.model_dir / "model.pt")["classifier.weight"] for r in (a, b, c))
+    assert torch.allclose(wa, wb, atol=1e-5) and not torch.allclose(wa, wc, atol=1e-3)

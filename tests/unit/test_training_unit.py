@@ -119,3 +119,83 @@ def test_time_to_accuracy_reads_the_history():
     got = launch.time_to_accuracy(metrics, 0.92)
     assert (got["seconds_to_target"], got["epoch_to_target"], got["train_seconds"]) == (330.0, 2, 300.0)
     assert launch.time_to_accuracy(metrics, 0.95)["seconds_to_target"] is None
+    metrics["checks"] = [{"epoch": 0.5, "val_accuracy": 0.8, "elapsed_seconds": 90.0},
+                         {"epoch": 1.5, "val_accuracy": 0.921, "elapsed_seconds": 250.0}]
+    got = launch.time_to_accuracy(metrics, 0.92)
+    assert (got["seconds_to_target"], got["epoch_to_target"]) == (250.0, 1.5), "a check within an epoch counts"
+
+
+def test_presets_set_defaults_and_flags_override_them():
+    fast = training.config_from_args(training.parse_args(["--preset", "fast"]))
+    default = training.config_from_args(training.parse_args([]))
+    assert fast.preset == "fast" and default.preset == "default"
+    for name, value in training.PRESETS["fast"].items():
+        assert getattr(fast, name) == value
+    assert fast.to_dict() != default.to_dict() or not training.PRESETS["fast"]
+    tuned = training.config_from_args(training.parse_args(["--preset", "fast", "--epochs", "7", "--img_size", "99"]))
+    assert (tuned.epochs, tuned.img_size) == (7, 99)
+    with pytest.raises(SystemExit, match="Unknown --preset 'huge'"):
+        training.parse_args(["--preset", "huge"])
+
+
+@pytest.mark.parametrize("engine", ["onnx", "torch"])
+def test_split_model_matches_the_whole_model_and_trains_only_the_rest(engine):
+    import torch
+
+    from cloudalliance.models import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model("efficientnet_lite0", 6, pretrained="no")
+    with torch.no_grad():  # a non-zero head so the outputs differ between images
+        model.classifier.weight.normal_(0, 0.1)
+    training.freeze_blocks(model, 3)
+    net = training.split_model(model, 3, engine, torch.device("cpu"), threads=1)
+    assert net.engine == ("onnxruntime" if engine == "onnx" else "torch")
+    x = torch.randn(3, 3, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-4)
+    net.train()
+    net(x).sum().backward()
+    assert model.blocks[0][0].conv_dw.weight.grad is None, "the trunk is frozen"
+    assert model.blocks[3][0].conv_pw.weight.grad is not None and model.classifier.weight.grad is not None
+    assert training.split_model(model, 0, engine, torch.device("cpu"), 1) is model
+
+
+def test_weight_ema_follows_the_weights_and_swaps_back():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = training.WeightEma(model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    for _ in range(3):
+        ema.update(model)
+    avg = ema.shadow["0.weight"].clone()
+    assert torch.all(avg > start["0.weight"]) and torch.all(avg < model[0].weight), "between start and now"
+    assert "1.num_batches_tracked" not in ema.shadow, "integer buffers are not averaged"
+    live = model[0].weight.detach().clone()
+    ema.swap(model)
+    assert torch.equal(model[0].weight, avg) and torch.equal(ema.shadow["0.weight"], live)
+    ema.swap(model)
+    assert torch.equal(model[0].weight, live)
+    again = training.WeightEma(model, 0.9)
+    again.load_state_dict(ema.state_dict())
+    assert again.steps == 3 and torch.equal(again.shadow["0.weight"], ema.shadow["0.weight"])
+
+
+def test_the_default_schedule_is_the_fast_preset_then_a_larger_size():
+    default = training.config_from_args(training.parse_args([]))
+    fast = training.config_from_args(training.parse_args(["--preset", "fast"]))
+    first, second = training.stages(default)
+    (only,) = training.stages(fast)
+    assert (first.epochs, first.size, first.lr) == (only.epochs, only.size, only.lr), "stage 1 is the fast preset"
+    assert second.first_epoch == first.epochs and second.size == default.img_size > first.size
+    assert first.epochs + second.epochs == default.epochs and second.lr < first.lr
+    assert [training.stage_of(default, e).index for e in range(default.epochs)] == [0] * first.epochs + [1] * second.epochs
+    for flags in (["--epochs", "2"], ["--img-size", "128"], ["--first-epochs", "0"]):  # no room for two stages
+        (one,) = training.stages(training.config_from_args(training.parse_args(flags)))
+        assert one.size == (128 if "128" in flags else default.img_size) and one.lr == default.lr
+    with pytest.raises(SystemExit, match="--first-epochs must be at least 0"):
+        training.config_from_args(training.parse_args(["--first-epochs", "-1"]))
