@@ -391,7 +391,8 @@ def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
     p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
     p.add_argument("--preset", choices=["default", "fast", "best"],
-                   help="a named recipe (fast: ~5 min on 2 cores; best: longer); the flags below override it")
+                   help="a named recipe (on 2 cores and the Intel set: fast ~3.5 min, default ~12 min, best longer); "
+                        "the flags below override it")
     p.add_argument("--arch")
     p.add_argument("--pretrained", choices=["auto", "yes", "no"])
     p.add_argument("--epochs", type=int)
