@@ -385,12 +385,14 @@ def _add_s3_args(p: argparse.ArgumentParser) -> None:
 
 def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     """Where the data and the model are, the local profile, and the hyperparameters (``_HP_FLAGS``)."""
+    from .training import PRESETS
+
     p.add_argument("--train-dir", required=True, help="class folders (Kaggle layout, nested or flat)")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--test-dir", help="labeled folder to validate on (default: a held-out split of --train-dir)")
     p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
     p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
-    p.add_argument("--preset", choices=["default", "fast", "best"],
+    p.add_argument("--preset", choices=sorted(PRESETS),
                    help="a named recipe (on 2 cores and the Intel set: fast ~3.5 min, default ~12 min, best longer); "
                         "the flags below override it")
     p.add_argument("--arch")

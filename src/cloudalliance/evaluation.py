@@ -153,11 +153,9 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
     images = decode_images(files, loaded.preprocess.size, workers, progress, "decoding")
     decode_seconds = time.perf_counter() - t0
     use_tta = loaded.config.get("tta", True) if tta is None else tta
-    scorer = loaded.model
-    if dev.type == "cpu" and engine != "torch":
-        from .onnxrt import onnx_copy_or_none
+    from .onnxrt import onnx_copy_or_none
 
-        scorer = onnx_copy_or_none(loaded.model, loaded.preprocess.size, required=engine == "onnx") or loaded.model
+    scorer = onnx_copy_or_none(loaded.model, loaded.preprocess.size, engine, dev.type) or loaded.model
     preds = predict(scorer, images, loaded.preprocess, dev, batch_size, use_tta, progress=progress)
     return EvaluationResult(loaded.classes, [str(f) for f in files], np.asarray(labels), preds.probabilities,
                             decode_seconds, preds.seconds, skipped)

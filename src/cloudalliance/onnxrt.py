@@ -64,15 +64,19 @@ def onnx_copy(module, example_shape: Sequence[int], threads: int = 0, dynamic_si
     return OnnxModule()
 
 
-def onnx_copy_or_none(module, size: int, threads: int = 0, dynamic_size: bool = False, required: bool = False):
-    """:func:`onnx_copy` for ``size`` x ``size`` images, or None (saying why) where ONNX Runtime cannot
-    be had; with ``required`` that is an error instead."""
+def onnx_copy_or_none(module, size: int, engine: str = "auto", device_type: str = "cpu", threads: int = 0,
+                      dynamic_size: bool = False):
+    """:func:`onnx_copy` for ``size`` x ``size`` images where ONNX Runtime should run ``module``: on a
+    CPU with ``engine`` auto or onnx. None for ``engine`` torch or another device, and (saying why) where
+    ONNX Runtime cannot be had, which ``engine`` onnx makes an error instead."""
     import sys
 
+    if engine == "torch" or device_type != "cpu":
+        return None
     try:
         return onnx_copy(module, (1, 3, size, size), threads, dynamic_size=dynamic_size)
     except Exception as exc:  # noqa: BLE001 - no onnxruntime, an export the runtime refuses, ...
-        if required:
+        if engine == "onnx":
             raise SystemExit(f"ONNX Runtime was asked for but cannot run this model: {type(exc).__name__}: {exc}") from exc
         print(f"ONNX Runtime not used ({type(exc).__name__}: {exc}); PyTorch runs the model", file=sys.stderr)
         return None

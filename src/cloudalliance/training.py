@@ -337,9 +337,7 @@ def split_model(model, k: int, engine: str, device, threads: int):
     if k <= 0 or not hasattr(model, "blocks"):
         return model
     trunk = torch.nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:k])
-    fast = None
-    if device.type == "cpu" and engine in ("auto", "onnx"):
-        fast = onnx_copy_or_none(trunk, 64, threads, dynamic_size=True, required=engine == "onnx")
+    fast = onnx_copy_or_none(trunk, 64, engine, device.type, threads, dynamic_size=True)
 
     class SplitNet(torch.nn.Module):
         def __init__(self):
@@ -679,10 +677,8 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
         """Validation of the weights' average (or the weights), by ONNX Runtime on a CPU where it can."""
         if ema is not None:
             ema.swap(model)
-        scorer = split
-        if device.type == "cpu" and cfg.inference_engine != "torch" and len(val_images):
-            scorer = onnx_copy_or_none(model, stage.size, threads, required=cfg.inference_engine == "onnx") or split
-        result = evaluate_split(scorer, val_images, val_labels_arr, prep, device, dist, cfg, amp_dtype)
+        fast = onnx_copy_or_none(model, stage.size, cfg.inference_engine, device.type, threads) if len(val_images) else None
+        result = evaluate_split(fast or split, val_images, val_labels_arr, prep, device, dist, cfg, amp_dtype)
         if ema is not None:
             ema.swap(model)
         return result
