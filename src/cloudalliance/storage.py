@@ -135,6 +135,9 @@ def explain(exc: BaseException, where: str = "") -> StorageError:
     if hint:
         return StorageError(f"{text}{code}: {hint}")
     if code in ("InternalError", "ServiceUnavailable", "SlowDown", "503", "500"):
+        problem = local_s3_capacity_problem()
+        if problem:
+            return StorageError(f"{text}{code}: {problem}; uploads resume")
         return StorageError(f"{text}{code}: the S3 server kept failing after retries; check it (local backend: "
                             "`cloudalliance s3 status` and its log), then run again: uploads resume")
     name = type(exc).__name__
@@ -198,6 +201,32 @@ def _s3_answers(endpoint_url: str) -> bool:
         return False
 
 
+# Volume slots of the embedded server and volumes grown per bucket (collection) at a time.
+# Volumes are sparse files, so slots cost no disk until data is written.
+LOCAL_VOLUME_SLOTS = 1000
+LOCAL_VOLUME_GROWTH = 1
+
+
+def local_s3_capacity_problem() -> str:
+    """Why the running embedded S3 server cannot take writes, or "" (no server, or nothing wrong found)."""
+    info = services.running(LOCAL_S3_SERVICE)
+    if info is None or "master" not in info.ports:
+        return ""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{info.ports['master']}/dir/status", timeout=2) as resp:
+            topology = json.load(resp).get("Topology", {})
+    except (OSError, ValueError):
+        return ""
+    if topology.get("Max") and not topology.get("Free"):
+        return (f"the local S3 server has used all its {topology['Max']} volume slots; restart it with "
+                "`cloudalliance s3 stop` then `cloudalliance s3 start` (or delete buckets you no longer need)")
+    free = shutil.disk_usage(info.data_dir).free if info.data_dir and Path(info.data_dir).exists() else None
+    if free is not None and free < 512 * 2**20:
+        return (f"the disk under the local S3 server's data ({info.data_dir}) has {free / 2**20:.0f} MiB free; "
+                "free some space and run again")
+    return ""
+
+
 def _volume_server_registered(master_port: int) -> bool:
     """The master knows a volume server (before that, reads and writes fail with InternalError)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as resp:
@@ -249,7 +278,9 @@ def start_local_s3(data_dir: str | os.PathLike | None = None, timeout: float = 9
         "-master.volumeSizeLimitMB=256",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume + 1}",
-        "-volume.max=0",
+        # A fixed number of volume slots: with 0 SeaweedFS sizes it from the free disk space
+        # (free / volume size), and on a small disk a few buckets use them all up (InternalError).
+        f"-volume.max={LOCAL_VOLUME_SLOTS}",
         "-volume.preStopSeconds=1",
         "-filer",
         f"-filer.port={filer}",
@@ -270,6 +301,8 @@ def start_local_s3(data_dir: str | os.PathLike | None = None, timeout: float = 9
         endpoint_url=endpoint_url,
         healthy=lambda: _local_s3_ready(endpoint_url, master),
         data_dir=data,
+        # each bucket is a collection; by default SeaweedFS grows 7 volumes for each of them
+        env={"WEED_MASTER_VOLUME_GROWTH_COPY_1": str(LOCAL_VOLUME_GROWTH)},
         timeout=timeout,
         # unix sockets SeaweedFS leaves in /tmp when it is killed
         cleanup=[_socket_path("filer", filer), _socket_path("s3", s3),
@@ -558,8 +591,9 @@ def _run_s5cmd(client, argv_tail: list[str], location: S3Location, bar, expected
         if "connection refused" in text.lower() or "no such host" in text.lower():
             raise StorageError(f"cannot reach the S3 endpoint {client.meta.endpoint_url}; is the server running? "
                                "For the local backend: `cloudalliance s3 start`")
+        problem = local_s3_capacity_problem() if "InternalError" in text else ""
         raise StorageError(f"s5cmd failed for {len(errors) or 'some'} of {expected} files ({text}); "
-                           "run the upload again: it resumes")
+                           + (f"{problem}; " if problem else "") + "run the upload again: it resumes")
     if done != expected:
         raise StorageError(f"s5cmd reported {done} of {expected} uploads done; run the upload again: it resumes")
 

@@ -86,3 +86,45 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path, monkeypatch):
                                   healthy=lambda: "up" in open(tmp_path / "state" / "stubborn.log").read())
     assert services.stop_service("stubborn", grace=0.5) is True
     assert not services.pid_alive(info.pid)
+
+
+def _volume_topology(info) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{info.ports['master']}/dir/status", timeout=5) as resp:
+        return json.load(resp)["Topology"]
+
+
+def test_many_buckets_fit_whatever_the_free_disk(tmp_path, monkeypatch):
+    """Slots are fixed, not sized from the free disk, and a bucket takes one volume, not seven."""
+    monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
+    info = storage.start_local_s3()
+    try:
+        client = storage.create_s3_client("local", endpoint_url=info.endpoint_url, retries=1)
+        for i in range(20):
+            storage.ensure_bucket(client, f"many-{i:02d}")
+            client.put_object(Bucket=f"many-{i:02d}", Key="a.txt", Body=b"x" * 100)
+        topology = _volume_topology(info)
+        assert topology["Max"] == storage.LOCAL_VOLUME_SLOTS
+        assert topology["Max"] - topology["Free"] <= 20 * storage.LOCAL_VOLUME_GROWTH + 2
+    finally:
+        storage.stop_local_s3()
+
+
+def test_a_server_out_of_volume_slots_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
+    monkeypatch.setattr(storage, "LOCAL_VOLUME_SLOTS", 2)
+    info = storage.start_local_s3()
+    try:
+        assert storage.local_s3_capacity_problem() == ""
+        client = storage.create_s3_client("local", endpoint_url=info.endpoint_url, retries=1)
+        with pytest.raises(storage.StorageError) as caught:
+            for i in range(4):
+                storage.ensure_bucket(client, f"full-{i}")
+                try:
+                    client.put_object(Bucket=f"full-{i}", Key="a.txt", Body=b"x")
+                except Exception as exc:
+                    raise storage.explain(exc, f"s3://full-{i}/a.txt") from exc
+        assert "all its 2 volume slots" in str(caught.value) and "cloudalliance s3 stop" in str(caught.value)
+    finally:
+        storage.stop_local_s3()
