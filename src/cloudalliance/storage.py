@@ -213,8 +213,7 @@ def local_s3_capacity_problem() -> str:
     if info is None or "master" not in info.ports:
         return ""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{info.ports['master']}/dir/status", timeout=2) as resp:
-            topology = json.load(resp).get("Topology", {})
+        topology = _master_topology(info.ports["master"])
     except (OSError, ValueError):
         return ""
     if topology.get("Max") and not topology.get("Free"):
@@ -227,10 +226,15 @@ def local_s3_capacity_problem() -> str:
     return ""
 
 
+def _master_topology(master_port: int) -> dict[str, Any]:
+    """The SeaweedFS master's topology: volume slots (Max, Free) and the volume servers it knows."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as resp:
+        return json.load(resp).get("Topology", {})
+
+
 def _volume_server_registered(master_port: int) -> bool:
     """The master knows a volume server (before that, reads and writes fail with InternalError)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as resp:
-        topology = json.load(resp).get("Topology", {})
+    topology = _master_topology(master_port)
     return any(rack.get("DataNodes") for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or [])
 
 

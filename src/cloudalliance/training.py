@@ -409,9 +409,12 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
 
     from .presets import normalize
 
-    model.train()
-    for part in frozen:
-        part.eval()
+    def train_mode() -> None:
+        model.train()
+        for part in frozen:  # frozen layers keep their BatchNorm statistics
+            part.eval()
+
+    train_mode()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + dist.rank)
     steps = list(batches(len(images), rank_batch(cfg, dist), cfg.seed, epoch, dist))
     total_loss, seen, correct = 0.0, 0, 0
@@ -440,9 +443,7 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
         if step in check_steps:
             t_check = time.perf_counter()
             on_check(step / len(steps))
-            model.train()
-            for part in frozen:
-                part.eval()
+            train_mode()
             paused += time.perf_counter() - t_check
     bar.close()
     seconds = time.perf_counter() - t0 - paused

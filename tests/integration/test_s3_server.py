@@ -88,13 +88,6 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path, monkeypatch):
     assert not services.pid_alive(info.pid)
 
 
-def _volume_topology(info) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{info.ports['master']}/dir/status", timeout=5) as resp:
-        return json.load(resp)["Topology"]
-
-
 def test_many_buckets_fit_whatever_the_free_disk(tmp_path, monkeypatch):
     """Slots are fixed, not sized from the free disk, and a bucket takes one volume, not seven."""
     monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
@@ -104,7 +97,7 @@ def test_many_buckets_fit_whatever_the_free_disk(tmp_path, monkeypatch):
         for i in range(20):
             storage.ensure_bucket(client, f"many-{i:02d}")
             client.put_object(Bucket=f"many-{i:02d}", Key="a.txt", Body=b"x" * 100)
-        topology = _volume_topology(info)
+        topology = storage._master_topology(info.ports["master"])
         assert topology["Max"] == storage.LOCAL_VOLUME_SLOTS
         assert topology["Max"] - topology["Free"] <= 20 * storage.LOCAL_VOLUME_GROWTH + 2
     finally:
