@@ -61,14 +61,73 @@ def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear") ->
 
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}
 
+MAX_PIXELS_ENV = "CLOUDALLIANCE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo fits three times over; Intel's images are 150x150
 
-def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Decode an image file or bytes to an ``HxWx3`` uint8 array of ``size`` px (RGB, any input mode)."""
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the cap (a decompression bomb, or just too big)."""
+
+
+def max_pixels() -> int:
+    """The pixel-count cap: ``$CLOUDALLIANCE_MAX_IMAGE_PIXELS`` or 40 MP."""
+    return int(os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
+
+
+# EXIF Orientation (tag 0x0112) values that need a transpose; 1 (and a missing tag) means "as stored".
+_EXIF_ORIENTATION = 0x0112
+
+
+def _to_rgb(img):
+    """Any PIL mode to 8-bit RGB: 16/32-bit grey is scaled, not clipped to white; alpha is dropped."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-        img = img.convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr.astype(np.uint32) >> 8  # 16-bit samples to their high byte
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = "bilinear",
+             pixel_cap: int | None = None) -> np.ndarray:
+    """Decode an image file or bytes to an ``HxWx3`` uint8 array of ``size`` px (RGB, any input mode).
+
+    The one decoder that training, evaluation and serving share, so all three see the same pixels:
+
+    - the pixel count declared in the header is checked *before* any pixel is decoded (``Image.open`` is
+      lazy: it reads the header only, Pillow docs "Image.open ... the actual image data is not read from the
+      file until you try to process the data"); above ``pixel_cap`` (default :func:`max_pixels`) it raises
+      :class:`ImageTooLarge`, so a 420 KB PNG that declares 12000x12000 costs nothing to refuse. Pillow's own
+      ``DecompressionBombError`` (raised by ``Image.open`` above 2x ``Image.MAX_IMAGE_PIXELS``,
+      PIL/Image.py ``_decompression_bomb_check``) is turned into the same error;
+    - JPEGs decode at a reduced scale when much larger than ``size`` (``draft``);
+    - the EXIF Orientation is applied (``ImageOps.exif_transpose``), so a phone photo taken upright is seen
+      upright, as every viewer shows it;
+    - CMYK, palette (with or without alpha), LA, 16-bit grey, animated GIF (first frame) all become RGB;
+      a truncated or unreadable file raises PIL's own error (``OSError``/``UnidentifiedImageError``).
+    """
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    cap = max_pixels() if pixel_cap is None else pixel_cap
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides
+            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"The image is too large to decode ({exc})") from None
+    with img:
+        width, height = img.size
+        if width * height > cap:
+            raise ImageTooLarge(f"The image is {width}x{height} px ({width * height / 1e6:.0f} MP); "
+                                f"the limit is {cap / 1e6:.0f} MP")
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger (others: no-op)
+        if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
         if img.size != (size, size):
             img = img.resize((size, size), _PIL_RESAMPLE.get(interpolation, 2))
         return np.asarray(img, dtype=np.uint8)
