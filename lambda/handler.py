@@ -573,13 +573,16 @@ _CLIENTS: dict = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def runtime_client(settings: dict, read_timeout_s: int = 20):
-    """A sagemaker-runtime client whose timeouts fit ``read_timeout_s`` (whole seconds, cached per value).
+def runtime_client(settings: dict, read_timeout_s: float = 20):
+    """A sagemaker-runtime client with ``read_timeout_s`` rounded up to whole seconds (cached per second).
+
+    The caller waits no longer than its budget (:func:`call_within`); rounding up keeps botocore's own read
+    timeout from cutting a call that still has time, and ends an abandoned call less than 1 s after the budget.
 
     No retries: botocore's ``total_max_attempts`` counts the first try, so 1 means none (botocore/config.py,
     the ``retries`` parameter's docstring); a retry after a read timeout would overrun the deadline.
     """
-    read_timeout_s = max(1, int(read_timeout_s))
+    read_timeout_s = max(1, math.ceil(read_timeout_s))
     key = (settings["runtime_url"], read_timeout_s)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
@@ -645,7 +648,7 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
     waited = budget.remaining()
     if waited < MIN_ENDPOINT_S:
         raise ApiError(504, "No time was left to call the model endpoint")
-    client = runtime_client(settings, math.floor(waited))
+    client = runtime_client(settings, waited)
 
     def invoke() -> bytes:
         reply = client.invoke_endpoint(
