@@ -10,7 +10,7 @@ PARAMS ?= params/local.yaml
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install course test test-slow test-all bench-train bench-upload clean-notebooks lock clean stop
+.PHONY: install course test test-slow test-all bench-train bench-upload newman clean-notebooks lock clean stop
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ bench-train: $(STAMP)
 SRC ?= ../shared/data/intel
 bench-upload: $(STAMP)
 	$(BIN)/cloudalliance bench upload $(SRC)
+
+# newman (Postman's CLI runner) into .tools/node, for the Postman collection's test; needs node and npm.
+newman: $(STAMP)
+	$(BIN)/python -c "from cloudalliance.api import ensure_newman; print(ensure_newman())"
 
 # Strip outputs and execution counts so notebooks are committed clean.
 clean-notebooks: $(STAMP)

@@ -346,6 +346,26 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_api(args: argparse.Namespace) -> int:
+    from .loadtest import HEADER, load_record, payload_from_args, run_load
+    from .records import write_record
+
+    body, described = payload_from_args(args.payload_file, args.image, args.image_url)
+    if not args.json:
+        print(f"closed loop on {args.api}, {args.seconds:g} s per level, payload {described} ({len(body):,} bytes)")
+        print(HEADER)
+    results = run_load(args.api, body, args.concurrency, args.seconds, max_requests=args.max_requests,
+                       timeout=args.timeout, progress=not args.json)
+    record = load_record(results, args.backend, args.api, described, len(body), args.seconds)
+    if args.record_dir:
+        path = write_record(args.record_dir, record)
+        if not args.json:
+            print(f"record: {path}")
+    if args.json:
+        _print_json(record.metrics["levels"])
+    return 0
+
+
 # --------------------------------------------------------------------------- course and records
 
 
@@ -565,6 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.92, help="validation accuracy to time (default 0.92)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser("api", help="closed-loop load on the prediction API: req/s, p50/p95/p99, errors per status")
+    p.add_argument("--api", required=True, help="the API URL, ending in /predict")
+    p.add_argument("--payload-file", help="a JSON body to send as is")
+    p.add_argument("--image", help="a local image, sent as base64")
+    p.add_argument("--image-url", help="an image URL the API fetches on every request")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="clients in flight, one level each")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds per level (at most 600)")
+    p.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per level")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds one request may take")
+    p.add_argument("--backend", choices=["local", "aws"], default="local", help="what the record says it measured")
+    p.add_argument("--record-dir", help="also write the api 'load' record here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_api)
 
     p = sub.add_parser("records", help="list the records of a run")
     p.add_argument("run_dir", help="runs/<run-id> (or its records folder)")
