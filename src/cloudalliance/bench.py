@@ -89,11 +89,48 @@ def figure_combined(run):
 
 
 def api_latency(run) -> dict[str, Any]:
-    records = _latest(run.records("api"))
+    records = {name: r for name, r in _latest(run.records("api")).items() if name != LOAD_RECORD}
     if not records:
         return {}
-    rec = next(iter(records.values()))
+    rec = records.get("predict") or next(iter(records.values()))
     return {**rec.metrics, "latencies_ms": rec.timings.get("latencies_ms", [])}
+
+
+LOAD_RECORD = "load"  # the api record of `cloudalliance bench api` (loadtest.load_record)
+
+
+def api_load(run) -> list[dict[str, Any]]:
+    """The levels of the latest api load record: concurrency, requests_per_s, p50/p95/p99_ms, errors."""
+    rec = _latest(run.records("api")).get(LOAD_RECORD)
+    return list(rec.metrics.get("levels", [])) if rec else []
+
+
+def figure_api_load(run):
+    """Requests/s and p99 latency against the number of clients in flight (closed loop)."""
+    import matplotlib.pyplot as plt
+
+    levels = api_load(run)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    if levels:
+        x = [str(level["concurrency"]) for level in levels]
+        left.bar(x, [level["requests_per_s"] for level in levels], color="#4C72B0")
+        right.plot(x, [level["p99_ms"] for level in levels], "o-", color="#C44E52", label="p99")
+        right.plot(x, [level["p50_ms"] for level in levels], "s--", color="#55A868", label="p50")
+        right.legend()
+        for i, level in enumerate(levels):
+            errors = sum(level.get("errors", {}).values())
+            if errors:
+                left.annotate(f"{errors} errors", (i, level["requests_per_s"]), ha="center", va="bottom",
+                              color="#C44E52")
+    left.set_title("Throughput")
+    left.set_ylabel("successful requests / s")
+    right.set_title("Latency")
+    right.set_ylabel("ms")
+    for ax in (left, right):
+        ax.set_xlabel("concurrent clients (closed loop)")
+    fig.suptitle("API under load")
+    fig.tight_layout()
+    return fig
 
 
 def figure_latency(run):
@@ -149,6 +186,13 @@ def summary_table(run):
                      "throughput": None, "accuracy": rec.metrics.get("endpoint_accuracy"),
                      "cost $": rec.cost.get("equivalent_price_per_hour")})
     for rec in _latest(run.records("api")).values():
+        if rec.name == LOAD_RECORD:
+            best = max(rec.metrics.get("levels", []), key=lambda level: level["requests_per_s"], default=None)
+            if best:
+                rows.append({"step": "api load (best level)", "instance": rec.instance, "seconds": None,
+                             "throughput": f"{best['requests_per_s']:.1f} req/s at {best['concurrency']} clients, "
+                                           f"p99 {best['p99_ms']:.1f} ms", "accuracy": None, "cost $": None})
+            continue
         per_1000 = rec.cost.get("per_1000_predictions_usd")
         rows.append({"step": "api (p50 / p99 ms)", "instance": rec.instance,
                      "seconds": round(rec.metrics.get("p50_ms", np.nan) / 1000, 4),
