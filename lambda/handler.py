@@ -338,6 +338,8 @@ class Target:
             raise ApiError(400, "The URL is not valid (its host or port)") from None
         if parts.scheme not in ("http", "https"):
             raise ApiError(400, f"Only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}")
+        if port == 0:
+            raise ApiError(400, "The URL is not valid (its host or port)")
         if not parts.hostname:
             raise ApiError(400, "The URL has no host")
         if parts.username is not None or parts.password is not None:
@@ -427,9 +429,23 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     def connect(self) -> None:
         raw = self._open()
         # The certificate is checked for the (ASCII) host name, or for the address when the URL names one.
-        sock = ssl.create_default_context().wrap_socket(raw, server_hostname=self._target.host)
+        try:
+            sock = _tls_context().wrap_socket(raw, server_hostname=self._target.host)
+        except BaseException:
+            raw.close()  # not yet self.sock, so close() would not reach it
+            raise
         self._watchdog.watch(sock)
         self.live_sock = self.sock = sock
+
+
+_TLS: list = []
+
+
+def _tls_context() -> ssl.SSLContext:
+    """One default (verifying) TLS context per process: loading the CA bundle costs milliseconds."""
+    if not _TLS:
+        _TLS.append(ssl.create_default_context())
+    return _TLS[0]
 
 
 def _redirect(url: str, location: str) -> str:

@@ -37,7 +37,7 @@ def jpeg():
 @pytest.fixture
 def handler(monkeypatch):
     monkeypatch.setenv("ENDPOINT_NAME", "test-endpoint")
-    monkeypatch.setenv("FETCH_TIMEOUT_S", "2")
+    monkeypatch.setenv("FETCH_TIMEOUT_S", "1")
     monkeypatch.setenv("ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
     monkeypatch.delenv("MAX_IMAGE_BYTES", raising=False)
     monkeypatch.delenv("SAGEMAKER_RUNTIME_URL", raising=False)
@@ -135,7 +135,7 @@ def hang(conn, stop, request):
 
 
 def slow_redirects(conn, stop, request):
-    stop.wait(0.7)
+    stop.wait(0.4)
     conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
@@ -149,8 +149,17 @@ def test_fetch_budget_is_total(handler, monkeypatch, behave):
     stub_predict(handler, monkeypatch)
     with RawServer(behave) as server:
         status, reply, took, _ = timed_call(handler, {"url": server.url + "/a.jpg"}, LocalContext())
-    assert status == 422 and "longer than 2.0 s" in reply["error"], reply
-    assert took <= 2.0 + SLACK_S, took
+    assert status == 422 and "longer than 1.0 s" in reply["error"], reply
+    assert took <= 1.0 + SLACK_S, took
+
+
+def test_tls_handshake_that_never_ends_is_within_the_budget(handler, monkeypatch):
+    stub_predict(handler, monkeypatch)
+    with RawServer(hang) as server:  # accepts and reads, never says a word of TLS
+        url = server.url.replace("http://", "https://") + "/a.jpg"
+        status, reply, took, _ = timed_call(handler, {"url": url}, LocalContext())
+    assert status == 422 and "longer than" in reply["error"], reply
+    assert took <= 1.0 + SLACK_S, took
 
 
 def test_fetch_budget_shrinks_to_what_the_context_has_left(handler, monkeypatch):
