@@ -275,3 +275,46 @@ def test_handle_takes_any_backend(handler, jpeg):
     reply = handler.handle(event, LocalContext(), backend)
     assert reply["statusCode"] == 200 and json.loads(reply["body"])["label"] == "glacier"
     assert seen == [("image/jpeg", True)]
+
+
+# --------------------------------------------------------------------------- seeded fuzzing, offline
+
+
+TRICKY = ("abcxyzAZ09-._~:/?#[]@!$&'()*+,;=% \t\r\n\\\"<>^`{|}\x00\x7f"
+          "\u2460\u3002\uff0e\uff61\uff21\u00e9\u0301\u200b\u202e\ufeff\udc80\ud800\U0001f600xn--")
+
+
+def _random_text(rng, n):
+    return "".join(rng.choice(TRICKY) for _ in range(n))
+
+
+def test_fuzzed_urls_parse_or_get_a_4xx(handler):
+    """3,000 seeded random URLs through the URL parser (no network): a Target or an ApiError below 500."""
+    import random
+
+    rng = random.Random(20261125)
+    prefixes = ["http://", "https://", "http://[", "http://a.b:", "http://127.0.0.1/", "HTTP://", ""]
+    for _ in range(3000):
+        url = rng.choice(prefixes) + _random_text(rng, rng.randint(0, 40))
+        try:
+            target = handler.Target(url)
+        except handler.ApiError as exc:
+            assert 400 <= exc.status < 500, (url, exc.status)
+            continue
+        target.path.encode("ascii")  # what http.client will send must be ASCII
+        target.host_header.encode("ascii")
+        assert target.scheme in ("http", "https") and 0 < target.port < 65536
+
+
+def test_fuzzed_bodies_and_images_get_a_4xx(handler):
+    """2,000 seeded random bodies and "image" strings through the full handler: never a 5xx."""
+    import random
+
+    rng = random.Random(7)
+    for i in range(2000):
+        if i % 2:
+            body = json.dumps({"image": _random_text(rng, rng.randint(0, 60))}).encode()
+        else:
+            body = bytes(rng.choice(b'{}[]":,0123456789.eE-+ \\utrnfalsimage') for _ in range(rng.randint(0, 60)))
+        status, reply = call_raw(handler, body)
+        assert status < 500 and set(reply) == {"error"} or status == 200, (body, status, reply)
