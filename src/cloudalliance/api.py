@@ -348,8 +348,11 @@ def ensure_newman(prefix: str | os.PathLike = TOOLS_DIR, version: str = NEWMAN_V
     if not npm or not node:
         raise NewmanUnavailable("newman needs node and npm on PATH (e.g. apt-get install nodejs npm)")
     prefix.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error",
-                           f"newman@{version}"], capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error",
+                               f"newman@{version}"], capture_output=True, text=True, timeout=timeout)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        raise NewmanUnavailable(f"npm install newman@{version} did not finish: {exc}") from exc
     if proc.returncode != 0 or not exe.exists():
         raise NewmanUnavailable(f"npm install newman@{version} failed ({proc.returncode}): {proc.stderr[-800:]}")
     return exe

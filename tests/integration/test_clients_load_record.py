@@ -64,3 +64,12 @@ def test_aws_needs_api_and_image_urls():
             check_api_urls("aws", api_url, image_url)
         assert problem in str(err.value)
         assert "set API_URL to its ApiUrl output and IMAGE_URL to a public image" in str(err.value)
+
+
+def test_newman_without_node_is_a_clear_error(tmp_path, monkeypatch):
+    """Where node/npm are absent the newman tests skip with this reason instead of failing."""
+    from cloudalliance.api import NewmanUnavailable, ensure_newman
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no node, no npm
+    with pytest.raises(NewmanUnavailable, match="needs node and npm"):
+        ensure_newman(tmp_path / "tools")
