@@ -648,6 +648,13 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
             if str(original) in ("415", "400", "422"):
                 return ApiError(415, "The model could not read that image")
             return ApiError(502, f"The model failed (HTTP {original or status})")
+        # The local endpoint (cloudalliance.serving) answers its container's status without an error code.
+        if status == 413:
+            return ApiError(413, "The image is too large for the model")
+        if status == 415:
+            return ApiError(415, "The model could not read that image")
+        if status == 404:
+            return ApiError(503, "The model endpoint does not exist (yet)")
         if code in ("ThrottlingException", "ModelNotReadyException", "ServiceUnavailable") or status in (429, 503):
             return ApiError(503, "The model endpoint is busy or starting; try again", {"Retry-After": "1"})
         return ApiError(502, f"The model endpoint failed ({code or status})")

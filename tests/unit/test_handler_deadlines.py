@@ -230,6 +230,8 @@ class _Runtime(http.server.BaseHTTPRequestHandler):
             self._error(429, "ModelNotReadyException", message="still loading")
         elif mode == "internal":
             self._error(500, "InternalFailure", message="boom")
+        elif mode.startswith("bare-"):  # the local endpoint's way: a status and {"error"}, no error code
+            self._reply(int(mode.split("-")[1]), b'{"error": "The body is not an image PIL can read"}')
         elif mode == "not-json":
             self._reply(200, b"<html>")
         elif mode == "a-list":
@@ -286,6 +288,10 @@ def test_a_hung_endpoint_is_a_504_within_the_budget(handler, runtime, image_body
     ("not-ready", 503, "try again"),
     ("internal", 502, "InternalFailure"),
     ("not-json", 502, "not JSON"),
+    ("bare-415", 415, "could not read"),
+    ("bare-413", 413, "too large"),
+    ("bare-404", 503, "does not exist"),
+    ("bare-500", 502, "failed"),
     ("a-list", 502, "no label"),
 ])
 def test_endpoint_errors_map_to_statuses(handler, runtime, image_body, mode, status, fragment):
@@ -293,7 +299,7 @@ def test_endpoint_errors_map_to_statuses(handler, runtime, image_body, mode, sta
     got, reply, _, headers = timed_call(handler, image_body, LocalContext())
     assert got == status and fragment in reply["error"], reply
     assert len(runtime.cls.seen) == 1, runtime.cls.seen  # never retried: a retry could overrun the deadline
-    if status == 503 and mode != "not-found":
+    if status == 503 and mode not in ("not-found", "bare-404"):
         assert headers.get("Retry-After") == "1"
 
 
