@@ -10,7 +10,7 @@ PARAMS ?= params/local.yaml
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install course test test-slow test-all bench-train bench-upload newman clean-notebooks lock clean stop
+.PHONY: install course test test-slow test-all test-reliability bench-train bench-upload newman clean-notebooks lock clean stop
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -s -m "slow and not aws" tests $(PYTEST_ARGS)
 
 test-all: test test-slow
+
+# The reliability suite alone, quick and full subsets (fuzzing, a hostile image server, kill/stop/restart faults,
+# size and bomb limits; 127.0.0.1 only): prints the request tally and its measurements, and writes them to
+# runs/reliability/. Its quick subset is part of `make test`, its full one of `make test-slow`.
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -s -m "not aws" tests/reliability $(PYTEST_ARGS)
 
 # The training benchmark (time to accuracy on this machine): TRAIN_DIR=... [TEST_DIR=...] make bench-train
 TRAIN_DIR ?= ../shared/data/intel/seg_train
