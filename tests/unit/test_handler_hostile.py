@@ -318,3 +318,15 @@ def test_fuzzed_bodies_and_images_get_a_4xx(handler):
             body = bytes(rng.choice(b'{}[]":,0123456789.eE-+ \\utrnfalsimage') for _ in range(rng.randint(0, 60)))
         status, reply = call_raw(handler, body)
         assert status < 500 and set(reply) == {"error"} or status == 200, (body, status, reply)
+
+
+@pytest.mark.parametrize("url, host, host_header, path", [
+    ("http://Bücher.example:8080/x y", "xn--bcher-kva.example", "xn--bcher-kva.example:8080", "/x%20y"),
+    ("https://ÉCOLE.fr/été.jpg?q=né", "xn--cole-9oa.fr", "xn--cole-9oa.fr", "/%C3%A9t%C3%A9.jpg?q=n%C3%A9"),
+    ("http://[::1]:8080/a", "::1", "[::1]:8080", "/a"),
+    ("http://example.com.", "example.com", "example.com", "/"),
+    ("http://\u2460\u2461\u2466.0.0.1/", "127.0.0.1", "127.0.0.1", "/"),
+])
+def test_targets_are_ascii_what_is_checked_is_what_is_sent(handler, url, host, host_header, path):
+    target = handler.Target(url)
+    assert (target.host, target.host_header, target.path) == (host, host_header, path)
