@@ -62,3 +62,44 @@ def training_cost(instance: str, seconds: float, count: int = 1, price_per_hour:
         return {**base, "usd": None, "price_per_hour": None,
                 "note": f"no price for {instance} in the table; pass price_per_hour"}
     return {**base, "usd": round(rate * seconds / 3600 * count, 6), "price_per_hour": rate}
+
+
+# GPUs per instance type (AWS's instance pages: https://aws.amazon.com/sagemaker/pricing/ lists vCPUs, memory and
+# GPUs per type); a type not listed here is taken to have none. Used to choose one process per GPU (Torchrun).
+GPUS_PER_INSTANCE = {
+    "ml.g4dn.xlarge": 1, "ml.g4dn.2xlarge": 1, "ml.g4dn.4xlarge": 1, "ml.g4dn.8xlarge": 1, "ml.g4dn.12xlarge": 4,
+    "ml.g4dn.16xlarge": 1, "ml.g5.xlarge": 1, "ml.g5.2xlarge": 1, "ml.g5.4xlarge": 1, "ml.g5.8xlarge": 1,
+    "ml.g5.12xlarge": 4, "ml.g5.16xlarge": 1, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    "ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p4d.24xlarge": 8, "ml.p5.48xlarge": 8,
+}
+
+
+def gpus_per_instance(instance_type: str) -> int:
+    return GPUS_PER_INSTANCE.get(instance_type, 0)
+
+
+def hosting_cost(instance: str, hours: float, count: int = 1) -> float | None:
+    rate = HOSTING_PER_HOUR.get(instance)
+    return None if rate is None else round(rate * hours * count, 6)
+
+
+def estimate_run(training: list[tuple[str, int]], training_minutes: float, hosting_instance: str,
+                 endpoint_hours: float, requests: int, lambda_memory_mb: int = 1024,
+                 lambda_ms_per_request: float = 300.0) -> list[dict]:
+    """An ESTIMATE of a course run on AWS, one row per item: each training job (instances x minutes x list
+    price), the endpoint (hours x price), Lambda and the HTTP API (requests). ``usd`` is None where the
+    table has no price for the type. List prices of :data:`REGION` on :data:`PRICES_DATE`."""
+    rows = []
+    for instance, count in training:
+        cost = training_cost(instance, training_minutes * 60, count)
+        rows.append({"item": f"training {count} x {instance}, {training_minutes:g} min",
+                     "usd": cost["usd"], "price_per_hour": cost["price_per_hour"]})
+    rows.append({"item": f"endpoint {hosting_instance}, {endpoint_hours:g} h",
+                 "usd": hosting_cost(hosting_instance, endpoint_hours),
+                 "price_per_hour": HOSTING_PER_HOUR.get(hosting_instance)})
+    gb_seconds = requests * lambda_memory_mb / 1024 * lambda_ms_per_request / 1000
+    rows.append({"item": f"Lambda + HTTP API, {requests} requests",
+                 "usd": round(gb_seconds * LAMBDA_PER_GB_SECOND
+                              + requests / 1e6 * (LAMBDA_PER_MILLION_REQUESTS + HTTP_API_PER_MILLION_REQUESTS), 6),
+                 "price_per_hour": None})
+    return rows

@@ -297,19 +297,49 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
 
 def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m5.large",
                      endpoint_name: str = "cloudalliance", boto_session=None, region: str | None = None,
-                     wait: bool = True):
-    """A real-time endpoint from the artifact with SDK v3 ``ModelBuilder`` (PyTorch inference container,
-    the artifact's own ``code/inference.py``); waits for InService when ``wait``. Returns the Endpoint."""
+                     wait: bool = True, run_id: str = "", instance_count: int = 1):
+    """A real-time endpoint serving the artifact; safe to run again: a rerun updates the endpoint in place.
+
+    SDK v3 ``ModelBuilder`` builds the model (PyTorch inference container, the artifact's own
+    ``code/inference.py``) under a new unique name. The endpoint config gets that unique name too: ModelBuilder's
+    ``deploy`` names the config after the endpoint (sagemaker-core sagemaker/core/helper/session_helper.py:1003-1022,
+    ``endpoint_from_production_variants`` -> ``create_endpoint_config(**config_options)`` with ``name``), so a second
+    deploy failed with "Cannot create already existing endpoint configuration"; and its ``update_endpoint=True``
+    path passes ``create_endpoint_config`` arguments it does not take (sagemaker/serve/model_builder.py:4281-4300
+    against session_helper.py:1134). So: model + config by name, then CreateEndpoint, or UpdateEndpoint when the
+    endpoint exists; wait for InService; then delete the previous config and model. Every resource is tagged
+    ``cloudalliance:run-id`` for ``cloudalliance aws cleanup``. Returns the sagemaker-core ``Endpoint``.
+    """
+    import uuid
+
     import boto3
+    from botocore.exceptions import ClientError
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
+    from sagemaker.core.resources import Endpoint
     from sagemaker.serve.model_builder import ModelBuilder
+
+    from .aws import ENDPOINT_TAG, tag_list
 
     boto_session = boto_session or boto3.Session(region_name=region)
     if not boto_session.region_name:
         raise ServingError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
     if not role:
-        raise ServingError("Deploying needs ROLE_ARN: an IAM role SageMaker can assume to read the artifact")
+        raise ServingError("Deploying needs ROLE_ARN: an IAM role SageMaker can assume that may read and write "
+                           "the bucket (or leave it empty on a SageMaker notebook)")
+    sm = boto_session.client("sagemaker")
+    tags = tag_list(run_id or "unknown", **{ENDPOINT_TAG: endpoint_name})
+    try:
+        previous = sm.describe_endpoint(EndpointName=endpoint_name)
+    except ClientError as exc:
+        if "Could not find" not in str(exc) and "ValidationException" not in str(exc):
+            raise
+        previous = None
+    if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting"):
+        raise ServingError(f"Endpoint {endpoint_name} is {previous['EndpointStatus']}: wait for it, then run again")
+    # names: at most 63 characters, [a-zA-Z0-9-]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
+    unique = f"{endpoint_name[:63 - len(stamp) - 1]}-{stamp}"
     image = image_uris.retrieve("pytorch", boto_session.region_name, version=FRAMEWORK_VERSION, py_version=PY_VERSION,
                                 instance_type=instance_type, image_scope="inference")
     builder = ModelBuilder(
@@ -321,8 +351,31 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         env_vars={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
                   "INFERENCE_THREADS": "0"},
     )
-    builder.build()
-    return builder.deploy(endpoint_name=endpoint_name, initial_instance_count=1, wait=wait)
+    builder.build(model_name=unique, tags=[{"Key": t["Key"], "Value": t["Value"]} for t in tags])
+    sm.create_endpoint_config(
+        EndpointConfigName=unique,
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": unique, "InstanceType": instance_type,
+                             "InitialInstanceCount": instance_count, "InitialVariantWeight": 1.0}],
+        Tags=tags,
+    )
+    if previous is None:
+        sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique, Tags=tags)
+    else:
+        # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html: the endpoint keeps
+        # serving the old config until the new one is InService; the old config and model can then go.
+        sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique)
+        sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
+    if wait:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name,
+                                                   WaiterConfig={"Delay": 15, "MaxAttempts": 120})
+    if previous is not None and wait:
+        old_config = previous["EndpointConfigName"]
+        old_models = [v["ModelName"] for v in
+                      sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]
+        sm.delete_endpoint_config(EndpointConfigName=old_config)
+        for model in old_models:
+            sm.delete_model(ModelName=model)
+    return Endpoint.get(endpoint_name=endpoint_name, session=boto_session, region=boto_session.region_name)
 
 
 def delete_sagemaker_endpoint(endpoint_name: str, sagemaker_client) -> dict[str, list[str]]:
