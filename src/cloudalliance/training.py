@@ -778,8 +778,11 @@ def write_model_dir(folder: Path, model, classes: list[str], prep: Preprocess, c
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args)
+    # inside a SageMaker job (the toolkit sets SM_TRAINING_ENV, the platform TRAINING_JOB_NAME) a progress bar
+    # only floods CloudWatch with carriage-return lines
+    in_job = bool(os.environ.get("SM_TRAINING_ENV") or os.environ.get("TRAINING_JOB_NAME"))
     run(cfg, args.train, args.model_dir, args.output_data_dir, args.checkpoint_dir, args.test,
-        progress=args.progress == "true")
+        progress=args.progress == "true" and not in_job)
     return 0
 
 
