@@ -1,0 +1,138 @@
+"""The rehearsal's emulator (moto's server behind the SageMaker-playing proxy), checked through boto3 as the course
+calls it: what it forwards, and where it answers as AWS does rather than as moto does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+from botocore.config import Config  # noqa: E402
+from botocore.exceptions import ClientError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aws_emulator import ACCOUNT_ID, Emulator  # noqa: E402
+
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/SageMakerExecutionRole"
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    em = Emulator(tmp_path_factory.mktemp("emulator"))
+    em.start()
+    try:
+        yield em
+    finally:
+        stopped = em.stop()
+        assert stopped[-2:] == ["proxy", "moto"]
+
+
+def client(emulator, service):
+    """A client through the proxy, as the course's code gets one (AWS_ENDPOINT_URL)."""
+    return boto3.client(service, endpoint_url=emulator.endpoint_url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(retries={"max_attempts": 1}))
+
+
+def test_s3_objects_round_trip_through_the_proxy(emulator):
+    s3 = client(emulator, "s3")
+    s3.create_bucket(Bucket="proxy-test")
+    body = bytes(range(256)) * 4096  # 1 MiB: botocore sends it with Expect: 100-continue
+    s3.put_object(Bucket="proxy-test", Key="a/b.bin", Body=body)
+    assert s3.head_object(Bucket="proxy-test", Key="a/b.bin")["ContentLength"] == len(body)
+    assert s3.get_object(Bucket="proxy-test", Key="a/b.bin")["Body"].read() == body
+    with pytest.raises(ClientError) as err:
+        s3.head_object(Bucket="proxy-test", Key="missing")
+    assert err.value.response["Error"]["Code"] == "404"
+
+
+def _model(sm, name, data="s3://proxy-test/model.tar.gz"):
+    return sm.create_model(ModelName=name, ExecutionRoleArn=ROLE_ARN,
+                           PrimaryContainer={"Image": IMAGE, "ModelDataUrl": data})
+
+
+def test_creating_an_existing_model_config_or_endpoint_fails_as_on_aws(emulator):
+    """moto replaces a model or endpoint config of the same name; AWS refuses (ValidationException), and a rerun
+    of the course must not depend on moto's leniency."""
+    sm = client(emulator, "sagemaker")
+    _model(sm, "twice")
+    with pytest.raises(ClientError) as err:
+        _model(sm, "twice")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "Cannot create already existing model" in err.value.response["Error"]["Message"]
+    variants = [{"VariantName": "AllTraffic", "ModelName": "twice", "InitialInstanceCount": 1,
+                 "InstanceType": "ml.m5.large"}]
+    sm.create_endpoint_config(EndpointConfigName="twice-config", ProductionVariants=variants)
+    with pytest.raises(ClientError) as err:
+        sm.create_endpoint_config(EndpointConfigName="twice-config", ProductionVariants=variants)
+    assert "Cannot create already existing endpoint configuration" in err.value.response["Error"]["Message"]
+
+
+def test_describe_model_leaves_absent_members_out(emulator):
+    """moto answers VpcConfig {} for a model created without one; SDK v3's shapes reject that."""
+    sm = client(emulator, "sagemaker")
+    _model(sm, "no-vpc")
+    reply = sm.describe_model(ModelName="no-vpc")
+    assert "VpcConfig" not in reply and reply["PrimaryContainer"]["Image"] == IMAGE
+
+
+def test_update_endpoint_of_an_unknown_endpoint_or_config(emulator):
+    sm = client(emulator, "sagemaker")
+    with pytest.raises(ClientError) as err:
+        sm.update_endpoint(EndpointName="nowhere", EndpointConfigName="none")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "Could not find endpoint" in err.value.response["Error"]["Message"]
+
+
+def test_invoking_an_endpoint_that_does_not_exist(emulator):
+    runtime = client(emulator, "sagemaker-runtime")
+    with pytest.raises(ClientError) as err:
+        runtime.invoke_endpoint(EndpointName="nowhere", Body=b"x", ContentType="image/jpeg")
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    assert "Endpoint nowhere of account" in err.value.response["Error"]["Message"]
+
+
+def test_simulate_principal_policy_for_a_known_and_an_unknown_role(emulator):
+    iam = client(emulator, "iam")
+    iam.create_role(RoleName="SageMakerExecutionRole", AssumeRolePolicyDocument="{}")
+    reply = iam.simulate_principal_policy(PolicySourceArn=ROLE_ARN,
+                                          ActionNames=["sagemaker:CreateTrainingJob", "s3:GetObject"])
+    assert [(r["EvalActionName"], r["EvalDecision"]) for r in reply["EvaluationResults"]] == [
+        ("sagemaker:CreateTrainingJob", "allowed"), ("s3:GetObject", "allowed")]
+    with pytest.raises(ClientError) as err:
+        iam.simulate_principal_policy(PolicySourceArn=f"arn:aws:iam::{ACCOUNT_ID}:role/Nobody",
+                                      ActionNames=["s3:GetObject"])
+    assert err.value.response["Error"]["Code"] == "NoSuchEntity"
+
+
+def test_a_training_job_is_in_progress_until_the_local_run_ends_and_fails_with_its_reason(emulator):
+    """A job whose channel is empty fails in the harness's runner: DescribeTrainingJob must say Failed (moto alone
+    would say Completed at once)."""
+    import time
+
+    sm = client(emulator, "sagemaker")
+    sm.create_training_job(
+        TrainingJobName="empty-channel", RoleArn=ROLE_ARN,
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://proxy-test/nothing-here/"}}}],
+        OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 600})
+    deadline = time.monotonic() + 60
+    while (job := sm.describe_training_job(TrainingJobName="empty-channel"))["TrainingJobStatus"] == "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["TrainingJobStatus"] == "Failed" and job["FailureReason"]
+    with pytest.raises(ClientError) as err:
+        sm.create_training_job(
+            TrainingJobName="empty-channel", RoleArn=ROLE_ARN,
+            AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
+            ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+            StoppingCondition={"MaxRuntimeInSeconds": 600})
+    assert err.value.response["Error"]["Code"] == "ResourceInUse"
