@@ -17,16 +17,43 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from presets import Preprocess, load_rgb, preprocess_numpy  # noqa: E402
+from presets import ImageTooLarge, Preprocess, load_rgb, preprocess_numpy  # noqa: E402
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
 MAX_IMAGE_BYTES = 6 * 1024 * 1024  # what a synchronous SageMaker invocation may carry
 
 
-class UnsupportedInput(ValueError):
-    """A request that is not an image this model can read (the server answers 4xx)."""
+try:
+    # Inside SageMaker's inference toolkit (the PyTorch serving container) only the toolkit's own errors keep
+    # their status: sagemaker_inference/transformer.py (aws/sagemaker-inference-toolkit @ f79853d, lines 159-168)
+    # answers ``BaseInferenceToolkitError.status_code`` for those and HTTP 500 for any other exception;
+    # ``GenericInferenceToolkitError(status_code, message, phrase)`` is in sagemaker_inference/errors.py, lines 54-71.
+    from sagemaker_inference.errors import GenericInferenceToolkitError as _ToolkitError
+except ImportError:  # the course's local endpoint: no toolkit needed
+    _ToolkitError = None
 
-    status = 415
+_ERROR_BASES = (_ToolkitError, ValueError) if _ToolkitError is not None else (ValueError,)
+
+
+class UnsupportedInput(*_ERROR_BASES):
+    """A request that is not an image this model can read: 415, or 413 when too large.
+
+    Under the SageMaker inference toolkit it is also the toolkit's ``GenericInferenceToolkitError``, so the
+    container answers ``status`` instead of 500; the local endpoint reads ``status`` itself.
+    """
+
+    def __init__(self, message, status=415):
+        import http
+
+        self.status = status
+        self.message = message
+        if _ToolkitError is not None:
+            _ToolkitError.__init__(self, status, message, http.HTTPStatus(status).phrase)
+        else:
+            ValueError.__init__(self, message)
+
+    def __str__(self):
+        return self.message
 
 
 def model_fn(model_dir):
@@ -34,9 +61,14 @@ def model_fn(model_dir):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    threads = int(os.environ.get("INFERENCE_THREADS", "0"))
+    threads = int(os.environ.get("INFERENCE_THREADS", "0"))  # 0: ONNX Runtime's default (one per core)
     if threads:
+        # a server running several inferences at once gives each few threads, so that together they do not
+        # oversubscribe the cores; idle threads then sleep instead of spinning
+        # (https://onnxruntime.ai/docs/performance/tune-performance/threading.html, "session.intra_op.allow_spinning")
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options, providers=providers)
     with open(os.path.join(model_dir, "labels.json")) as fh:
@@ -56,9 +88,7 @@ def input_fn(request_body, content_type="image/jpeg"):
     if not request_body:
         raise UnsupportedInput("The request body is empty; send the image bytes")
     if len(request_body) > MAX_IMAGE_BYTES:
-        err = UnsupportedInput(f"The image is {len(request_body)} bytes; the limit is {MAX_IMAGE_BYTES}")
-        err.status = 413
-        raise err
+        raise UnsupportedInput(f"The image is {len(request_body)} bytes; the limit is {MAX_IMAGE_BYTES}", 413)
     return bytes(request_body)
 
 
@@ -68,6 +98,8 @@ def predict_fn(input_data, model):
     if isinstance(input_data, (bytes, bytearray)):
         try:
             images = load_rgb(bytes(input_data), cfg.size, cfg.interpolation)[None]
+        except ImageTooLarge as exc:  # refused from the header, before decoding: a decompression bomb
+            raise UnsupportedInput(str(exc), 413) from None
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad files
             raise UnsupportedInput(f"The body is not an image PIL can read ({type(exc).__name__})") from exc
     else:
