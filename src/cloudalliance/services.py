@@ -327,3 +327,111 @@ def wait_port_closed(port: int, timeout: float = 10.0) -> bool:
                 return True
         time.sleep(0.1)
     return False
+
+
+# --------------------------------------------------------------------------- what the local HTTP servers share
+
+BODY_DEADLINE_ENV = "CLOUDALLIANCE_BODY_DEADLINE_S"
+DEFAULT_BODY_DEADLINE_S = 20.0
+
+
+def body_deadline_s() -> float:
+    """How long a server waits for a whole request body: ``$CLOUDALLIANCE_BODY_DEADLINE_S`` or 20 s."""
+    return float(os.environ.get(BODY_DEADLINE_ENV) or DEFAULT_BODY_DEADLINE_S)
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class BodyError(Exception):
+    """A request body refused while reading it (413 too large, 408 too slow, 400 bad length)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_body(request, limit: int, deadline_s: float | None = None) -> bytes:
+    """The request body, read as a stream and stopped at ``limit`` bytes or after ``deadline_s`` in all.
+
+    ``Content-Length`` is checked before a byte is read; a chunked body is counted as it arrives, so neither
+    a 100 MB body nor one sent a byte a second costs more than ``limit`` bytes or ``deadline_s``. Starlette's
+    ``Request.stream()`` yields the ASGI ``http.request`` messages' bodies as they come (starlette/requests.py,
+    ``Request.stream``); ``Request.body()`` would join them all first.
+    """
+    import asyncio
+
+    deadline_s = body_deadline_s() if deadline_s is None else deadline_s
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise BodyError(400, "The Content-Length header is not a number")
+        if int(length) > limit:
+            raise BodyError(413, f"The request body is {int(length)} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+
+    async def consume() -> None:
+        nonlocal total
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise BodyError(413, f"The request body is larger than {limit} bytes")
+            chunks.append(chunk)
+
+    from starlette.requests import ClientDisconnect
+
+    try:
+        await asyncio.wait_for(consume(), timeout=deadline_s)
+    except ClientDisconnect:
+        raise BodyError(400, "The client went away before the body was complete") from None
+    except asyncio.TimeoutError:
+        raise BodyError(408, f"The request body did not arrive within {deadline_s:g} s") from None
+    return b"".join(chunks)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None, close: bool = False):
+    """``{"error": message}`` with ``status``; ``close`` ends the connection (a body left unread on it)."""
+    from fastapi import Response
+
+    headers = dict(headers or {})
+    if close:
+        headers["Connection"] = "close"
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def create_json_app(title: str):
+    """A FastAPI app for a local server: no /docs, /redoc or /openapi.json, and every error as ``{"error"}``.
+
+    FastAPI serves those three pages unless their URLs are None (fastapi/applications.py, ``FastAPI.__init__``
+    ``openapi_url``/``docs_url``/``redoc_url``; https://fastapi.tiangolo.com/how-to/conditional-openapi/).
+    Starlette answers an unknown path with ``HTTPException(404)`` and a known path with another method with
+    ``HTTPException(405, headers={"Allow": ...})`` (starlette/routing.py, ``Router.not_found`` and
+    ``Route.handle``); FastAPI would render both, and validation errors, as ``{"detail": ...}``.
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        message = {404: f"Not Found: no route {request.method} {request.url.path}",
+                   405: f"Method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code,
+                                                                                        str(exc.detail))
+        return json_error(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        return json_error(422, "The request is not valid: " + "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:3]))
+
+    return app

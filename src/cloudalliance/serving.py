@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fastapi import FastAPI, Request, Response  # module level: FastAPI reads the annotations
+from fastapi import Request, Response  # module level: FastAPI reads the annotations
 
 from . import services
 
@@ -149,32 +149,53 @@ def load_handlers(model_dir: str | os.PathLike):
 # --------------------------------------------------------------------------- local endpoint
 
 
-def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "cloudalliance"):
-    """A FastAPI app that serves an unpacked artifact through its four handler functions."""
+def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "cloudalliance",
+                        workers: int | None = None):
+    """A FastAPI app that serves an unpacked artifact through its four handler functions.
+
+    Decoding and inference are CPU-bound, so they run in a pool of ``workers`` threads (default: the cores),
+    never on the event loop: ``/ping`` answers at once however many invocations wait (SageMaker's health
+    check wants an answer within 2 s). Bodies are read as a stream, refused past ``MAX_IMAGE_BYTES`` (413)
+    or past the body deadline (408) before they are held in full.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     handlers = load_handlers(model_dir)
     model = handlers.model_fn(str(model_dir))
-    app = FastAPI(title=f"local SageMaker-style endpoint {endpoint_name}")
-    stats = {"invocations": 0, "errors": 0}
+    limit = int(getattr(handlers, "MAX_IMAGE_BYTES", 6 * 1024 * 1024))  # SageMaker's 6 MB invocation payload
+    workers = workers or services.cpu_count()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+    app = services.create_json_app(f"local SageMaker-style endpoint {endpoint_name}")
+    stats = {"invocations": 0, "errors": 0, "workers": workers}
 
-    def error(status: int, message: str) -> Response:
+    def error(status: int, message: str, close: bool = False) -> Response:
         stats["errors"] += 1
-        return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+        return services.json_error(status, message, close=close)
 
-    async def invoke(request: Request) -> Response:
-        body = await request.body()
-        content_type = request.headers.get("content-type", "")
-        accept = request.headers.get("accept", "application/json")
+    def infer(body: bytes, content_type: str, accept: str) -> tuple[int, str]:
         try:
             data = handlers.input_fn(body, content_type)
             prediction = handlers.predict_fn(data, model)
-            payload = handlers.output_fn(prediction, accept)
+            return 200, handlers.output_fn(prediction, accept)
         except handlers.UnsupportedInput as exc:
-            return error(getattr(exc, "status", 415), str(exc))
+            return getattr(exc, "status", 415), json.dumps({"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - a model failure is a 500 with a short reason
-            return error(500, f"{type(exc).__name__}: {exc}")
-        stats["invocations"] += 1
-        return Response(payload, media_type="application/json")
+            return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+    async def invoke(request: Request) -> Response:
+        try:
+            body = await services.read_body(request, limit)
+        except services.BodyError as exc:
+            return error(exc.status, exc.message, close=True)
+        content_type = request.headers.get("content-type", "")
+        accept = request.headers.get("accept", "application/json")
+        status, payload = await asyncio.get_running_loop().run_in_executor(pool, infer, body, content_type, accept)
+        if status == 200:
+            stats["invocations"] += 1
+        else:
+            stats["errors"] += 1
+        return Response(payload, status_code=status, media_type="application/json")
 
     @app.get("/ping")
     async def ping() -> Response:
@@ -196,20 +217,65 @@ def _ping(url: str) -> bool:
         return resp.status == 200
 
 
+def _last_port_file() -> Path:
+    return services.state_dir() / f"{ENDPOINT_SERVICE}.last-port"
+
+
+def _endpoint_port(port: int | None) -> int:
+    """``port`` if given; else the port the endpoint last had, when it is free again; else a free one.
+
+    Reusing the port means a gateway (or a notebook's client) that knew the old URL finds a restarted
+    endpoint without being told.
+    """
+    if port:
+        return port
+    try:
+        last = int(_last_port_file().read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    return last if last and _can_listen(last) else services.free_port()
+
+
+def _can_listen(port: int) -> bool:
+    """True when a server could listen on ``port`` now. SO_REUSEADDR, as uvicorn's listening socket has it
+    (asyncio ``loop.create_server``: reuse_address defaults to True on Unix,
+    https://docs.python.org/3/library/asyncio-eventloop.html#asyncio.loop.create_server), binds while the old
+    connections of a killed server linger in TIME_WAIT (socket(7), SO_REUSEADDR)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen(1)
+        except OSError:
+            return False
+    return True
+
+
 def start_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "cloudalliance",
-                         threads: int = 0, timeout: float = 120.0) -> services.ServiceInfo:
-    """Unpack ``artifact`` and serve it on a free 127.0.0.1 port (a uvicorn process), waiting for /ping."""
+                         threads: int = 0, timeout: float = 120.0, port: int | None = None) -> services.ServiceInfo:
+    """Unpack ``artifact`` and serve it on 127.0.0.1 (a uvicorn process), waiting for /ping.
+
+    The port is ``port``, else the endpoint's previous port when free, else a free one. ``threads`` is
+    ONNX Runtime's intra-op threads per inference (default: cores / concurrent inferences, so that they do
+    not oversubscribe the cores).
+    """
+    if services.running(ENDPOINT_SERVICE) is not None:
+        stop_local_endpoint()  # frees the port we may reuse
     root = services.state_dir() / f"{ENDPOINT_SERVICE}-model"
     if root.exists():
         shutil.rmtree(root)
     unpack_artifact(artifact, root)
-    port = services.free_port()
+    port = _endpoint_port(port)
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "cloudalliance.serving", "--model-dir", str(root), "--name", endpoint_name,
             "--port", str(port)]
     env = {"INFERENCE_THREADS": str(threads)} if threads else None
-    return services.start_service(ENDPOINT_SERVICE, argv, ports={"http": port}, endpoint_url=url,
+    info = services.start_service(ENDPOINT_SERVICE, argv, ports={"http": port}, endpoint_url=url,
                                   healthy=lambda: _ping(url), data_dir=root, env=env, timeout=timeout)
+    _last_port_file().write_text(f"{port}\n")
+    return info
 
 
 def stop_local_endpoint() -> bool:
@@ -428,8 +494,12 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default="cloudalliance")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workers", type=int, default=0, help="concurrent inferences (default: the cores)")
     args = p.parse_args(argv)
-    app = create_endpoint_app(args.model_dir, args.name)
+    workers = args.workers or services.cpu_count()
+    # ONNX Runtime's threads per inference: the cores shared by the concurrent inferences (inference.py reads it)
+    os.environ.setdefault("INFERENCE_THREADS", str(max(1, services.cpu_count() // workers)))
+    app = create_endpoint_app(args.model_dir, args.name, workers)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
