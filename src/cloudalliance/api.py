@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from fastapi import FastAPI, Request, Response  # module level: FastAPI reads the annotations
+from fastapi import Request, Response  # module level: FastAPI reads the annotations
 
 from . import services
 
@@ -88,38 +88,90 @@ def http_api_event(method: str, path: str, headers: dict[str, str], body: bytes,
     }
 
 
+FUNCTION_TIMEOUT_S = 29.0  # lambda/template.yaml Globals.Function.Timeout
+FUNCTION_MEMORY_MB = 512  # lambda/template.yaml Globals.Function.MemorySize
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's payload quota (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-quotas.html)
+GATEWAY_WORKERS = 32  # concurrent handler calls: URL fetches and endpoint calls mostly wait on the network
+
+
 @dataclasses.dataclass
 class LocalContext:
-    """What the handler may read from the Lambda context."""
+    """What the handler may read from the Lambda context: the template's timeout, counted from the request's start."""
 
     function_name: str = "cloudalliance-predict"
     function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
+    memory_limit_in_mb: int = FUNCTION_MEMORY_MB
     aws_request_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:cloudalliance-predict"
-    timeout_s: float = 30.0
+    timeout_s: float = FUNCTION_TIMEOUT_S
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def get_remaining_time_in_millis(self) -> int:
         return int(max(0.0, self.timeout_s - (time.monotonic() - self.started)) * 1000)
 
 
-def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER):
-    """A FastAPI app: ``POST /predict`` -> payload-2.0 event -> handler -> HTTP response."""
+def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER, workers: int = GATEWAY_WORKERS,
+                       follow_service: str = ""):
+    """A FastAPI app: ``POST /predict`` -> payload-2.0 event -> handler -> HTTP response.
+
+    The handler blocks (it fetches URLs and calls the endpoint), so it runs in a pool of ``workers`` threads,
+    never on the event loop: ``/health`` and other requests are answered while slow ones wait. Bodies are
+    read as a stream and refused past API Gateway's 10 MB (413) or the body deadline (408). The handler's
+    context counts the function's 29 s from the request's arrival; if it has not answered by then the
+    gateway answers 504 itself, as Lambda would stop the function.
+
+    With ``follow_service`` (``"endpoint"``), a 503 from the handler makes the gateway look the local
+    service up again; if it came back on another URL, the handler is pointed there and called once more.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     handler = load_handler(handler_path)
-    app = FastAPI(title="local API gateway (HTTP API, payload 2.0)")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+    app = services.create_json_app("local API gateway (HTTP API, payload 2.0)")
 
-    @app.api_route(ROUTE, methods=["POST", "GET", "PUT", "DELETE"])
+    def follow() -> bool:
+        """Point the handler at the service's current URL when it moved; True when it did."""
+        info = services.running(follow_service) if follow_service else None
+        if info is None or info.endpoint_url == os.environ.get("SAGEMAKER_RUNTIME_URL"):
+            return False
+        os.environ["SAGEMAKER_RUNTIME_URL"] = info.endpoint_url  # the handler reads it on every call
+        if getattr(handler, "_CLIENT", None) is not None:  # a handler that caches one client for one URL
+            handler._CLIENT = None
+        return True
+
+    def call(event: dict[str, Any], context: LocalContext) -> dict[str, Any]:
+        result = handler.lambda_handler(event, context)
+        if int(result.get("statusCode", 200)) == 503 and context.get_remaining_time_in_millis() > 5000 and follow():
+            result = handler.lambda_handler(event, context)
+        return result
+
+    @app.post(ROUTE)
     async def route(request: Request) -> Response:
-        body = await request.body()
+        context = LocalContext()  # the function's clock starts when the request arrives
+        try:
+            body = await services.read_body(request, MAX_PAYLOAD_BYTES)
+        except services.BodyError as exc:
+            return services.json_error(exc.status, exc.message, close=True)
         event = http_api_event(request.method, request.url.path, dict(request.headers), body,
                                request.url.query, request.client.host if request.client else "127.0.0.1")
-        result = handler.lambda_handler(event, LocalContext())
+        remaining = context.get_remaining_time_in_millis() / 1000
+        try:
+            result = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, call, event, context),
+                                            timeout=remaining + 0.5)
+        except asyncio.TimeoutError:
+            return services.json_error(504, f"The function did not answer within {context.timeout_s:g} s")
         payload = result.get("body", "")
         if result.get("isBase64Encoded"):
             payload = base64.b64decode(payload)
         return Response(payload, status_code=int(result.get("statusCode", 200)), headers=result.get("headers") or {})
+
+    # Other methods on the route: the SAM template defines only `POST /predict`, and API Gateway answers a
+    # request that matches no route with 404 {"message": "Not Found"}; here the same 404, in the API's
+    # {"error": ...} shape, so clients see one error format.
+    @app.api_route(ROUTE, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False)
+    async def no_route(request: Request) -> Response:
+        return services.json_error(404, f"Not Found: no route {request.method} {ROUTE}; use POST {ROUTE}")
 
     @app.get("/health")
     async def health() -> Response:
@@ -138,13 +190,20 @@ def _answers(url: str) -> bool:
 
 def start_local_gateway(endpoint_url: str, endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
                         handler_path: str | os.PathLike = DEFAULT_HANDLER, timeout: float = 60.0) -> services.ServiceInfo:
-    """Start the gateway (a uvicorn process) in front of the handler, whose endpoint is ``endpoint_url``."""
+    """Start the gateway (a uvicorn process) in front of the handler, whose endpoint is ``endpoint_url``.
+
+    When ``endpoint_url`` is the running local endpoint's, the gateway follows that service: a restarted
+    endpoint is found again (see :func:`create_gateway_app`).
+    """
     port = services.free_port()
+    endpoint = services.running("endpoint")  # serving.ENDPOINT_SERVICE; not imported (serving pulls numpy)
     url = f"http://127.0.0.1:{port}"
     env = {"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url,
            "ALLOWED_PRIVATE_HOSTS": allowed_private_hosts, "POWERTOOLS_SERVICE_NAME": "cloudalliance-predict",
            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING")}
     argv = [sys.executable, "-m", "cloudalliance.api", "gateway", "--port", str(port), "--handler", str(handler_path)]
+    if endpoint is not None and endpoint.endpoint_url.rstrip("/") == endpoint_url.rstrip("/"):
+        argv += ["--follow-service", endpoint.name]
     return services.start_service(GATEWAY_SERVICE, argv, ports={"http": port}, endpoint_url=url,
                                   healthy=lambda: _answers(url + "/health"), env=env, timeout=timeout)
 
@@ -461,8 +520,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("gateway", help="serve the local API gateway")
     g.add_argument("--port", type=int, default=3000)
     g.add_argument("--handler", default=str(DEFAULT_HANDLER))
+    g.add_argument("--workers", type=int, default=GATEWAY_WORKERS, help="concurrent handler calls")
+    g.add_argument("--follow-service", default="", help="a local service whose URL the handler's endpoint follows")
     args = p.parse_args(argv)
-    uvicorn.run(create_gateway_app(args.handler), host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run(create_gateway_app(args.handler, args.workers, args.follow_service), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False)
     return 0
 
