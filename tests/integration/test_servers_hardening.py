@@ -1,0 +1,449 @@
+"""The local endpoint and gateway under load, bombs, huge or slow bodies, odd methods and restarts.
+
+Real servers on 127.0.0.1 (uvicorn processes started through ``services`` and stopped by their pid);
+every load is bounded in clients, requests and seconds. Memory is read from /proc/<pid>/status (proc(5):
+VmRSS now, VmHWM the peak since the process started).
+"""
+
+import http.client
+import io
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from handler_support import ImageServer  # noqa: E402
+
+from cloudalliance import api, launch, serving, services  # noqa: E402
+
+BODY_DEADLINE_S = 2.0  # the servers' body deadline in this module (the default is 20 s)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def bomb_png(side: int = 12000) -> bytes:
+    """A real grey PNG of ``side`` x ``side`` zeros (~140 KB for 12000 px): decoding it costs side² bytes+."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (side + 1)
+    idat = b"".join(comp.compress(row * 500) for _ in range(side // 500)) + comp.compress(row * (side % 500))
+    idat += comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def scene(w: int = 96, h: int = 48) -> np.ndarray:
+    """A picture whose rotations look different: a gradient sky over green, a red block on the left."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2] = np.linspace(90, 250, w, dtype=np.uint8)[None, :, None]
+    a[h // 2:] = (30, 160, 40)
+    a[h // 4: 3 * h // 4, : w // 5] = (220, 20, 20)
+    return a
+
+
+class Reply:
+    def __init__(self, status, headers, raw, seconds):
+        self.status, self.headers, self.raw, self.seconds = status, headers, raw, seconds
+
+    def json(self):
+        return json.loads(self.raw)
+
+
+def call(base_url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 20.0) -> Reply:
+    u = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    t0 = time.perf_counter()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, raw, time.perf_counter() - t0)
+    finally:
+        conn.close()
+
+
+def vm(pid: int, field: str) -> int:
+    """``VmRSS``/``VmHWM`` of ``pid`` in KiB (proc(5))."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class Load:
+    """``clients`` threads, each on its own keep-alive connection, POSTing ``body`` until stopped (bounded)."""
+
+    def __init__(self, base_url: str, path: str, body: bytes, content_type: str, clients: int,
+                 max_seconds: float = 30.0):
+        self.u = urllib.parse.urlsplit(base_url)
+        self.path, self.body, self.ctype = path, body, content_type
+        self.stop_at = time.monotonic() + max_seconds
+        self.stopped = threading.Event()
+        self.statuses: list[int] = []
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self):
+        conn = http.client.HTTPConnection(self.u.hostname, self.u.port, timeout=30)
+        while not self.stopped.is_set() and time.monotonic() < self.stop_at:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", self.path, body=self.body, headers={"Content-Type": self.ctype})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+            with self.lock:
+                self.statuses.append(status)
+                self.latencies.append(time.perf_counter() - t0)
+        conn.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        for t in self.threads:
+            t.join(35)
+
+
+def health_times(url: str, seconds: float, interval: float = 0.02, max_calls: int = 400) -> list[float]:
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and len(times) < max_calls:
+        r = call(url, "GET", urllib.parse.urlsplit(url).path or "/", timeout=10)
+        assert r.status == 200
+        times.append(r.seconds)
+        time.sleep(interval)
+    return times
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def short_body_deadline():
+    old = os.environ.get(services.BODY_DEADLINE_ENV)
+    os.environ[services.BODY_DEADLINE_ENV] = str(BODY_DEADLINE_S)  # the servers started below inherit it
+    yield BODY_DEADLINE_S
+    if old is None:
+        os.environ.pop(services.BODY_DEADLINE_ENV, None)
+    else:
+        os.environ[services.BODY_DEADLINE_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, synthetic_root):
+    out = tmp_path_factory.mktemp("hardening")
+    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
+                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
+                              progress=False)
+    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz")
+    files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
+    return path, files
+
+
+@pytest.fixture(scope="module")
+def endpoint(artifact, short_body_deadline):
+    info = serving.ensure_local_endpoint(artifact[0], "hardening")
+    yield info
+    serving.stop_local_endpoint()
+
+
+@pytest.fixture(scope="module")
+def gateway(endpoint):
+    info = api.start_local_gateway(endpoint.endpoint_url, "hardening", allowed_private_hosts="127.0.0.1")
+    yield info
+    services.stop_service(api.GATEWAY_SERVICE)
+
+
+def current_endpoint() -> services.ServiceInfo:
+    info = services.running(serving.ENDPOINT_SERVICE)
+    assert info is not None
+    return info
+
+
+# --------------------------------------------------------------------------- docs and method errors
+
+
+def test_docs_are_off_and_every_error_is_the_apis_json(endpoint, gateway):
+    for base in (endpoint.endpoint_url, gateway.endpoint_url):
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/nope"):
+            r = call(base, "GET", path)
+            assert r.status == 404 and isinstance(r.json()["error"], str) and "detail" not in r.json(), (base, path)
+    ep = endpoint.endpoint_url
+    for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        r = call(ep, method, "/invocations")
+        assert r.status == 405 and "POST" in r.headers["allow"] and r.json()["error"].startswith("Method"), method
+    r = call(ep, "POST", "/ping")
+    assert r.status == 405 and "GET" in r.headers["allow"] and "error" in r.json()
+    assert call(ep, "HEAD", "/invocations").status == 405
+    gw = gateway.endpoint_url
+    # API Gateway answers a method with no route with 404; the gateway does too, in {"error"} form
+    for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        r = call(gw, method, api.ROUTE)
+        assert r.status == 404 and "POST /predict" in r.json()["error"], method
+    assert call(gw, "HEAD", api.ROUTE).status == 404
+    r = call(gw, "PATCH", "/health")
+    assert r.status == 405 and "error" in r.json()
+
+
+def test_validation_errors_are_the_apis_json():
+    from fastapi.testclient import TestClient
+
+    app = services.create_json_app("t")
+
+    @app.get("/items/{n}")
+    async def item(n: int):
+        return {"n": n}
+
+    r = TestClient(app).get("/items/notanumber")
+    assert r.status_code == 422 and "detail" not in r.json() and "n" in r.json()["error"]
+
+
+# --------------------------------------------------------------------------- head-of-line blocking
+
+
+def test_gateway_health_and_predictions_are_not_held_by_slow_fetches(gateway, artifact):
+    jpeg = artifact[1][0].read_bytes()
+    routes = {"/slow.jpg": (200, {"Content-Type": "image/jpeg"}, jpeg, 3.0)}  # answers after 3 s
+    with ImageServer(routes) as images:
+        slow_body = json.dumps({"url": images.url + "/slow.jpg"}).encode()
+        with Load(gateway.endpoint_url, api.ROUTE, slow_body, "application/json", clients=6, max_seconds=8) as load:
+            time.sleep(0.3)
+            health = health_times(gateway.endpoint_url + "/health", 2.0)
+            predict = api.call_api(gateway.endpoint_url + api.ROUTE, api.image_payload(artifact[1][0]))
+        assert load.statuses and set(load.statuses) == {200}, load.statuses
+    p99 = float(np.percentile(health, 99))
+    assert p99 < 0.25, f"/health p99 {p99 * 1000:.0f} ms while 6 fetches wait 3 s each"
+    assert predict.status == 200 and predict.seconds < 2.0, (predict.status, predict.seconds)
+
+
+def test_endpoint_ping_stays_fast_under_16_clients_and_bombs_are_413_without_memory(endpoint, artifact):
+    jpeg = artifact[1][0].read_bytes()
+    bomb = bomb_png()
+    pid = endpoint.pid
+    call(endpoint.endpoint_url, "POST", "/invocations", jpeg, {"Content-Type": "image/jpeg"})
+    hwm0 = vm(pid, "VmHWM")
+    with Load(endpoint.endpoint_url, "/invocations", jpeg, "image/jpeg", clients=12, max_seconds=10) as ok_load, \
+            Load(endpoint.endpoint_url, "/invocations", bomb, "image/png", clients=4, max_seconds=10) as bombs:
+        time.sleep(0.3)
+        pings = health_times(endpoint.endpoint_url + "/ping", 3.0)
+    assert ok_load.statuses and set(ok_load.statuses) == {200}
+    assert bombs.statuses and set(bombs.statuses) == {413}, set(bombs.statuses)
+    p99 = float(np.percentile(pings, 99))
+    assert p99 < 0.25, f"/ping p99 {p99 * 1000:.0f} ms under 12 clients + 4 bomb posters"
+    growth_mb = (vm(pid, "VmHWM") - hwm0) / 1024
+    assert growth_mb < 100, f"the endpoint's peak RSS grew {growth_mb:.0f} MB under bombs (a decoded one is 432 MB)"
+    r = call(endpoint.endpoint_url, "POST", "/invocations", bomb, {"Content-Type": "image/png"})
+    assert r.status == 413 and "12000x12000" in r.json()["error"]
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def _stream_chunked(base_url: str, path: str, total: int, chunk: int = 1 << 20, content_type="application/json"):
+    """POST ``total`` bytes chunked (no Content-Length); stop when the server hangs up. Returns (status, sent)."""
+    u = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    sent = 0
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", content_type)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        piece = b"%x\r\n" % chunk + b"7" * chunk + b"\r\n"
+        try:
+            while sent < total:
+                conn.send(piece)
+                sent += chunk
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed: what we want
+        try:
+            resp = conn.getresponse()
+            return resp.status, sent
+        except (OSError, http.client.HTTPException):
+            return 0, sent  # the answer was lost in the reset; the memory check below still decides
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("which, limit", [("gateway", api.MAX_PAYLOAD_BYTES), ("endpoint", 6 * 1024 * 1024)])
+def test_huge_bodies_are_413_before_they_are_read(which, limit, gateway, endpoint):
+    info = current_endpoint() if which == "endpoint" else gateway
+    path = "/invocations" if which == "endpoint" else api.ROUTE
+    u = urllib.parse.urlsplit(info.endpoint_url)
+    # 1. a declared Content-Length over the cap: refused from the header, no byte of the body sent
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "image/jpeg")
+        conn.putheader("Content-Length", str(100 * 1024 * 1024))
+        conn.endheaders()
+        t0 = time.perf_counter()
+        resp = conn.getresponse()
+        assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]
+        assert time.perf_counter() - t0 < 2.0
+    finally:
+        conn.close()
+    # 2. a chunked body with no length: counted as it comes, cut at the cap; memory stays flat
+    hwm0 = vm(info.pid, "VmHWM")
+    status, sent = _stream_chunked(info.endpoint_url, path, 100 * 1024 * 1024, content_type="image/jpeg")
+    assert status in (413, 0)
+    assert sent < 100 * 1024 * 1024, "the server read the whole 100 MB"
+    growth_mb = (vm(info.pid, "VmHWM") - hwm0) / 1024
+    assert growth_mb < 3 * limit / 2**20, f"{which}: peak RSS grew {growth_mb:.0f} MB for a 100 MB body"
+    assert call(info.endpoint_url, "GET", "/ping" if which == "endpoint" else "/health").status == 200
+
+
+@pytest.mark.parametrize("which", ["gateway", "endpoint"])
+def test_a_trickled_body_is_408_after_the_body_deadline(which, gateway, endpoint, short_body_deadline):
+    info = current_endpoint() if which == "endpoint" else gateway
+    path = "/invocations" if which == "endpoint" else api.ROUTE
+    u = urllib.parse.urlsplit(info.endpoint_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "image/jpeg")
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders()
+        conn.send(b"\xff\xd8\xff" + b"0" * 7)  # 10 of 1000 bytes, then nothing
+        t0 = time.perf_counter()
+        resp = conn.getresponse()
+        took = time.perf_counter() - t0
+        assert resp.status == 408 and "within" in json.loads(resp.read())["error"]
+        assert short_body_deadline - 0.5 < took < short_body_deadline + 3
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- images
+
+
+ODD_IMAGES = {
+    "cmyk jpeg": (lambda: encode(Image.fromarray(scene()).convert("CMYK"), "JPEG"), "image/jpeg", 200),
+    "16-bit grey png": (lambda: encode(Image.fromarray((scene()[..., 0].astype(np.uint16) * 257)), "PNG"),
+                        "image/png", 200),
+    "palette + alpha png": (lambda: encode(Image.fromarray(scene()).convert("P"), "PNG", transparency=0),
+                            "image/png", 200),
+    "LA png": (lambda: encode(Image.fromarray(scene()).convert("LA"), "PNG"), "image/png", 200),
+    "animated gif": (lambda: encode(Image.fromarray(scene()).convert("P"), "GIF", save_all=True,
+                                    append_images=[Image.new("P", (96, 48), 2)], duration=40),
+                     "application/x-image", 200),
+    "truncated jpeg": (lambda: encode(Image.fromarray(scene()), "JPEG")[:300], "image/jpeg", 415),
+    "bomb png": (bomb_png, "image/png", 413),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_IMAGES))
+def test_odd_images_are_rgb_or_a_4xx_never_a_500(name, endpoint):
+    make, ctype, expected = ODD_IMAGES[name]
+    r = call(current_endpoint().endpoint_url, "POST", "/invocations", make(), {"Content-Type": ctype})
+    assert r.status == expected, (name, r.status, r.raw[:200])
+    body = r.json()
+    assert ("label" in body) if expected == 200 else isinstance(body["error"], str)
+
+
+def test_exif_orientation_is_applied_by_the_endpoint(endpoint):
+    """A photo stored landscape with EXIF Orientation=6 is classified as the upright (rotated) picture."""
+    src = scene(96, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    tagged = encode(Image.fromarray(src), "PNG", exif=exif)
+    upright = encode(Image.fromarray(np.ascontiguousarray(np.rot90(src, -1))), "PNG")
+    as_stored = encode(Image.fromarray(src), "PNG")
+    url = current_endpoint().endpoint_url
+
+    def probs(data):
+        r = call(url, "POST", "/invocations", data, {"Content-Type": "image/png"})
+        assert r.status == 200
+        return np.array(sorted(r.json()["probabilities"].items()))[:, 1].astype(float)
+
+    p_tagged, p_upright, p_stored = probs(tagged), probs(upright), probs(as_stored)
+    assert np.abs(p_tagged - p_upright).max() < 1e-5
+    assert np.abs(p_tagged - p_stored).max() > 1e-5  # the model does see a different picture unrotated
+
+
+# --------------------------------------------------------------------------- recovery (last: restarts the endpoint)
+
+
+def _first_200(url: str, payload: dict, within: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if api.call_api(url, payload, timeout=35).status == 200:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"no 200 within {within} s")
+
+
+def test_a_killed_and_restarted_endpoint_is_found_by_the_running_gateway(gateway, artifact):
+    payload = api.image_payload(artifact[1][0])
+    predict = gateway.endpoint_url + api.ROUTE
+    assert api.call_api(predict, payload).status == 200
+    old = current_endpoint()
+    os.kill(old.pid, signal.SIGKILL)
+    assert services.wait_port_closed(old.ports["http"], 10)
+    down = api.call_api(predict, payload)
+    assert down.status == 503 and "error" in down.body
+    # what `cloudalliance endpoint start` does: the same port when it is free again
+    t0 = time.monotonic()
+    new = serving.ensure_local_endpoint(artifact[0], "hardening")
+    assert new.pid != old.pid and new.ports["http"] == old.ports["http"]
+    recovery = time.monotonic() - t0 + _first_200(predict, payload, 10)
+    print(f"\nrecovery (restart + first 200 through the gateway): {recovery:.2f} s")
+    # and an endpoint that comes back on another port is followed through the service state
+    services.stop_service(serving.ENDPOINT_SERVICE)
+    moved = serving.start_local_endpoint(artifact[0], "hardening", port=services.free_port(avoid=[old.ports["http"]]))
+    Path(moved.data_dir, ".artifact").write_text(f"{Path(artifact[0]).resolve()}:{Path(artifact[0]).stat().st_mtime}")
+    assert moved.ports["http"] != old.ports["http"]
+    assert _first_200(predict, payload, 10) < 5
+
+
+@pytest.mark.slow
+def test_a_stopped_endpoint_does_not_hold_clients_past_the_function_timeout(gateway, artifact):
+    """SIGSTOP: the endpoint accepts connections (the kernel does) but never answers."""
+    payload = api.image_payload(artifact[1][0])
+    info = current_endpoint()
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=api.call_api(gateway.endpoint_url + api.ROUTE, payload,
+                                                                          timeout=60)))
+        t.start()
+        health = health_times(gateway.endpoint_url + "/health", 3.0)
+        t.join(60)
+        reply = result["r"]
+        assert reply.status >= 500 and isinstance(reply.body.get("error"), str)
+        assert reply.seconds <= api.FUNCTION_TIMEOUT_S + 1.5, reply.seconds
+        assert float(np.percentile(health, 99)) < 0.25
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
