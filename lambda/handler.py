@@ -253,6 +253,7 @@ _REFUSED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
     "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 ))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # everything else in IPv6 is reserved or special (RFC 4291)
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
 
@@ -282,6 +283,8 @@ def is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return False
         if addr in _NAT64:
             return True
+        if addr not in _GLOBAL_UNICAST_V6:  # ::/8 forms (IPv4-translated ::ffff:0:a.b.c.d, ...), ULA, link-local
+            return False
     if not addr.is_global or any(addr in net for net in _REFUSED_NETWORKS if net.version == addr.version):
         return False
     return True

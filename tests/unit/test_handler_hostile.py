@@ -173,6 +173,8 @@ def test_non_ascii_paths_and_queries_are_percent_encoded_and_fetched(handler, re
     "http://[64:ff9b::7f00:1]/",
     "http://[64:ff9b:1::a9fe:a9fe]/",                     # local-use NAT64
     "http://[fd00::1]/", "http://[fec0::1]/", "http://[100::1]/",
+    "http://[::ffff:0:a9fe:a9fe]/",                       # IPv4-translated (SIIT)
+    "http://[fd00:ec2::254]/",                            # the EC2 metadata service over IPv6
     "http://2130706433/a.jpg",                            # 127.0.0.1 as one number (resolved, not looked up)
     "http://0x7f.1/a.jpg",
 ])
@@ -188,7 +190,8 @@ def test_non_public_addresses_are_refused(handler, url):
     ("100.100.100.200", False), ("169.254.169.254", False), ("::ffff:10.0.0.1", False),
     ("2002:a9fe:a9fe::", False), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False), ("::8.8.8.8", False),
     ("64:ff9b::a00:1", False), ("64:ff9b:1::808:808", False), ("fe80::1", False), ("ff02::1", False),
-    ("0.0.0.0", False), ("::", False), ("255.255.255.255", False),
+    ("0.0.0.0", False), ("::", False), ("255.255.255.255", False), ("::ffff:0:a9fe:a9fe", False),
+    ("4000::1", False), ("2a00:1450:4001::200e", True),
 ])
 def test_is_public_offline(handler, address, public):
     import ipaddress
