@@ -2,6 +2,10 @@
 
 Every stage writes a JSON record under ``runs/<run-id>/records/<stage>-<name>.json``.
 Notebook 07 reads records only, so everything it compares must be in here.
+
+Version 2 added ``machine`` (what the record was measured on: :func:`cloudalliance.machine.machine_block`) and
+``load`` (the load average at the stage's start, when the stage noted it, and at the record's creation).
+Version 1 records still load: their machine and load are empty ("unknown").
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 STAGES = ("data", "upload", "training", "evaluation", "deployment", "api", "benchmark")
 BACKENDS = ("local", "aws")
@@ -49,9 +54,17 @@ class Record:
     notes: list[str] = dataclasses.field(default_factory=list)
     created: str = ""
     host: str = ""
+    machine: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        from . import machine as _machine
+
+        if self.machine is None:
+            self.machine = _machine.machine_block()
+        if self.load is None:
+            self.load = {"start": _machine.take_start(self.stage), "end": _machine.load_average()}
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if not self.host:
@@ -68,11 +81,14 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Record":
         validate(data)
+        if data.get("version") == 1:  # before machine blocks: the machine is unknown, never this one
+            data = {**data, "machine": data.get("machine") or {}, "load": data.get("load") or {},
+                    "version": SCHEMA_VERSION}
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-_DICT_FIELDS = ("timings", "sizes", "metrics", "cost", "config")
+_DICT_FIELDS = ("timings", "sizes", "metrics", "cost", "config", "machine", "load")
 
 
 def validate(data: dict[str, Any]) -> None:
@@ -81,8 +97,9 @@ def validate(data: dict[str, Any]) -> None:
     if not isinstance(data, dict):
         raise RecordError("a record is a JSON object")
     version = data.get("version")
-    if version != SCHEMA_VERSION:
-        problems.append(f"version is {version!r}; this code reads version {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        problems.append(f"version is {version!r}; this code reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}")
     if data.get("stage") not in STAGES:
         problems.append(f"stage {data.get('stage')!r} unknown; choose one of: {', '.join(STAGES)}")
     if data.get("backend") not in BACKENDS:
@@ -93,7 +110,7 @@ def validate(data: dict[str, Any]) -> None:
     if not isinstance(data.get("instance", ""), str):
         problems.append("instance must be a string")
     for key in _DICT_FIELDS:
-        if not isinstance(data.get(key, {}), dict):
+        if not isinstance(data.get(key) if data.get(key) is not None else {}, dict):
             problems.append(f"{key} must be an object")
     for key in ("timings", "sizes"):
         for k, v in (data.get(key) or {}).items():

@@ -62,3 +62,41 @@ def test_run_context_layout(tmp_path):
         open_run("../escape", tmp_path)
     with pytest.raises(ValueError, match="choose one of: local, aws"):
         open_run("r2", tmp_path, "azure")
+
+
+# A version 1 record as PR-era code wrote it (no machine, no load): it must still load.
+V1_RECORD = {
+    "backend": "local", "config": {"preset": "fast"}, "cost": {}, "created": "2026-01-05T10:00:00+00:00",
+    "host": "old-pc", "instance": "local-2cpu", "metrics": {"images_per_s": 12.5}, "name": "local-2cpu",
+    "notes": [], "sizes": {"train_images": 100}, "stage": "training", "timings": {"total_s": 42.0},
+    "version": 1,
+}
+
+
+def test_version_1_records_still_load_with_an_unknown_machine(tmp_path):
+    path = tmp_path / "training-local-2cpu.json"
+    path.write_text(json.dumps(V1_RECORD))
+    rec = read_record(path)
+    assert rec.timings["total_s"] == 42.0 and rec.host == "old-pc"
+    assert rec.machine == {} and rec.load == {}, "an old record must not take this machine's block"
+    assert rec.version == SCHEMA_VERSION >= 2
+    write_record(tmp_path, rec)
+    assert json.loads(path.read_text())["machine"] == {}
+
+
+def test_every_new_record_carries_the_machine_and_load(tmp_path):
+    from cloudalliance import machine
+
+    machine.mark_start("upload")
+    rec = Record(stage="upload", name="objects")
+    assert rec.machine["logical_cores"] >= 1 and rec.machine["python"]
+    assert rec.machine["libraries"]["torch"], "torch's version from package metadata"
+    assert rec.load["start"] is not None and len(rec.load["end"]) == 3
+    assert Record(stage="upload", name="again").load["start"] is None, "a start mark is used once"
+    back = read_record(write_record(tmp_path, rec))
+    assert back.machine == rec.machine and back.load == rec.load
+
+
+def test_machine_and_load_must_be_objects():
+    with pytest.raises(RecordError, match="machine must be an object"):
+        Record(stage="upload", name="x", machine=["pc"])
