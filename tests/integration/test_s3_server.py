@@ -97,7 +97,7 @@ def test_many_buckets_fit_whatever_the_free_disk(tmp_path, monkeypatch):
         for i in range(20):
             storage.ensure_bucket(client, f"many-{i:02d}")
             client.put_object(Bucket=f"many-{i:02d}", Key="a.txt", Body=b"x" * 100)
-        topology = storage._master_topology(info.ports["master"])
+        topology = storage.server._master_topology(info.ports["master"])
         assert topology["Max"] == storage.LOCAL_VOLUME_SLOTS
         assert topology["Max"] - topology["Free"] <= 20 * storage.LOCAL_VOLUME_GROWTH + 2
     finally:
@@ -106,7 +106,7 @@ def test_many_buckets_fit_whatever_the_free_disk(tmp_path, monkeypatch):
 
 def test_a_server_out_of_volume_slots_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
-    monkeypatch.setattr(storage, "LOCAL_VOLUME_SLOTS", 2)
+    monkeypatch.setattr(storage.server, "LOCAL_VOLUME_SLOTS", 2)
     info = storage.start_local_s3()
     try:
         assert storage.local_s3_capacity_problem() == ""
