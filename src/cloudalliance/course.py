@@ -313,7 +313,8 @@ def write_report(run: RunContext, results: list[JobResult], params_path: Path) -
         nb = nbformat.read(path, as_version=4)
         combined.cells.append(nbformat.v4.new_markdown_cell(f"---\n# {r.job.output} ({r.status})"))
         for i, cell in enumerate(nb.cells):
-            cell["id"] = f"{Path(r.job.output).stem[:40]}-{i}"
+            # nbformat's cell ids: ^[a-zA-Z0-9-_]+$ (an aws instance type in the name brings dots)
+            cell["id"] = re.sub(r"[^A-Za-z0-9_-]", "-", f"{Path(r.job.output).stem[:40]}-{i}")
             combined.cells.append(cell)
         if not combined.metadata and nb.metadata:
             combined.metadata = nb.metadata
