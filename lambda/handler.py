@@ -433,12 +433,15 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         raw = self._open()
         # The certificate is checked for the (ASCII) host name, or for the address when the URL names one.
         try:
-            sock = _tls_context().wrap_socket(raw, server_hostname=self._target.host)
+            # wrap_socket takes over (detaches) the raw socket: watch the TLS socket before its handshake, so a
+            # server that trickles the handshake is cut at the deadline too.
+            sock = _tls_context().wrap_socket(raw, server_hostname=self._target.host, do_handshake_on_connect=False)
         except BaseException:
             raw.close()  # not yet self.sock, so close() would not reach it
             raise
         self._watchdog.watch(sock)
         self.live_sock = self.sock = sock
+        sock.do_handshake()
 
 
 _TLS: list = []

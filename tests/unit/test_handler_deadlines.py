@@ -61,8 +61,8 @@ def stub_predict(module, monkeypatch):
 class RawServer:
     """Accepts on 127.0.0.1 and runs ``behave(conn, stop)`` per connection in a thread; stops them all on exit."""
 
-    def __init__(self, behave):
-        self.behave = behave
+    def __init__(self, behave, read_request: bool = True):
+        self.behave, self.read_request = behave, read_request
         self.stop = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
@@ -86,7 +86,7 @@ class RawServer:
             conn.settimeout(SERVER_HOLD_S)
             try:
                 data = b""
-                while b"\r\n\r\n" not in data:
+                while self.read_request and b"\r\n\r\n" not in data:
                     chunk = conn.recv(4096)
                     if not chunk:
                         return
@@ -150,6 +150,21 @@ def test_fetch_budget_is_total(handler, monkeypatch, behave):
     with RawServer(behave) as server:
         status, reply, took, _ = timed_call(handler, {"url": server.url + "/a.jpg"}, LocalContext())
     assert status == 422 and "longer than 1.0 s" in reply["error"], reply
+    assert took <= 1.0 + SLACK_S, took
+
+
+def tls_trickle(conn, stop, request):
+    """A TLS handshake record that announces 16 KB and then comes one byte every 0.5 s."""
+    conn.recv(4096)  # the ClientHello
+    trickle(conn, stop, b"\x16\x03\x03\x40\x00\x02")
+
+
+def test_tls_handshake_trickled_is_cut_at_the_budget(handler, monkeypatch):
+    stub_predict(handler, monkeypatch)
+    with RawServer(tls_trickle, read_request=False) as server:
+        url = server.url.replace("http://", "https://") + "/a.jpg"
+        status, reply, took, _ = timed_call(handler, {"url": url}, LocalContext())
+    assert status == 422 and "longer than" in reply["error"], reply
     assert took <= 1.0 + SLACK_S, took
 
 
