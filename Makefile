@@ -10,7 +10,7 @@ PARAMS ?= params/local.yaml
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install course test test-slow test-all test-reliability bench-train bench-upload newman clean-notebooks lock clean stop
+.PHONY: install course test test-slow test-aws test-all test-reliability bench-train bench-upload newman clean-notebooks lock clean stop
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP)
 # The long tests (real-data training, full uploads) that stay out of the default run.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -s -m "slow and not aws" tests $(PYTEST_ARGS)
+
+# The aws branch of notebooks 02, 03, 05, 06 run twice against a local AWS emulator (moto's server, with a proxy
+# that plays SageMaker's containers with the course's own runner and endpoint), then cleaned up; no AWS account.
+test-aws: $(STAMP)
+	$(BIN)/python tests/aws_rehearsal/rehearse.py --passes 2
 
 test-all: test test-slow
 

@@ -1,0 +1,257 @@
+"""Rehearse the course's aws branch (notebooks 02, 03, 05, 06) twice against a local AWS emulator.
+
+    .venv/bin/python tests/aws_rehearsal/rehearse.py [--passes 2] [--keep] [--verbose]
+
+What a learner does, on a machine that has no AWS: ``cloudalliance course run --params params/aws-rehearsal.yaml``
+(papermill, backend aws), then the same command again with the same run id (rerunning the same notebooks must
+update, never collide), then ``cloudalliance aws cleanup --run <id>``. AWS is moto's server behind the proxy in
+aws_emulator.py, reached only through AWS_ENDPOINT_URL; the course's code does not know it is rehearsed.
+
+Each pass prints ``[rehearsal] pass N: passed in S s`` or ``[rehearsal] pass N: FAILED ...`` with the failing
+notebook and cell (from the course runner) and the proxy's view of SageMaker. Exit status: 0 when every pass and
+the cleanup passed, 1 otherwise, 2 for bad arguments. Every process it starts (moto and the proxy are threads;
+endpoints, gateway, image server, the course run) is stopped by its PID at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PARAMS = REPO / "params" / "aws-rehearsal.yaml"
+ROLE_NAME = "SageMakerExecutionRole"
+RUN_ID = "rehearsal"
+
+sys.path.insert(0, str(HERE))
+from aws_emulator import Emulator  # noqa: E402
+
+
+def isolated_environment(workdir: Path, endpoint_url: str, region: str) -> dict[str, str]:
+    """Fake credentials, the emulator as every AWS endpoint, and a HOME of its own (no ~/.aws, no real state)."""
+    home = workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "SAGEMAKER_", "CLOUDALLIANCE_", "BOTO_")) and k not in ("HOME", "PYTHONPATH")}
+    python_path = os.pathsep.join([str(HERE / "site")])
+    return {
+        **keep,
+        "HOME": str(home),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_CONFIG_FILE": str(home / ".aws" / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / ".aws" / "credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "PYTHONPATH": python_path,  # sitecustomize.py: hard-coded *.amazonaws.com endpoints -> the emulator
+        "CLOUDALLIANCE_STATE_DIR": str(workdir / "harness-services"),
+        "TQDM_DISABLE": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def write_params(workdir: Path, api_url: str, image_url: str) -> Path:
+    doc = yaml.safe_load(PARAMS.read_text())
+    doc["runs_dir"] = str(workdir / "runs")
+    notebooks = []
+    for entry in doc["notebooks"]:
+        name = entry if isinstance(entry, str) else entry["notebook"]
+        if name.startswith("06_"):
+            entry = {"notebook": name, "parameters": {"API_URL": api_url, "IMAGE_URL": image_url}}
+        notebooks.append(entry)
+    doc["notebooks"] = notebooks
+    path = workdir / "aws-rehearsal.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_logged(argv: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, str]:
+    """Run ``argv``, tee its output to ``log``; on timeout stop it (its process group, by PID)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                if line.startswith((b"[course]", b"[aws]")) or b"Error" in line:
+                    sys.stdout.write("    " + line.decode(errors="replace"))
+                    sys.stdout.flush()
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            code = 124
+    return code, log.read_text(errors="replace")
+
+
+def notebook_errors(folder: Path) -> list[str]:
+    """'<notebook> cell N: Error: message (at file:line)' for every error output in the executed notebooks
+    (N counts code and markdown cells from 1, papermill's injected cells excluded)."""
+    import re
+
+    import nbformat
+
+    found = []
+    for path in sorted(folder.glob("*.ipynb")):
+        cells = [c for c in nbformat.read(path, as_version=4).cells
+                 if not set(c.metadata.get("tags", [])) & {"injected-parameters", "papermill-error-cell-tag"}]
+        for n, cell in enumerate(cells, start=1):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    frames = [re.sub(r"\x1b\[[0-9;]*m", "", t) for t in out.get("traceback", [])]
+                    ours = [line for t in frames for line in t.splitlines()
+                            if line.startswith("File ") and ("/src/cloudalliance/" in line or "/lambda/" in line)]
+                    first = cell.source.strip().splitlines()[0][:70] if cell.source.strip() else ""
+                    where = f" (last course frame: {ours[-1].split(',')[0][5:]})" if ours else ""
+                    found.append(f"{path.name} cell {n} `{first}`: {out['ename']}: {out['evalue'][:600]}{where}")
+    return found
+
+
+def sagemaker_state(emulator: Emulator) -> dict[str, list[str]]:
+    sm = emulator.client("sagemaker")
+    return {
+        "endpoints": [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]],
+        "endpoint_configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]],
+        "models": [m["ModelName"] for m in sm.list_models()["Models"]],
+        "training_jobs": [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]],
+    }
+
+
+def cleanup_command_exists(env: dict[str, str]) -> bool:
+    probe = subprocess.run([str(Path(sys.executable).parent / "cloudalliance"), "aws", "cleanup", "--help"], env=env,
+                           cwd=REPO, capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--passes", type=int, default=2, help="how many times to run the notebooks (default 2)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed for each pass (default 600)")
+    p.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed unless --keep)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (executed notebooks, logs)")
+    p.add_argument("--verbose", action="store_true", help="print the emulator's SageMaker events")
+    args = p.parse_args(argv)
+    if args.passes < 1 or args.timeout <= 0:
+        p.error("--passes must be >= 1 and --timeout > 0")
+
+    t_start = time.perf_counter()
+    workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="aws-rehearsal-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    region = yaml.safe_load(PARAMS.read_text())["parameters"].get("REGION", "us-east-1")
+    emulator = Emulator(workdir / "emulator", region=region, verbose=args.verbose)
+    results: list[tuple[str, int, float]] = []
+    saved_env = dict(os.environ)
+    services = None
+    try:
+        emulator.start()
+        env = isolated_environment(workdir, emulator.endpoint_url, region)
+        os.environ.clear()
+        os.environ.update(env)  # the gateway and image server started below inherit it
+        print(f"[rehearsal] moto {emulator.moto_url}, proxy (AWS_ENDPOINT_URL) {emulator.endpoint_url}, "
+              f"work folder {workdir}", flush=True)
+        # the learner's account already has the execution role (the course's README asks for it)
+        emulator.client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=(
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},'
+            '"Action":"sts:AssumeRole"}]}'))
+
+        from cloudalliance import api, data
+        from cloudalliance import services as _services
+
+        services = _services
+        images_root = data.prepare_dataset("synthetic", workdir / "images", data.SyntheticSpec(1, 1, 1, 0),
+                                           progress=False)
+        test_root = data.resolve_split(images_root, "test")
+        image = sorted(test_root.rglob("*.jpg"))[0]
+        images = api.start_image_server(test_root)
+        # no SAGEMAKER_RUNTIME_URL: the handler builds its sagemaker-runtime client as on AWS, and that client
+        # finds the emulator through AWS_ENDPOINT_URL
+        gateway = api.start_local_gateway("", "cloudalliance", allowed_private_hosts="127.0.0.1")
+        api_url = gateway.endpoint_url + api.ROUTE
+        image_url = f"{images.endpoint_url}/{image.relative_to(test_root).as_posix()}"
+        params = write_params(workdir, api_url, image_url)
+        print(f"[rehearsal] API_URL {api_url} (local gateway, pid {gateway.pid}); IMAGE_URL {image_url}", flush=True)
+
+        cli = str(Path(sys.executable).parent / "cloudalliance")
+        for n in range(1, args.passes + 1):
+            print(f"[rehearsal] pass {n}: cloudalliance course run --params {params} --run-id {RUN_ID}", flush=True)
+            t0 = time.perf_counter()
+            code, output = run_logged([cli, "course", "run", "--params", str(params), "--run-id", RUN_ID], env,
+                                      workdir / f"pass-{n}.log", args.timeout)
+            seconds = time.perf_counter() - t0
+            results.append((f"pass {n}", code, seconds))
+            if code == 0:
+                print(f"[rehearsal] pass {n}: passed in {seconds:.1f} s", flush=True)
+            else:
+                print(f"[rehearsal] pass {n}: FAILED (exit {code}) after {seconds:.1f} s; log {workdir}/pass-{n}.log",
+                      flush=True)
+                errors = notebook_errors(workdir / "runs" / RUN_ID / "notebooks")
+                for line in errors:
+                    print(f"[rehearsal] pass {n}: {line}", flush=True)
+                if not errors:
+                    print("\n".join("    | " + line for line in output.strip().splitlines()[-25:]), flush=True)
+            print(f"[rehearsal] SageMaker after pass {n}: {sagemaker_state(emulator)}", flush=True)
+            for name, run in emulator.trainings.items():
+                if run.status != "Completed":
+                    print(f"[rehearsal] training job {name}: {run.status} {run.failure[:1500]}", flush=True)
+
+        if cleanup_command_exists(env):
+            t0 = time.perf_counter()
+            code, output = run_logged([cli, "aws", "cleanup", "--run", RUN_ID, "--region", region], env,
+                                      workdir / "cleanup.log", 300)
+            state = sagemaker_state(emulator)
+            left = {k: v for k, v in state.items() if v and k != "training_jobs"}
+            ok = code == 0 and not left and not emulator.endpoints
+            results.append(("cleanup", 0 if ok else (code or 1), time.perf_counter() - t0))
+            print(f"[rehearsal] cleanup: {'passed' if ok else 'FAILED'} (exit {code}); left in SageMaker: "
+                  f"{left or 'nothing'}; local endpoints still served: {sorted(emulator.endpoints) or 'none'}",
+                  flush=True)
+            if code != 0:
+                print("\n".join("    | " + line for line in output.strip().splitlines()[-15:]), flush=True)
+        else:
+            print("[rehearsal] cleanup: SKIPPED -- `cloudalliance aws cleanup` does not exist yet "
+                  "(src/cloudalliance/aws.py); the endpoint is left in the emulator only", flush=True)
+        counts = collections.Counter(c for c in emulator.calls if c.startswith("SageMaker."))
+        print("[rehearsal] SageMaker calls seen by the proxy: "
+              + ", ".join(f"{k.removeprefix('SageMaker.')} x{v}" for k, v in sorted(counts.items())), flush=True)
+    finally:
+        if services is not None:
+            for name in ("gateway", "images"):
+                services.stop_service(name)
+        stopped = emulator.stop()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        print(f"[rehearsal] stopped: {', '.join(stopped)}, gateway, image server", flush=True)
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.perf_counter() - t_start
+    failed = [name for name, code, _ in results if code != 0]
+    summary = "; ".join(f"{name} {'passed' if code == 0 else 'FAILED'} ({s:.0f} s)" for name, code, s in results)
+    print(f"[rehearsal] {'PASSED' if not failed and len(results) >= args.passes else 'FAILED'}: {summary}; "
+          f"total {total:.0f} s", flush=True)
+    return 0 if not failed and len(results) >= args.passes else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
