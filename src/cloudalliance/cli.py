@@ -436,6 +436,12 @@ def cmd_aws_cleanup(args: argparse.Namespace) -> int:
 def cmd_records(args: argparse.Namespace) -> int:
     from .records import load_records
 
+    if args.run_dir == "pack" and args.target:
+        return cmd_records_pack(args)
+    if args.target:
+        print(f"cloudalliance records: unexpected argument {args.target!r} (did you mean `records pack RUN`?)",
+              file=sys.stderr)
+        return 2
     folder = Path(args.run_dir)
     records = load_records(folder / "records" if (folder / "records").is_dir() else folder, args.stage)
     if args.json:
@@ -444,6 +450,37 @@ def cmd_records(args: argparse.Namespace) -> int:
     for r in records:
         total = r.timings.get("total_s", "")
         print(f"{r.filename:<40} {r.backend:<6} {r.instance:<16} {total}")
+    return 0
+
+
+def cmd_records_pack(args: argparse.Namespace) -> int:
+    from .bench import pack_run
+
+    path = pack_run(args.target, args.out)
+    print(f"[records] packed {args.target} into {path} ({path.stat().st_size / 1024:.1f} KiB): "
+          f"bring it to one machine and run `cloudalliance bench compare` on the archives")
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from . import bench
+
+    result = bench.compare(args.runs, out=args.out, baseline=args.baseline, force=args.force)
+    if result["differences"]:
+        print("WARNING (--force): these runs differ, their times do not measure the machines alone:\n  "
+              + "\n  ".join(result["differences"]), file=sys.stderr)
+    if args.json:
+        _print_json({"rows": result["rows"], "differences": result["differences"],
+                     "saved": [str(p) for p in result["saved"]]})
+        return 0
+    print(result["table"].to_string(float_format=lambda v: f"{v:.1f}"))
+    if any(r["contended"] for r in result["rows"]):
+        print("* contended: the 1-minute load average exceeded the machine's cores at the start or end; "
+              "its times include waiting for CPUs")
+    print("\nThe original study (the course's source study), training time as % of its PC:")
+    print(result["study"].to_string())
+    for path in result["saved"]:
+        print(f"[compare] saved {path}")
     return 0
 
 
@@ -653,6 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_api)
 
+    p = bench.add_parser("compare", help="the study's figures across machines: upload and training time per run "
+                                         "folder or `records pack` archive, reductions vs a baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or .tar.gz/.zip archives of them")
+    p.add_argument("--baseline", help="the machine label to compare against (default: the slowest)")
+    p.add_argument("--out", default="compare", help="folder for the PNGs and compare.csv (default: ./compare)")
+    p.add_argument("--force", action="store_true", help="compare runs made with different data or recipes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_compare)
+
     aws_cmd = sub.add_parser("aws", help="the aws backend's account: preflight and cleanup").add_subparsers(
         dest="action", required=True)
     p = aws_cmd.add_parser("check", help="preflight: credentials, role, bucket, quotas, names, SAM; estimated cost "
@@ -674,7 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aws_cleanup)
 
     p = sub.add_parser("records", help="list the records of a run")
-    p.add_argument("run_dir", help="runs/<run-id> (or its records folder)")
+    p.add_argument("run_dir", help="runs/<run-id> (or its records folder); `records pack RUN` packs a run")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--out", help="records pack: the archive (default: runs/<run-id>.tar.gz)")
     p.add_argument("--stage")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_records)

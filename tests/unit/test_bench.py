@@ -37,3 +37,121 @@ def test_figures_and_summary_come_from_records_only(tmp_path):
     assert table.loc["api (p50 / p99 ms)", "seconds"] == pytest.approx(0.02)
     for make in (bench.figure_training, bench.figure_upload, bench.figure_combined, bench.figure_latency):
         assert make(run).axes
+
+
+# --------------------------------------------------------------------------- bench compare (records only)
+
+import json
+import tarfile
+import zipfile
+
+from cloudalliance.cli import main as cli
+
+
+def test_reductions_reproduce_the_studys_published_pairs():
+    """From the study's relative times, the code's 'vs previous' gives its 56.7 % and ~27 % back."""
+    rel = bench.study_relative_times()
+    assert rel == pytest.approx({"PC": 100.0, "ml.m5.xlarge": 81.3, "ml.m5.4xlarge": 35.2, "ml.c5.4xlarge": 25.4})
+    cuts = bench.reductions(rel)
+    assert list(cuts) == ["PC", "ml.m5.xlarge", "ml.m5.4xlarge", "ml.c5.4xlarge"], "slowest first"
+    assert cuts["ml.m5.4xlarge"]["vs_baseline"] == pytest.approx(64.8)
+    assert cuts["ml.m5.4xlarge"]["vs_previous"] == pytest.approx(56.7, abs=0.05)
+    assert cuts["ml.c5.4xlarge"]["previous"] == "ml.m5.4xlarge"
+    assert round(cuts["ml.c5.4xlarge"]["vs_previous"]) == 28  # the study prints 27 %: its rounding
+    other = bench.reductions(rel, baseline="ml.m5.xlarge")
+    assert other["PC"]["vs_baseline"] == pytest.approx(-23.0, abs=0.1), "slower than the baseline: negative"
+    with pytest.raises(bench.CompareError, match="none of"):
+        bench.reductions(rel, baseline="mac")
+
+
+def _machine(cores, itype="unknown", cpu="Intel(R) Xeon(R) CPU E5-2686"):
+    return {"cpu_model": cpu, "logical_cores": cores, "usable_cores": cores, "instance": {"type": itype},
+            "host": "h"}
+
+
+def _run(root, run_id, block, seconds, upload_s=5.0, epochs=3, files=100, load=(1.0, 1.0, 1.0), instance="x"):
+    run = open_run(run_id, root)
+    run.write_record(Record(stage="upload", name="course-data", timings={"total_s": upload_s},
+                            sizes={"files": files, "bytes": files * 1000, "uploaded": files}, machine=block,
+                            load={"start": list(load), "end": list(load)}))
+    run.write_record(Record(stage="training", name=instance, instance=instance, timings={"total_s": seconds},
+                            sizes={"train_images": files}, machine=block, load={"start": None, "end": list(load)},
+                            config={"preset": "fast", "arch": "efficientnet_lite0", "img_size": 128,
+                                    "epochs": epochs}))
+    return run.path
+
+
+def test_compare_labels_reductions_contention_and_refusals(tmp_path, capsys):
+    pc = _run(tmp_path, "pc", _machine(4, cpu="Intel(R) Core(TM) i5"), 1000.0, upload_s=50.0, load=(9, 9, 9))
+    m5 = _run(tmp_path, "m5", _machine(4, "ml.m5.xlarge"), 813.0, upload_s=20.0)
+    c5 = _run(tmp_path, "c5", _machine(16, "ml.c5.4xlarge"), 254.0, upload_s=10.0)
+    result = bench.compare([str(pc), str(m5), str(c5)], out=tmp_path / "out")
+    rows = {r["run"]: r for r in result["rows"]}
+    assert rows["m5"]["label"] == "ml.m5.xlarge" and rows["pc"]["label"] == "Intel Core i5 ×4"
+    assert rows["pc"]["contended"] and not rows["c5"]["contended"], "load 9 on 4 cores: contended"
+    table = result["table"]
+    assert table.loc["ml.m5.xlarge", "training -% vs base"] == pytest.approx(18.7)
+    assert table.loc["ml.c5.4xlarge", "training -% vs prev"] == pytest.approx(68.8, abs=0.05)
+    assert table.loc["ml.c5.4xlarge", "upload -% vs base"] == pytest.approx(80.0)
+    assert "Intel Core i5 ×4 *" in table.index
+    assert sorted(p.name for p in result["saved"]) == ["compare_combined.png", "compare_training.png",
+                                                       "compare_upload.png"]
+    base = bench.compare([str(pc), str(m5), str(c5)], baseline="ml.m5.xlarge")["table"]
+    assert base.loc["ml.c5.4xlarge", "training -% vs base"] == pytest.approx(68.8, abs=0.05)
+
+    longer = _run(tmp_path, "longer", _machine(4, "ml.m5.4xlarge"), 400.0, epochs=5, files=90)
+    with pytest.raises(bench.CompareError) as err:
+        bench.compare([str(m5), str(longer)])
+    assert "epochs: 3 in m5; 5 in longer" in str(err.value) and "uploaded file count" in str(err.value)
+    assert cli(["bench", "compare", str(m5), str(longer), "--out", str(tmp_path / "no")]) == 2
+    assert "--force" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert bench.compare([str(m5), str(longer)], force=True)["differences"]
+    assert cli(["bench", "compare", str(tmp_path / "absent")]) == 2
+
+
+def test_same_machine_twice_is_told_apart_and_old_records_compare(tmp_path):
+    a = _run(tmp_path / "a", "r", _machine(2), 100.0, instance="local-1cpu")
+    b = _run(tmp_path / "b", "r", _machine(2), 60.0, instance="local-2cpu")
+    old = tmp_path / "old" / "records"
+    old.mkdir(parents=True)
+    v1 = json.loads((a / "records" / "training-local-1cpu.json").read_text())
+    for key in ("machine", "load"):
+        v1.pop(key)
+    (old / "training-local-1cpu.json").write_text(json.dumps({**v1, "version": 1, "host": "oldpc"}))
+    rows = bench.compare([str(a), str(b), str(old.parent)])["rows"]
+    labels = [r["label"] for r in rows]
+    assert len(set(labels)) == 3, labels
+    assert labels[2] == "oldpc", "a version 1 record: labelled by its host"
+    assert [r["run"] for r in rows] == ["r", "r#2", "old"]
+
+
+def test_pack_round_trip_and_unsafe_archives(tmp_path):
+    run = _run(tmp_path, "trip", _machine(2), 10.0)
+    (run / "data").mkdir()
+    (run / "data" / "big.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "carry").mkdir()
+    packed = bench.pack_run(run, tmp_path / "carry")
+    assert packed.name == "trip.tar.gz"
+    with tarfile.open(packed) as tar:
+        assert "trip/records/upload-course-data.json" in tar.getnames()
+        assert not any("data" in n.split("/")[1] for n in tar.getnames() if "/" in n)
+    back = bench.compare([str(packed)])["rows"]
+    assert back[0]["training_s"] == 10.0 and back[0]["run"] == "trip"
+    zipped = tmp_path / "trip.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for p in (run / "records").glob("*.json"):
+            zf.write(p, f"trip/records/{p.name}")
+    assert bench.compare([str(zipped)])["rows"][0]["training_s"] == 10.0
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escape.json", "{}")
+    with pytest.raises(bench.CompareError, match="unsafe"):
+        bench.compare([str(evil)])
+    evil_tar = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil_tar, "w:gz") as tar:
+        tar.add(run / "records" / "upload-course-data.json", arcname="../../escape.json")
+    with pytest.raises(bench.CompareError, match="unsafe"):
+        bench.compare([str(evil_tar)])
+    assert not (tmp_path / "escape.json").exists()
+    with pytest.raises(bench.CompareError, match="not a run folder"):
+        bench.pack_run(tmp_path / "carry")
