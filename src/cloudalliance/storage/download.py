@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .checksums import etags_are_md5, remote_md5s
 from .client import explain, list_objects
 from .errors import StorageError
 from .location import S3Location
@@ -32,12 +33,15 @@ def download_prefix(client, location: S3Location, dest: str | os.PathLike, worke
                            "`cloudalliance s3 upload`)")
     prefix = f"{location.prefix}/" if location.prefix else ""
     todo = []
-    for key, (size, etag) in objects.items():
+    present = [k for k, (size, _) in objects.items() if (dest / k[len(prefix):]).is_file()
+               and (dest / k[len(prefix):]).stat().st_size == size]
+    remote = remote_md5s(client, location, objects, present, etags_are_md5(client, location.bucket)) if present else {}
+    for key in objects:
         relative = key[len(prefix):]
         if relative == MANIFEST_NAME:
             continue
         target = dest / relative
-        if target.is_file() and target.stat().st_size == size and md5_file(target) == etag:
+        if key in remote and md5_file(target) == remote[key][1]:
             continue
         todo.append((key, target))
 

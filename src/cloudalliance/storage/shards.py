@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .checksums import METADATA_KEY
 from .client import explain, list_objects
 from .errors import StorageError
 from .location import S3Location
@@ -93,7 +94,8 @@ def _upload_shards(client, root: Path, location: S3Location, files: list[tuple[s
             return meta, entries, 0
         try:
             client.put_object(Bucket=location.bucket, Key=location.key(name), Body=body,
-                              ContentType="application/x-tar", ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode())
+                              ContentType="application/x-tar", ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
+                              Metadata={METADATA_KEY: md5})
         except (ClientError, BotoCoreError) as exc:
             raise explain(exc, location.key(name)) from exc
         return meta, entries, len(body)
@@ -127,7 +129,8 @@ def files_of(root: Path, files: list[tuple[str, int]]) -> list[LocalFile]:
 
 
 def _shards_with_tools(client, root: Path, location: S3Location, files: list[tuple[str, int]], shard_bytes: int,
-                       existing: dict[str, tuple[int, str]], bar) -> tuple[list[dict[str, Any]], list[FileEntry], int]:
+                       existing: dict[str, tuple[int, str]], bar, fresh_ok: bool = True
+                       ) -> tuple[list[dict[str, Any]], list[FileEntry], int]:
     """Shards built by GNU tar (C, deterministic options) into a scratch folder and sent by s5cmd,
     while the files are hashed for the manifest: the fastest path, used where both tools exist.
 
@@ -140,10 +143,12 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
     groups, names = _named_shards(files, shard_bytes)
     part_mb = max(64, int(shard_bytes / 1024 / 1024) + 16)  # one part per shard: the ETag stays the MD5
     scratch = Path(tempfile.mkdtemp(prefix="cloudalliance-shards-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    fresh = not any(location.key(n) in existing for n in names)
+    # into an empty prefix the shard's MD5 is taken from its ETag after the upload: only where ETags are MD5s
+    fresh = fresh_ok and not any(location.key(n) in existing for n in names)
 
-    def command(name: str) -> str:
-        return (f'cp --raw -p {part_mb} --content-type application/x-tar "{scratch / name}" '
+    def command(name: str, md5: str = "") -> str:
+        meta = f"--metadata {METADATA_KEY}={md5} " if md5 else ""
+        return (f'cp --raw -p {part_mb} --content-type application/x-tar {meta}"{scratch / name}" '
                 f'"s3://{location.bucket}/{location.key(name)}"')
 
     def build(item: tuple[str, list[tuple[str, int]]]) -> dict[str, Any]:
@@ -211,7 +216,7 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
                 todo = [sh for sh in shards if existing.get(location.key(sh["name"])) != (sh["size"], sh["md5"])]
                 bar.update(sum(sh["files"] for sh in shards if sh not in todo))
                 if todo:
-                    _run_s5cmd(client, ["run"], location, _NoBar(), len(todo), [command(sh["name"]) for sh in todo])
+                    _run_s5cmd(client, ["run"], location, _NoBar(), len(todo), [command(sh["name"], sh["md5"]) for sh in todo])
         bar.update(sum(sh["files"] for sh in todo))
         return shards, entries, sum(sh["size"] for sh in todo)
     finally:

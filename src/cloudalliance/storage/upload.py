@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .checksums import METADATA_KEY, etags_are_md5, remote_md5s
 from .client import create_s3_client, explain, list_objects
 from .errors import StorageError
 from .location import S3Location
@@ -72,7 +73,8 @@ def _put_boto3(client, root: Path, location: S3Location, todo: list[FileEntry], 
         try:
             client.put_object(Bucket=location.bucket, Key=location.key(entry.path), Body=body,
                               ContentType=mimetypes.guess_type(entry.path)[0] or "application/octet-stream",
-                              ContentMD5=base64.b64encode(bytes.fromhex(entry.md5)).decode())
+                              ContentMD5=base64.b64encode(bytes.fromhex(entry.md5)).decode(),
+                              Metadata={METADATA_KEY: entry.md5})
         except (ClientError, BotoCoreError) as exc:
             stop.set()
             raise explain(exc, location.key(entry.path)) from exc
@@ -133,13 +135,17 @@ def upload_folder(
         raise FileNotFoundError(f"Upload source {root} is not a folder")
     t0 = time.perf_counter()
     existing = list_objects(client, location)
+    # resume compares (size, MD5): the ETag where it is one, else the MD5 kept in the metadata (checksums.py)
+    trust = etags_are_md5(client, location.bucket) if existing else True
     local = list_files(root)
     count = len(local)
     shards: list[dict[str, Any]] = []
     used = engine
     if used == "auto":
         used = "s5cmd" if s5cmd_binary() and count > 20 else "boto3"
-    fresh = mode == "objects" and used == "s5cmd" and not existing and _only_plain_files(root)
+    # s5cmd's recursive copy cannot give each object its own metadata: only where ETags are MD5s
+    fresh = mode == "objects" and used == "s5cmd" and not existing and _only_plain_files(root) \
+        and etags_are_md5(client, location.bucket)
     with _progress(count, f"upload {mode} → {location.uri}", enabled=progress) as bar:
         # Integrity: every PUT carries Content-MD5 (boto3 here, s5cmd by itself), so the server refuses
         # a body that does not match; completeness: every PUT reported done. `verify` re-checks it all.
@@ -147,9 +153,12 @@ def upload_folder(
             files = [(f.path, f.size) for f in local]
             scan_seconds = time.perf_counter() - t0
             shard_bytes = int(shard_mb * 1024 * 1024)
+            keys = [k for k in existing if k.endswith(".tar")]
+            existing = remote_md5s(client, location, existing, keys, trust, workers=max(1, min(workers, 16)))
             if used == "s5cmd" and gnu_tar():
                 used = "gnu-tar+s5cmd"
-                shards, entries, sent = _shards_with_tools(client, root, location, files, shard_bytes, existing, bar)
+                shards, entries, sent = _shards_with_tools(client, root, location, files, shard_bytes, existing, bar,
+                                                          fresh_ok=trust and etags_are_md5(client, location.bucket))
             else:
                 used = "boto3"
                 shards, entries, sent = _upload_shards(client, root, location, files, shard_bytes, workers,
@@ -167,7 +176,9 @@ def upload_folder(
         else:
             entries = build_manifest(root, files=local)
             scan_seconds = time.perf_counter() - t0
-            todo = [e for e in entries if existing.get(location.key(e.path)) != (e.size, e.md5)]
+            same_size = [location.key(e.path) for e in entries if existing.get(location.key(e.path), (-1,))[0] == e.size]
+            remote = remote_md5s(client, location, existing, same_size, trust, workers=max(1, min(workers, 16)))
+            todo = [e for e in entries if remote.get(location.key(e.path)) != (e.size, e.md5)]
             bar.update(len(entries) - len(todo))
             put = _put_s5cmd if used == "s5cmd" else _put_boto3
             sent = put(client, root, location, todo, workers, bar) if todo else 0

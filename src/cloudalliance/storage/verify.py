@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+from .checksums import etags_are_md5, remote_md5s
 from .client import list_objects
 from .location import S3Location
 from .manifest import build_manifest, read_manifest
@@ -30,13 +31,16 @@ class VerifyResult:
 def verify_upload(src: str | os.PathLike, dest: str | S3Location, client) -> VerifyResult:
     """Is every file under ``src`` in S3 with the right checksum? Names what is missing or different.
 
-    objects: each object's size and ETag (the MD5 of a single-part PUT) against the file.
-    shards: each shard's size and ETag against the manifest, and each file against the manifest.
+    objects: each object's size and MD5 against the file.
+    shards: each shard's size and MD5 against the manifest, and each file against the manifest.
+    An object's MD5 is its ETag where that is one (single-part PUT, bucket not SSE-KMS), else the MD5 the
+    upload kept in its metadata (:mod:`.checksums`); an object without either counts as different.
     """
     location = dest if isinstance(dest, S3Location) else S3Location.parse(dest)
     local = build_manifest(src)
     manifest = read_manifest(client, location)
     listing = list_objects(client, location)
+    trust = etags_are_md5(client, location.bucket)
     missing: list[str] = []
     different: list[str] = []
     mode = manifest.get("mode", "objects")
@@ -45,8 +49,10 @@ def verify_upload(src: str | os.PathLike, dest: str | S3Location, client) -> Ver
         members: dict[str, list[str]] = {}
         for e in manifest.get("entries", []):
             members.setdefault(e.get("shard", ""), []).append(e["path"])
-        for shard in manifest.get("shards", []):
-            got = listing.get(location.key(shard["name"]))
+        shards = manifest.get("shards", [])
+        remote = remote_md5s(client, location, listing, [location.key(sh["name"]) for sh in shards], trust)
+        for shard in shards:
+            got = remote.get(location.key(shard["name"]))
             if got is None:
                 missing += members.get(shard["name"], [shard["name"]])
             elif got != (shard["size"], shard["md5"]):
@@ -60,10 +66,12 @@ def verify_upload(src: str | os.PathLike, dest: str | S3Location, client) -> Ver
             elif recorded[e.path] != (e.size, e.md5):
                 different.append(e.path)
     else:
+        same_size = [location.key(e.path) for e in local if listing.get(location.key(e.path), (-1,))[0] == e.size]
+        remote = remote_md5s(client, location, listing, same_size, trust)
         for e in local:
-            got = listing.get(location.key(e.path))
-            if got is None:
+            key = location.key(e.path)
+            if key not in listing:
                 missing.append(e.path)
-            elif got != (e.size, e.md5):
+            elif remote.get(key, listing[key]) != (e.size, e.md5):
                 different.append(e.path)
     return VerifyResult(location.uri, mode, len(local), sorted(missing), sorted(different))
