@@ -117,6 +117,14 @@ class Check:
         return dataclasses.asdict(self)
 
 
+def _one_try():
+    """botocore Config for calls that may be missing or denied: one attempt, so the preflight stays fast
+    (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html, total_max_attempts)."""
+    from botocore.config import Config
+
+    return Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
+
+
 def _error_code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
 
@@ -170,11 +178,15 @@ def _role_checks(session, role_arn: str, bucket: str) -> list[Check]:
     actions = ["s3:ListBucket", "s3:GetObject", "s3:PutObject"]
     resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
     try:
-        results = iam.simulate_principal_policy(PolicySourceArn=role["Arn"], ActionNames=actions,
-                                                ResourceArns=resources)["EvaluationResults"]
-    except Exception as exc:  # noqa: BLE001 - AccessDenied, or an emulator without the API
+        results = session.client("iam", config=_one_try()).simulate_principal_policy(
+            PolicySourceArn=role["Arn"], ActionNames=actions, ResourceArns=resources)["EvaluationResults"]
+    except ClientError as exc:  # AccessDenied: the caller may not simulate
         rows.append(Check("role on bucket", "warn", f"could not check read and write on s3://{bucket} "
-                          f"({_short(exc).splitlines()[0][:120]}); the role needs both"))
+                          f"({_error_code(exc) or 'error'}: iam:SimulatePrincipalPolicy); the role needs both"))
+        return rows
+    except Exception:  # noqa: BLE001 - no parsable answer (an emulator without the API)
+        rows.append(Check("role on bucket", "warn", f"could not check read and write on s3://{bucket} "
+                          "(iam:SimulatePrincipalPolicy gave no answer); the role needs both"))
         return rows
     denied = sorted({r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed"})
     rows.append(Check("role on bucket", "fail" if denied else "ok",
@@ -224,7 +236,7 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
 
 def _quota_values(session) -> tuple[dict[str, float], str]:
     """Quota name -> value for service code "sagemaker": the account's applied values, else AWS's defaults."""
-    sq = session.client("service-quotas")
+    sq = session.client("service-quotas", config=_one_try())
     for method, source in (("list_service_quotas", "applied"), ("list_aws_default_service_quotas", "AWS default")):
         try:
             values: dict[str, float] = {}
