@@ -480,7 +480,8 @@ def _study_panel(ax, values: Mapping[str, float], baseline: str | None) -> None:
     names = [f"{n}" for n in cuts]
     mine = [100.0 - c["vs_baseline"] for c in cuts.values()]
     study = study_relative_times()
-    ax.bar(names, mine, color="#4C72B0", label="your machines")
+    mine_bars = ax.bar(names, mine, color="#4C72B0", label="your machines")
+    ax.bar_label(mine_bars, labels=[f"{v:.1f}%" for v in mine], fontsize=7)
     bars = ax.bar([f"study: {n}" for n in study], list(study.values()), color="#999999", hatch="//",
                   label=study_reference()["source"].split(":")[0])
     ax.bar_label(bars, labels=[f"{v:.1f}%" for v in study.values()], fontsize=7)
