@@ -695,16 +695,28 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
         raise ApiError(502, "The model endpoint's answer is not JSON") from None
 
 
-# --------------------------------------------------------------------------- the SAM entry point
+# --------------------------------------------------------------------------- entry points
 
 
-@logger.inject_lambda_context(clear_state=True)
-def _logged(event, context) -> dict:
-    return handle(event, context, predict)
+def make_handler(predict_fn):
+    """A Lambda entry point ``(event, context) -> response`` for a backend ``predict_fn(image, kind, settings)``.
+
+    With a Lambda context, Powertools adds the context's keys to every log line; without one (a script, a test)
+    the request is handled the same way.
+    """
+
+    @logger.inject_lambda_context(clear_state=True)
+    def logged(event, context) -> dict:
+        return handle(event, context, predict_fn)
+
+    def entry(event, context) -> dict:
+        if hasattr(context, "function_name") and hasattr(context, "aws_request_id"):
+            return logged(event, context)
+        return handle(event, context, predict_fn)
+
+    return entry
 
 
-def lambda_handler(event, context) -> dict:
-    """SAM's entry point (template.yaml ``Handler: handler.lambda_handler``): the endpoint backend."""
-    if hasattr(context, "function_name") and hasattr(context, "aws_request_id"):
-        return _logged(event, context)
-    return handle(event, context, predict)  # no Lambda context (a script, a test): no context keys to log
+# SAM's entry point (template.yaml ``Handler: handler.lambda_handler``): the SageMaker endpoint backend, looked up
+# at call time so that a test can replace ``predict``.
+lambda_handler = make_handler(lambda image, kind, settings: predict(image, kind, settings))

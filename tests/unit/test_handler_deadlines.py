@@ -351,3 +351,14 @@ def test_clients_are_cached_per_whole_second_with_no_retries(handler, runtime):
     config = five.meta.config
     assert (config.read_timeout, config.connect_timeout) == (5, 3.0)
     assert config.retries["total_max_attempts"] == 1
+
+
+def test_call_within_bounds_what_no_socket_timeout_can(handler):
+    """getaddrinfo has no timeout of its own: the handler runs it (and the endpoint call) through call_within."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        handler.call_within(handler.Budget(0.3), time.sleep, 3)
+    assert time.monotonic() - started < 0.3 + SLACK_S
+    assert handler.call_within(handler.Budget(1.0), sum, [1, 2]) == 3
+    with pytest.raises(ZeroDivisionError):
+        handler.call_within(handler.Budget(1.0), divmod, 1, 0)

@@ -267,6 +267,16 @@ def test_a_backend_that_returns_no_object_is_a_502(handler, jpeg, monkeypatch):
     assert status == 502 and set(reply) == {"error"}
 
 
+def test_make_handler_gives_another_backend_the_same_request_side(handler, jpeg):
+    entry = handler.make_handler(lambda image, kind, settings: {"label": "street", "confidence": 0.5})
+    ok = http_api_event("POST", "/predict", {}, json.dumps({"image": base64.b64encode(jpeg).decode()}).encode())
+    for context in (LocalContext(), None):
+        reply = entry(ok, context)
+        assert reply["statusCode"] == 200 and json.loads(reply["body"])["message"] == "Image predicted: street"
+    bad = http_api_event("POST", "/predict", {}, json.dumps({"url": "http://[::1/"}).encode())
+    assert entry(bad, LocalContext())["statusCode"] == 400
+
+
 def test_handle_takes_any_backend(handler, jpeg):
     seen = []
 
