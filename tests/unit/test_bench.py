@@ -155,3 +155,14 @@ def test_pack_round_trip_and_unsafe_archives(tmp_path):
     assert not (tmp_path / "escape.json").exists()
     with pytest.raises(bench.CompareError, match="not a run folder"):
         bench.pack_run(tmp_path / "carry")
+
+
+def test_records_command_arguments(tmp_path, capsys):
+    run = _run(tmp_path, "cli", _machine(2), 10.0)
+    assert cli(["records", str(run), "extra"]) == 2
+    assert "records pack" in capsys.readouterr().err
+    assert cli(["records", "pack", str(tmp_path / "missing")]) == 2
+    assert cli(["records", "pack", str(run), "--out", str(tmp_path / "x.rar")]) == 2
+    assert cli(["records", "pack", str(run)]) == 0
+    assert (tmp_path / "cli.tar.gz").is_file()
+    assert cli(["records", str(run)]) == 0 and "training-x.json" in capsys.readouterr().out

@@ -99,3 +99,20 @@ def test_contended_when_load_exceeds_cores():
     assert machine.contended(block, {"start": [2.5, 1, 1], "end": [1.0, 1, 1]})
     assert not machine.contended(block, {"start": [0.3, 1, 1], "end": [1.9, 1, 1]})
     assert not machine.contended({}, {"end": [9, 9, 9]}), "unknown machine: no claim"
+
+
+def test_gpu_from_nvidia_smi_when_torch_is_not_imported(tmp_path):
+    """nvidia-smi's CSV query (--query-gpu=name,memory.total --format=csv,noheader,nounits: one line per GPU,
+    memory in MiB); a stand-in script on PATH prints that format, so no GPU is needed to test the parsing."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf 'NVIDIA H100 80GB HBM3, 81559\\nNVIDIA H100 80GB HBM3, 81559\\n'\n")
+    fake.chmod(0o755)
+    code = "import json; from cloudalliance import machine; print(json.dumps(machine.machine_block()['gpu']))"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    gpu = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    env=env).stdout)
+    assert gpu == {"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 81559 * 2**20, "count": 2,
+                   "source": "nvidia-smi"}
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip() == "null", "a failing nvidia-smi means no GPU, not an error"
