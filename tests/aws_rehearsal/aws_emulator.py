@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 AUTH_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
-ACCOUNT_ID = "123456789012"  # moto's default account (moto/core/models.py DEFAULT_ACCOUNT_ID)
+ACCOUNT_ID = "123456789012"
+DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for endpoint usage": 1.0}  # moto's default account (moto/core/models.py DEFAULT_ACCOUNT_ID)
 INVOKE_PATH = re.compile(r"^/endpoints/([^/?]+)/invocations(?:\?.*)?$")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
                "expect", "content-length"}
@@ -82,12 +83,16 @@ class Emulator:
     """moto on one port, the proxy on another; ``endpoint_url`` is what AWS_ENDPOINT_URL points at."""
 
     def __init__(self, workdir: str | os.PathLike, region: str = "us-east-1", training_profile: str = "local-1cpu",
-                 verbose: bool = False):
+                 verbose: bool = False, quotas: dict[str, float] | None = None):
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.region = region
         self.training_profile = training_profile
         self.verbose = verbose
+        # the account's applied SageMaker quotas (Service Quotas), by quota name; the rehearsal's account has one
+        # instance of each type it uses
+        self.quotas = dict(quotas if quotas is not None else DEFAULT_QUOTAS)
+        self.log_file: Path | None = None
         self.moto = None
         self.moto_url = ""
         self.httpd: http.server.ThreadingHTTPServer | None = None
@@ -105,7 +110,13 @@ class Emulator:
 
         from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
+        # moto's server logs every request, and a traceback for each API it lacks: into the emulator's log file
+        werkzeug = logging.getLogger("werkzeug")
+        werkzeug.setLevel(logging.ERROR)
+        werkzeug.propagate = False
+        self.log_file = self.workdir / "moto.log"
+        self._log_handler = logging.FileHandler(self.log_file)
+        werkzeug.addHandler(self._log_handler)
 
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         self.moto.start()
@@ -139,6 +150,12 @@ class Emulator:
         if self.moto is not None:
             self.moto.stop()
             stopped.append("moto")
+        if getattr(self, "_log_handler", None) is not None:
+            import logging
+
+            logging.getLogger("werkzeug").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
         return stopped
 
     def __enter__(self) -> "Emulator":
@@ -413,6 +430,21 @@ def simulate_principal_policy(form: dict[str, list[str]]) -> tuple[int, str]:
                  "</ResponseMetadata></SimulatePrincipalPolicyResponse>")
 
 
+def list_service_quotas(quotas: dict[str, float], region: str) -> dict[str, Any]:
+    """Service Quotas ListServiceQuotas for ServiceCode "sagemaker" (moto 5.2: "The list_service_quotas action has
+    not been implemented").
+
+    https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_ListServiceQuotas.html -- response
+    Quotas: ServiceQuota (ServiceCode, ServiceName, QuotaArn, QuotaCode, QuotaName, Value, Unit, Adjustable,
+    GlobalQuota). The quota codes here are placeholders: the course reads quotas by name.
+    """
+    return {"Quotas": [
+        {"ServiceCode": "sagemaker", "ServiceName": "Amazon SageMaker", "QuotaCode": f"L-REHEARSAL{i:02d}",
+         "QuotaArn": f"arn:aws:servicequotas:{region}:{ACCOUNT_ID}:sagemaker/L-REHEARSAL{i:02d}",
+         "QuotaName": name, "Value": float(value), "Unit": "None", "Adjustable": True, "GlobalQuota": False}
+        for i, (name, value) in enumerate(sorted(quotas.items()))]}
+
+
 def _decode_hyperparameter(value: str) -> Any:
     """SageMaker passes hyperparameters as strings; SDK v3 JSON-encodes the non-string ones."""
     try:
@@ -499,6 +531,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 if form.get("Action") == ["SimulatePrincipalPolicy"]:
                     status, xml = simulate_principal_policy(form)
                     return self._send(status, {"Content-Type": "text/xml"}, xml.encode())
+            if target == "ServiceQuotasV20190624.ListServiceQuotas":
+                request = json.loads(body or b"{}")
+                if request.get("ServiceCode") == "sagemaker":
+                    return self._json(200, list_service_quotas(owner.quotas, owner.region))
             if service == "SageMaker":
                 request = json.loads(body or b"{}")
                 if action.startswith("Create") and (message := owner.exists(action, request)):

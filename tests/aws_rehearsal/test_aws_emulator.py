@@ -136,3 +136,10 @@ def test_a_training_job_is_in_progress_until_the_local_run_ends_and_fails_with_i
             ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
             StoppingCondition={"MaxRuntimeInSeconds": 600})
     assert err.value.response["Error"]["Code"] == "ResourceInUse"
+
+
+def test_sagemaker_quotas_are_listed_by_name(emulator):
+    sq = client(emulator, "service-quotas")
+    quotas = {q["QuotaName"]: q["Value"] for page in sq.get_paginator("list_service_quotas").paginate(
+        ServiceCode="sagemaker") for q in page["Quotas"]}
+    assert quotas == emulator.quotas and quotas["ml.m5.xlarge for training job usage"] == 1.0
