@@ -407,6 +407,13 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         previous = None
     if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting"):
         raise ServingError(f"Endpoint {endpoint_name} is {previous['EndpointStatus']}: wait for it, then run again")
+    if previous is not None and previous["EndpointStatus"] == "Failed":
+        # Failed: "Endpoint could not be created, updated, or re-scaled" (API_EndpointSummary, EndpointStatus):
+        # nothing to keep serving, so it is replaced -- deleted, then created afresh below; its old config and
+        # model stay tagged for cleanup
+        sm.delete_endpoint(EndpointName=endpoint_name)
+        sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint_name, WaiterConfig={"Delay": 10, "MaxAttempts": 60})
+        previous = None
     # names: at most 63 characters, [a-zA-Z0-9-]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
     unique = f"{endpoint_name[:63 - len(stamp) - 1]}-{stamp}"
@@ -436,8 +443,17 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique)
         sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
     if wait:
-        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name,
-                                                   WaiterConfig={"Delay": 15, "MaxAttempts": 120})
+        from botocore.exceptions import WaiterError
+
+        try:
+            sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name,
+                                                       WaiterConfig={"Delay": 15, "MaxAttempts": 120})
+        except WaiterError as exc:
+            reason = (exc.last_response or {}).get("FailureReason", str(exc))
+            raise ServingError(f"Endpoint {endpoint_name} did not come InService with {unique}: {reason}. "
+                               + ("It still serves the previous model. " if previous is not None else "")
+                               + f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes what this "
+                               "deploy created; the endpoint's CloudWatch logs say why") from None
     if previous is not None and wait:
         old_config = previous["EndpointConfigName"]
         old_models = [v["ModelName"] for v in

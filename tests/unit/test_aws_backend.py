@@ -274,3 +274,34 @@ def test_deploy_twice_updates_the_endpoint_and_cleanup_twice_removes_everything(
     assert s3.list_objects_v2(Bucket="course-data").get("KeyCount", 0) == 0
     assert main(["aws", "cleanup", "--run", "run1", "--region", "us-east-1"]) == 0
     assert capsys.readouterr().out.strip() == "nothing to remove"
+
+
+def test_a_failed_endpoint_is_replaced_and_a_failed_update_says_what_to_do(aws, tmp_path, monkeypatch):
+    """moto's endpoints are InService at once; the Failed states are set in moto's own state (server mode runs in
+    this process). DescribeEndpoint's FailureReason: API_DescribeEndpoint."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    from cloudalliance import serving
+
+    role = _role(aws)
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="course-data")
+    uri = serving.upload_artifact(s3, _artifact(tmp_path), "s3://course-data/models/run1")
+    sm = aws.client("sagemaker")
+    serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    endpoint = sagemaker_backends[ACCOUNT]["us-east-1"].endpoints["course-ep"]
+    endpoint.endpoint_status = "Failed"
+    serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    assert sm.describe_endpoint(EndpointName="course-ep")["EndpointStatus"] == "InService"
+
+    def fail_the_update(model, params, **kwargs):  # the new config never comes InService
+        if model.name == "UpdateEndpoint":
+            ep = sagemaker_backends[ACCOUNT]["us-east-1"].endpoints["course-ep"]
+            ep.endpoint_status, ep.failure_reason = "Failed", "the container did not answer /ping"
+            http = type("Http", (), {"status_code": 200, "headers": {}, "text": "", "content": b"{}"})()
+            return http, {"EndpointArn": ep.arn, "ResponseMetadata": {"HTTPStatusCode": 200}}
+        return None
+
+    aws.events.register("before-call.sagemaker.UpdateEndpoint", fail_the_update)
+    with pytest.raises(serving.ServingError, match="did not come InService.*aws cleanup --run run1"):
+        serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
