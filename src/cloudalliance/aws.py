@@ -223,12 +223,12 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
         else:
             return rows + [Check("bucket encryption", "warn", f"could not read it ({_short(exc)})")]
     if algo.startswith("aws:kms"):
-        # https://docs.aws.amazon.com/AmazonS3/latest/API/API_Object.html (ETag): "Objects encrypted by SSE-KMS
-        # ... have ETags that are not an MD5 digest of their object data."
+        # https://docs.aws.amazon.com/AmazonS3/latest/API/API_Object.html (ETag): objects encrypted with SSE-C or
+        # SSE-KMS have ETags that are not an MD5 digest of their data
         rows.append(Check("bucket encryption", "warn",
                           f"{algo}: object ETags are not MD5s of the content, so an upload cannot be verified by "
-                          "ETag; verification compares the manifest's checksums. The role also needs kms:Decrypt "
-                          "and kms:GenerateDataKey on the key"))
+                          "ETag; resume and verification compare the MD5 each upload keeps in x-amz-meta-md5 "
+                          "instead. The role also needs kms:Decrypt and kms:GenerateDataKey on the key"))
     else:
         rows.append(Check("bucket encryption", "ok", f"{algo} (ETags of single-part uploads are MD5s)"))
     return rows
