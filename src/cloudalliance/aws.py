@@ -256,8 +256,9 @@ def _quota_checks(session, needs: Mapping[str, int]) -> list[Check]:
     rows = []
     for name, need in needs.items():
         if name not in values:
-            rows.append(Check(f"quota {name}", "warn", "could not read it (Service Quotas); a new account "
-                              f"often has 0: check the console before the run (need {need})"))
+            why = "not among the SageMaker quotas listed" if values else "could not read it (Service Quotas)"
+            rows.append(Check(f"quota {name}", "warn", f"{why}; a new account often has 0: check the console "
+                              f"before the run (need {need})"))
             continue
         have = values[name]
         note = "" if source == "applied" else " (AWS default; your account's value may differ)"

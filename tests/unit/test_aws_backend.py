@@ -305,3 +305,35 @@ def test_a_failed_endpoint_is_replaced_and_a_failed_update_says_what_to_do(aws, 
     aws.events.register("before-call.sagemaker.UpdateEndpoint", fail_the_update)
     with pytest.raises(serving.ServingError, match="did not come InService.*aws cleanup --run run1"):
         serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+
+
+def test_quotas_value_against_need_from_list_service_quotas():
+    """moto 5.2 has no ListServiceQuotas ("not implemented"), so the request's shape is checked with botocore's
+    Stubber against the service model, and the reply is the API's: Quotas[].QuotaName/Value
+    (https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_ListServiceQuotas.html)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from cloudalliance import aws as backend
+
+    client = boto3.client("service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+
+    class Session:
+        region_name = "us-east-1"
+
+        def client(self, name, **kwargs):
+            assert name == "service-quotas"
+            return client
+
+    quota = {"ServiceCode": "sagemaker", "QuotaCode": "L-1", "Adjustable": True}
+    with Stubber(client) as stub:
+        stub.add_response("list_service_quotas", {"Quotas": [
+            {**quota, "QuotaName": "ml.m5.xlarge for training job usage", "Value": 0.0},
+            {**quota, "QuotaName": "ml.m5.large for endpoint usage", "Value": 2.0}]}, {"ServiceCode": "sagemaker"})
+        rows = {r.check: r for r in backend._quota_checks(Session(), {"ml.m5.xlarge for training job usage": 2,
+                                                                       "ml.m5.large for endpoint usage": 1,
+                                                                       "ml.p5.48xlarge for training job usage": 1})}
+    assert rows["quota ml.m5.xlarge for training job usage"].status == "fail"
+    assert "0 available, 2 needed" in rows["quota ml.m5.xlarge for training job usage"].detail
+    assert rows["quota ml.m5.large for endpoint usage"].status == "ok"
+    assert rows["quota ml.p5.48xlarge for training job usage"].status == "warn"
