@@ -139,10 +139,20 @@ def sagemaker_state(emulator: Emulator) -> dict[str, list[str]]:
     }
 
 
-def cleanup_command_exists(env: dict[str, str]) -> bool:
-    probe = subprocess.run([str(Path(sys.executable).parent / "cloudalliance"), "aws", "cleanup", "--help"], env=env,
+def aws_command_exists(env: dict[str, str], command: str) -> bool:
+    probe = subprocess.run([str(Path(sys.executable).parent / "cloudalliance"), "aws", command, "--help"], env=env,
                            cwd=REPO, capture_output=True, timeout=120)
     return probe.returncode == 0
+
+
+def s3_state(emulator: Emulator) -> dict[str, int]:
+    """Objects left per bucket (what still costs money after a cleanup)."""
+    s3 = emulator.client("s3")
+    left = {}
+    for bucket in s3.list_buckets().get("Buckets", []):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"])
+        left[bucket["Name"]] = sum(len(page.get("Contents", [])) for page in pages)
+    return left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.clear()
         os.environ.update(env)  # the gateway and image server started below inherit it
         print(f"[rehearsal] moto {emulator.moto_url}, proxy (AWS_ENDPOINT_URL) {emulator.endpoint_url}, "
-              f"work folder {workdir}", flush=True)
+              f"work folder {workdir}; moto's errors go to {emulator.log_file}", flush=True)
         # the learner's account already has the execution role (the course's README asks for it)
         emulator.client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=(
             '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},'
@@ -194,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rehearsal] API_URL {api_url} (local gateway, pid {gateway.pid}); IMAGE_URL {image_url}", flush=True)
 
         cli = str(Path(sys.executable).parent / "cloudalliance")
+        if aws_command_exists(env, "check"):
+            # the learner's first step on an account (README "On AWS"): exit 0 when every check passed
+            t0 = time.perf_counter()
+            code, output = run_logged([cli, "aws", "check", "--params", str(params)], env, workdir / "check.log", 300)
+            results.append(("preflight", code, time.perf_counter() - t0))
+            print(f"[rehearsal] preflight (cloudalliance aws check): {'passed' if code == 0 else 'FAILED'} "
+                  f"(exit {code})", flush=True)
+            print("\n".join("    | " + line for line in output.strip().splitlines()[-30:]), flush=True)
+        else:
+            print("[rehearsal] preflight: SKIPPED -- `cloudalliance aws check` does not exist", flush=True)
         for n in range(1, args.passes + 1):
             print(f"[rehearsal] pass {n}: cloudalliance course run --params {params} --run-id {RUN_ID}", flush=True)
             t0 = time.perf_counter()
@@ -216,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 if run.status != "Completed":
                     print(f"[rehearsal] training job {name}: {run.status} {run.failure[:1500]}", flush=True)
 
-        if cleanup_command_exists(env):
+        if aws_command_exists(env, "cleanup"):
             t0 = time.perf_counter()
-            code, output = run_logged([cli, "aws", "cleanup", "--run", RUN_ID, "--region", region], env,
-                                      workdir / "cleanup.log", 300)
+            code, output = run_logged([cli, "aws", "cleanup", "--run", RUN_ID, "--params", str(params),
+                                       "--delete-data"], env, workdir / "cleanup.log", 300)
             state = sagemaker_state(emulator)
             left = {k: v for k, v in state.items() if v and k != "training_jobs"}
             ok = code == 0 and not left and not emulator.endpoints
@@ -227,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[rehearsal] cleanup: {'passed' if ok else 'FAILED'} (exit {code}); left in SageMaker: "
                   f"{left or 'nothing'}; local endpoints still served: {sorted(emulator.endpoints) or 'none'}",
                   flush=True)
-            if code != 0:
-                print("\n".join("    | " + line for line in output.strip().splitlines()[-15:]), flush=True)
+            print("\n".join("    | " + line for line in output.strip().splitlines()[-15:]), flush=True)
+            print(f"[rehearsal] S3 objects left after cleanup --delete-data: {s3_state(emulator)}", flush=True)
         else:
             print("[rehearsal] cleanup: SKIPPED -- `cloudalliance aws cleanup` does not exist yet "
                   "(src/cloudalliance/aws.py); the endpoint is left in the emulator only", flush=True)
         counts = collections.Counter(c for c in emulator.calls if c.startswith("SageMaker."))
+        counts["InvokeEndpoint (runtime, served by the local endpoint)"] = sum(
+            1 for c in emulator.calls if c.startswith("POST /endpoints/"))
         print("[rehearsal] SageMaker calls seen by the proxy: "
               + ", ".join(f"{k.removeprefix('SageMaker.')} x{v}" for k, v in sorted(counts.items())), flush=True)
     finally:
