@@ -39,6 +39,7 @@ from .server import (
     weed_binary,
 )
 from .client import create_s3_client, ensure_bucket, explain, list_objects
+from .checksums import bucket_encryption, etags_are_md5, is_plain_md5
 from .manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -49,7 +50,7 @@ from .manifest import (
     md5_file,
     read_manifest,
 )
-from .s5cmd import s5cmd_binary, s5cmd_env
+from .s5cmd import s5cmd_binary, s5cmd_endpoint_args, s5cmd_env
 from .shards import build_shard, gnu_tar, plan_shards
 from .upload import DEFAULT_SHARD_MB, ENGINES, MODES, UploadResult, upload_folder, upload_record
 from .verify import VerifyResult, verify_upload
@@ -62,7 +63,8 @@ __all__ = [
     "LOCAL_VOLUME_SLOTS", "ensure_local_s3", "local_s3_capacity_problem", "local_s3_status", "start_local_s3",
     "stop_local_s3", "weed_binary", "create_s3_client", "ensure_bucket", "explain", "list_objects",
     "MANIFEST_NAME", "FileEntry", "LocalFile", "build_manifest", "list_files", "manifest_document", "md5_file",
-    "read_manifest", "s5cmd_binary", "s5cmd_env", "build_shard", "gnu_tar", "plan_shards", "DEFAULT_SHARD_MB",
+    "read_manifest", "bucket_encryption", "etags_are_md5", "is_plain_md5", "s5cmd_binary", "s5cmd_endpoint_args",
+    "s5cmd_env", "build_shard", "gnu_tar", "plan_shards", "DEFAULT_SHARD_MB",
     "ENGINES", "MODES", "UploadResult", "upload_folder", "upload_record", "VerifyResult", "verify_upload",
     "download_prefix", "UPLOAD_TOOLS", "compare_uploads", "comparison_table", "delete_prefix",
 ]
