@@ -228,13 +228,20 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
                          instance_count: int = 1, region: str | None = None, base_job_name: str = "cloudalliance",
                          output_path: str | None = None, checkpoint_s3_uri: str | None = None,
                          max_runtime_s: int = 3 * 3600, use_spot: bool = False, boto_session=None,
-                         source_dir: str | os.PathLike | None = None, run_id: str = ""):
+                         source_dir: str | os.PathLike | None = None, run_id: str = "",
+                         staging_s3_uri: str | None = None):
     """An SDK v3 ``ModelTrainer`` running this course's entry script on ``instance_type`` x ``instance_count``.
 
     With more than one process in all (instances x GPUs per instance), SDK v3's ``Torchrun`` driver starts
     one process per GPU on every instance (sagemaker/train/distributed.py:113, ``Torchrun``; without it the
     basic script driver runs one process per host) and torchrun sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``,
     which the script reads (training.py ``dist_from_env``).
+
+    ``staging_s3_uri`` (``s3://bucket/prefix``): where the SDK uploads the source code. Without it the SDK uses
+    the session's default bucket, ``sagemaker-<region>-<account>``, creating it if needed
+    (sagemaker/train/model_trainer.py:1023 ``_resolve_staging_bucket`` -> ``default_bucket()``, with
+    ``default_bucket_prefix`` in front of the key, :1196); with it the code lands beside the run's models,
+    where ``cloudalliance aws cleanup --delete-data`` finds it.
     """
     import boto3
     from sagemaker.core import image_uris
@@ -247,7 +254,14 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     region = boto_session.region_name
     if not region:
         raise LaunchError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
-    session = Session(boto_session=boto_session)
+    if staging_s3_uri:
+        from .storage import S3Location
+
+        staging = S3Location.parse(staging_s3_uri)
+        session = Session(boto_session=boto_session, default_bucket=staging.bucket,
+                          default_bucket_prefix=staging.prefix.strip("/") or None)
+    else:
+        session = Session(boto_session=boto_session)
     image = image_uris.retrieve("pytorch", region, version=FRAMEWORK_VERSION, py_version=PY_VERSION,
                                 instance_type=instance_type, image_scope="training")
     source_dir = Path(source_dir) if source_dir else source_bundle(tempfile.mkdtemp(prefix="cloudalliance-src-"))
@@ -349,14 +363,14 @@ def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type
                   hyperparameters: Mapping[str, Any], *, test_s3_uri: str | None = None, region: str | None = None,
                   instance_count: int = 1, use_spot: bool = False, output_path: str | None = None,
                   checkpoint_s3_uri: str | None = None, boto_session=None, logs: bool = True,
-                  run_id: str = "") -> TrainingResult:
+                  run_id: str = "", staging_s3_uri: str | None = None) -> TrainingResult:
     """A SageMaker training job with the course's script; waits, then fetches and unpacks the model."""
     import boto3
 
     boto_session = boto_session or boto3.Session(region_name=region)
     trainer = create_model_trainer(instance_type, role, hyperparameters, instance_count=instance_count,
                                    use_spot=use_spot, output_path=output_path, checkpoint_s3_uri=checkpoint_s3_uri,
-                                   boto_session=boto_session, run_id=run_id)
+                                   boto_session=boto_session, run_id=run_id, staging_s3_uri=staging_s3_uri)
     t0 = time.perf_counter()
     job_name = start_sagemaker_training(trainer, train_s3_uri, test_s3_uri, wait=True, logs=logs)
     wall = time.perf_counter() - t0
@@ -411,6 +425,7 @@ def train_instance(backend: str, instance: str, run, data_root: str | os.PathLik
                                region=region, use_spot=use_spot, instance_count=instance_count,
                                output_path=f"s3://{location.bucket}/models/{run.run_id}/training",
                                checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}",
+                               staging_s3_uri=f"s3://{location.bucket}/models/{run.run_id}",
                                boto_session=session, run_id=run.run_id)
     else:
         raise LaunchError(f"Unknown backend {backend!r}; choose one of: local, aws")

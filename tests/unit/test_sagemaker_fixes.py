@@ -101,6 +101,14 @@ def test_instance_count_reaches_the_job_and_gpus_get_torchrun(aws):
     tags = aws.client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]
     assert {"Key": "cloudalliance:run-id", "Value": "run1"} in tags
     assert launch.processes_per_job("ml.g5.12xlarge", 2) == 8
+    # the source code goes beside the run's models (cleanup --delete-data removes models/<run>/)
+    staged = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws,
+                                         staging_s3_uri="s3://course-data/models/run1")
+    name = launch.start_sagemaker_training(staged, "s3://course-data/intel/seg_train/seg_train", wait=False,
+                                           logs=False)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in
+                aws.client("sagemaker").describe_training_job(TrainingJobName=name)["InputDataConfig"]}
+    assert channels["code"].startswith("s3://course-data/models/run1/"), channels["code"]
     cpu = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws)
     assert cpu.distributed is None
     two_cpu = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, instance_count=2, boto_session=aws)
@@ -124,6 +132,7 @@ def test_train_instance_passes_instance_count_and_the_run(monkeypatch, tmp_path)
                               role=ROLE, region="us-east-1", instance_count=3)
     assert seen["instance_count"] == 3 and seen["run_id"] == "r9"
     assert seen["output_path"] == "s3://b/models/r9/training"
+    assert seen["staging_s3_uri"] == "s3://b/models/r9"
 
 
 @pytest.mark.parametrize("env,expected", [({}, True), ({"TRAINING_JOB_NAME": "job-1"}, False),
