@@ -42,8 +42,9 @@ def isolated_environment(workdir: Path, endpoint_url: str, region: str) -> dict[
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "SAGEMAKER_", "CLOUDALLIANCE_", "BOTO_")) and k not in ("HOME", "PYTHONPATH")}
-    python_path = os.pathsep.join([str(HERE / "site")])
+            if not k.startswith(("AWS_", "SAGEMAKER_", "CLOUDALLIANCE_", "BOTO_")) and k != "HOME"}
+    # sitecustomize.py first; a PYTHONPATH the caller set (e.g. another checkout's src) stays after it
+    python_path = os.pathsep.join([str(HERE / "site")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
     return {
         **keep,
         "HOME": str(home),
