@@ -11,7 +11,8 @@ One module per concern (imports flow down this list, never back):
 - ``server``: how the embedded S3 server (SeaweedFS) is started, checked and stopped
 - ``client``: the boto3 client factory, errors explained, buckets, listings
 - ``manifest``: the local files, their sizes and MD5s, ``manifest.json``
-- ``checksums``: which checksum of an S3 object to compare (ETag only when it is an MD5)
+- ``checksums``: which checksum of an S3 object to compare (ETag only when it is an MD5, else x-amz-meta-md5)
+- ``progress``: progress bars
 - ``s5cmd``: the s5cmd binary, its environment and runs
 - ``shards``: tar shards (Python or GNU tar) and how they are sent
 - ``upload``: ``upload_folder`` (objects or shards, resumable) and its record
