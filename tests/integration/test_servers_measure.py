@@ -66,10 +66,10 @@ def servers(tmp_path_factory, synthetic_root, shared_intel_or_none):
 
 @pytest.fixture(scope="module")
 def shared_intel_or_none():
-    """A real Intel test image's folder when ../shared has them (as tests/conftest.py finds them), else None."""
+    """A folder of real Intel images when ../shared has them (as tests/conftest.py finds them), else None."""
     repo = Path(__file__).resolve().parents[2]
     root = Path(os.environ.get("CLOUDALLIANCE_SHARED_DATA", repo.parent / "shared" / "data" / "intel"))
-    return root / "seg_test" if (root / "seg_test").is_dir() else None
+    return next((root / split for split in ("seg_test", "seg_train") if (root / split).is_dir()), None)
 
 
 def test_measure_the_local_servers(servers):
