@@ -447,3 +447,17 @@ def test_a_stopped_endpoint_does_not_hold_clients_past_the_function_timeout(gate
         assert float(np.percentile(health, 99)) < 0.25
     finally:
         os.kill(info.pid, signal.SIGCONT)
+
+
+def test_the_local_context_is_the_templates_function():
+    """The handler's deadline comes from the context: the SAM template's Timeout and MemorySize, counted down."""
+    import re
+
+    template = (api.REPO_ROOT / "lambda" / "template.yaml").read_text()
+    timeout = float(re.search(r"(?m)^\s+Timeout:\s*(\d+)", template).group(1))
+    memory = int(re.search(r"(?m)^\s+MemorySize:\s*(\d+)", template).group(1))
+    context = api.LocalContext()
+    assert context.timeout_s == timeout and context.memory_limit_in_mb == memory
+    assert timeout * 1000 - 100 <= context.get_remaining_time_in_millis() <= timeout * 1000
+    context.started -= 10
+    assert abs(context.get_remaining_time_in_millis() - (timeout - 10) * 1000) < 100
