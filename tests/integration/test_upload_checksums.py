@@ -116,11 +116,18 @@ def test_kms_bucket_still_catches_a_corrupted_object(moto_s3, kms_etags, synthet
     assert verify_upload(synthetic_root, loc, moto_s3).ok
 
 
-def test_kms_bucket_shards_resume_and_verify(moto_s3, kms_etags, synthetic_root):
-    loc = S3Location(kms_bucket(moto_s3, "kms-shards"), "shards")
-    first = upload_folder(synthetic_root, loc, moto_s3, mode="shards", engine="boto3", shard_mb=0.2, progress=False)
-    assert first.shards > 1
-    again = upload_folder(synthetic_root, loc, moto_s3, mode="shards", engine="boto3", shard_mb=0.2, progress=False)
+@pytest.mark.parametrize("engine", ["boto3", "s5cmd"])
+def test_kms_bucket_shards_resume_and_verify(moto_s3, kms_etags, synthetic_root, engine):
+    """Both shard paths: Python tar + boto3, and GNU tar + s5cmd (whose first upload into an empty prefix
+    would otherwise take each shard's MD5 from its ETag)."""
+    from cloudalliance.storage import gnu_tar, s5cmd_binary
+
+    if engine == "s5cmd" and not (gnu_tar() and s5cmd_binary()):
+        pytest.skip("GNU tar or s5cmd not installed")
+    loc = S3Location(kms_bucket(moto_s3, f"kms-shards-{engine}"), "shards")
+    first = upload_folder(synthetic_root, loc, moto_s3, mode="shards", engine=engine, shard_mb=0.2, progress=False)
+    assert first.shards > 1 and first.engine == ("gnu-tar+s5cmd" if engine == "s5cmd" else "boto3")
+    again = upload_folder(synthetic_root, loc, moto_s3, mode="shards", engine=engine, shard_mb=0.2, progress=False)
     assert (again.uploaded, again.uploaded_bytes) == (0, 0)
     assert verify_upload(synthetic_root, loc, moto_s3).ok
 
