@@ -9,8 +9,8 @@ but runs no containers, so the proxy in front of it plays the *data plane* with 
   into ``model.tar.gz`` at the job's ``ModelArtifacts`` path. Until then DescribeTrainingJob says InProgress (moto
   says Completed at once: moto/sagemaker/models.py, ``FakeTrainingJob.__init__``, ``training_job_status =
   "Completed"``); a failed script makes it say Failed with the log's last lines.
-- CreateEndpoint / UpdateEndpoint: the model data of the endpoint config's variant is downloaded and served by the
-  course's local endpoint server (``python -m cloudalliance.serving``, the server that
+- CreateEndpoint / UpdateEndpoint: the endpoint says Creating / Updating while the model data of the endpoint
+  config's variant is downloaded and served by the course's local endpoint server (``python -m cloudalliance.serving``, the server that
   ``serving.start_local_endpoint`` starts), one per endpoint name; sagemaker-runtime's
   ``POST /endpoints/<name>/invocations`` goes to it. DeleteEndpoint stops it (by its PID).
 - What moto does not check but AWS does, and a rerun depends on, the proxy checks: creating a model, an endpoint
@@ -308,7 +308,10 @@ class Emulator:
         from cloudalliance.storage import S3Location
 
         loc = S3Location.parse(model_data)
-        self.client("s3").download_file(loc.bucket, loc.prefix, str(archive))
+        try:
+            self.client("s3").download_file(loc.bucket, loc.prefix, str(archive))
+        except Exception as exc:  # noqa: BLE001 - the reason names the model data
+            raise RuntimeError(f"could not download the model data {model_data}: {exc}") from exc
         model_dir = folder / "model"
         model_dir.mkdir()
         with tarfile.open(archive) as tar:
@@ -335,10 +338,49 @@ class Emulator:
                                    + log.read_text(errors="replace")[-1500:])
             time.sleep(0.3)
         with self._lock:
+            if name not in self._backend().endpoints:  # deleted while it started
+                proc.terminate()
+                proc.wait(timeout=10)
+                raise RuntimeError(f"endpoint {name} was deleted while it started")
             if name in self.endpoints:
                 self._stop_endpoint(name)
             self.endpoints[name] = LocalEndpoint(name, config_name, model_data, url, proc, log)
         self.log(f"endpoint {name}: serving {model_data} at {url} (pid {proc.pid})")
+
+    def deploy_in_background(self, name: str, config_name: str, updating: bool) -> None:
+        """CreateEndpoint / UpdateEndpoint return at once; the endpoint says Creating (Updating) until its server
+        answers /ping, then InService -- or Failed with a FailureReason when it never does. During an update the
+        previous model keeps serving and, if the update fails, goes on serving (InService, FailureReason set).
+
+        https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_DescribeEndpoint.html (EndpointStatus:
+        Creating, Updating, InService, Failed; "FailureReason"); API_UpdateEndpoint.html: "the endpoint ... uses
+        the previous EndpointConfig ... while the new one is being deployed".
+        """
+        endpoint = self._backend().endpoints[name]
+        endpoint.endpoint_status = "Updating" if updating else "Creating"
+        endpoint.failure_reason = None
+
+        def deploy() -> None:
+            try:
+                self.start_endpoint(name, config_name)
+            except Exception as exc:  # noqa: BLE001 - the endpoint's failure, as DescribeEndpoint reports it
+                self.log(f"endpoint {name}: {'update' if updating else 'creation'} failed: {exc}")
+                endpoint.failure_reason = f"The primary container for production variant AllTraffic did not pass " \
+                                          f"the ping health check: {exc}"[:1024]
+                endpoint.endpoint_status = "InService" if updating else "Failed"
+                return
+            from moto.core.utils import utcnow
+
+            if updating:
+                config = self._backend().describe_endpoint_config(config_name)
+                endpoint.endpoint_config_name = config_name
+                endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+            endpoint.last_modified_time = utcnow()
+            endpoint.endpoint_status = "InService"
+
+        t = threading.Thread(target=deploy, name=f"endpoint-{name}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _stop_endpoint(self, name: str) -> None:
         ep = self.endpoints.pop(name, None)
@@ -367,13 +409,9 @@ class Emulator:
         if config_name not in backend.endpoint_configs:
             return 400, _error("ValidationException", "Could not find endpoint configuration "
                                                       f'"{_arn("endpoint-config", config_name, self.region)}".')
-        config = backend.describe_endpoint_config(config_name)
-        self.start_endpoint(name, config_name)
-        endpoint.endpoint_config_name = config_name
-        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
-        from moto.core.utils import utcnow
-
-        endpoint.last_modified_time = utcnow()
+        if endpoint.endpoint_status != "InService":
+            return 400, _error("ValidationException", f'Cannot update in-progress endpoint "{endpoint.arn}".')
+        self.deploy_in_background(name, config_name, updating=True)
         return 200, {"EndpointArn": endpoint.arn}
 
     def invoke(self, name: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -555,13 +593,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 elif status == 200 and action == "DescribeTrainingJob":
                     data = json.dumps(owner.patch_training_description(json.loads(data))).encode()
                 elif status == 200 and action == "CreateEndpoint":
-                    try:
-                        owner.start_endpoint(request["EndpointName"], request["EndpointConfigName"])
-                    except Exception as exc:  # noqa: BLE001 - the endpoint fails as on AWS
-                        endpoint = owner._backend().endpoints.get(request["EndpointName"])
-                        if endpoint is not None:
-                            endpoint.endpoint_status = "Failed"
-                        owner.log(f"endpoint {request['EndpointName']} failed: {exc}")
+                    owner.deploy_in_background(request["EndpointName"], request["EndpointConfigName"], updating=False)
                 elif status == 200 and action == "DeleteEndpoint":
                     with owner._lock:
                         owner._stop_endpoint(request["EndpointName"])

@@ -143,3 +143,22 @@ def test_sagemaker_quotas_are_listed_by_name(emulator):
     quotas = {q["QuotaName"]: q["Value"] for page in sq.get_paginator("list_service_quotas").paginate(
         ServiceCode="sagemaker") for q in page["Quotas"]}
     assert quotas == emulator.quotas and quotas["ml.m5.xlarge for training job usage"] == 1.0
+
+
+def test_an_endpoint_whose_model_cannot_be_served_goes_creating_then_failed(emulator):
+    """CreateEndpoint answers at once; DescribeEndpoint says Creating (too briefly to see here), then Failed with a
+    reason (moto alone says InService at once, whatever the model)."""
+    import time
+
+    sm = client(emulator, "sagemaker")
+    _model(sm, "missing-data", data="s3://proxy-test/no-such-model.tar.gz")
+    sm.create_endpoint_config(EndpointConfigName="missing-data", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "missing-data", "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.large"}])
+    sm.create_endpoint(EndpointName="missing-data", EndpointConfigName="missing-data")
+    deadline = time.monotonic() + 30
+    while (status := sm.describe_endpoint(EndpointName="missing-data")["EndpointStatus"]) != "Failed":
+        assert status == "Creating" and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "no-such-model.tar.gz" in sm.describe_endpoint(EndpointName="missing-data")["FailureReason"]
+    sm.delete_endpoint(EndpointName="missing-data")
