@@ -442,6 +442,8 @@ def test_a_stopped_endpoint_does_not_hold_clients_past_the_function_timeout(gate
         health = health_times(gateway.endpoint_url + "/health", 3.0)
         t.join(60)
         reply = result["r"]
+        print(f"\nSIGSTOPped endpoint: HTTP {reply.status} after {reply.seconds:.1f} s; /health p99 "
+              f"{1000 * float(np.percentile(health, 99)):.0f} ms meanwhile")
         assert reply.status >= 500 and isinstance(reply.body.get("error"), str)
         assert reply.seconds <= api.FUNCTION_TIMEOUT_S + 1.5, reply.seconds
         assert float(np.percentile(health, 99)) < 0.25
