@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import prices
+from .machine import mark_start
 from .records import Record
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch training container
@@ -148,6 +149,7 @@ def run_local(train_dir: str | os.PathLike, model_dir: str | os.PathLike, profil
               checkpoint_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
               progress: bool = True, log_file: str | os.PathLike | None = None) -> TrainingResult:
     """Run the entry script under SageMaker's contract in local processes for ``profile``."""
+    mark_start("training")  # the load average as training starts, for its record
     prof = get_profile(profile)
     model_dir = Path(model_dir).resolve()
     output_dir = Path(output_dir or model_dir.parent / f"{model_dir.name}-output").resolve()
@@ -366,6 +368,8 @@ def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type
                   run_id: str = "", staging_s3_uri: str | None = None) -> TrainingResult:
     """A SageMaker training job with the course's script; waits, then fetches and unpacks the model."""
     import boto3
+
+    mark_start("training")
 
     boto_session = boto_session or boto3.Session(region_name=region)
     trainer = create_model_trainer(instance_type, role, hyperparameters, instance_count=instance_count,

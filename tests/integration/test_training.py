@@ -54,6 +54,7 @@ def test_training_record(trained):
     assert rec.stage == "training" and rec.instance == "local-2cpu"
     assert rec.timings["epoch_s"] and rec.metrics["history"][0]["epoch"] == 1
     assert rec.cost["usd"] == 0.0 and rec.cost["equivalent_usd"] > 0
+    assert len(rec.load["start"]) == 3, "run_local notes the load average as training starts"
 
 
 def test_evaluate_cli_writes_accuracy_and_per_class(trained, synthetic_root, tmp_path, capsys):

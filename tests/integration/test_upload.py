@@ -45,6 +45,8 @@ def test_upload_record(s3, bucket, synthetic_root):
     rec = storage.upload_record(result)
     assert rec.stage == "upload" and rec.sizes["files"] == result.files
     assert rec.metrics["files_per_s"] > 0 and rec.timings["total_s"] > 0
+    # the load average as the upload started and as its record was made (a contended run can be flagged)
+    assert len(rec.load["start"]) == 3 and len(rec.load["end"]) == 3
 
 
 def test_missing_bucket_is_a_permanent_error(s3, synthetic_root):

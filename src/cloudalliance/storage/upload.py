@@ -22,6 +22,7 @@ from .manifest import MANIFEST_NAME, FileEntry, build_manifest, list_files, mani
 from .progress import _progress
 from .s5cmd import _only_plain_files, _put_s5cmd, _run_s5cmd, s5cmd_binary
 from .shards import _shards_with_tools, _upload_shards, gnu_tar
+from ..machine import mark_start
 
 MODES = ("objects", "shards")
 ENGINES = ("auto", "s5cmd", "boto3")
@@ -122,6 +123,7 @@ def upload_folder(
     missing or different. Transient errors are retried (botocore standard mode,
     s5cmd's retries); a permanent one stops with a :class:`StorageError`.
     """
+    mark_start("upload")  # the load average as the upload starts, for its record (a contended run is flagged)
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     if engine not in ENGINES:
