@@ -1,6 +1,6 @@
 """Rehearse the course's aws branch (notebooks 02, 03, 05, 06) twice against a local AWS emulator.
 
-    .venv/bin/python tests/aws_rehearsal/rehearse.py [--passes 2] [--keep] [--verbose]
+    .venv/bin/python tests/aws_rehearsal/rehearse.py [--passes 2] [--new-run-ids] [--keep] [--verbose]
 
 What a learner does, on a machine that has no AWS: ``cloudalliance course run --params params/aws-rehearsal.yaml``
 (papermill, backend aws), then the same command again with the same run id (rerunning the same notebooks must
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (executed notebooks, logs)")
     p.add_argument("--verbose", action="store_true", help="print the emulator's SageMaker events")
+    p.add_argument("--new-run-ids", action="store_true",
+                   help="a new run id per pass (a course rerun from the top) instead of the same one (notebooks "
+                        "rerun); the cleanup then removes every pass's run")
     args = p.parse_args(argv)
     if args.passes < 1 or args.timeout <= 0:
         p.error("--passes must be >= 1 and --timeout > 0")
@@ -215,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join("    | " + line for line in output.strip().splitlines()[-30:]), flush=True)
         else:
             print("[rehearsal] preflight: SKIPPED -- `cloudalliance aws check` does not exist", flush=True)
-        for n in range(1, args.passes + 1):
-            print(f"[rehearsal] pass {n}: cloudalliance course run --params {params} --run-id {RUN_ID}", flush=True)
+        run_ids = [f"{RUN_ID}-{n}" if args.new_run_ids else RUN_ID for n in range(1, args.passes + 1)]
+        for n, run_id in enumerate(run_ids, start=1):
+            print(f"[rehearsal] pass {n}: cloudalliance course run --params {params} --run-id {run_id}", flush=True)
             t0 = time.perf_counter()
-            code, output = run_logged([cli, "course", "run", "--params", str(params), "--run-id", RUN_ID], env,
+            code, output = run_logged([cli, "course", "run", "--params", str(params), "--run-id", run_id], env,
                                       workdir / f"pass-{n}.log", args.timeout)
             seconds = time.perf_counter() - t0
             results.append((f"pass {n}", code, seconds))
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"[rehearsal] pass {n}: FAILED (exit {code}) after {seconds:.1f} s; log {workdir}/pass-{n}.log",
                       flush=True)
-                errors = notebook_errors(workdir / "runs" / RUN_ID / "notebooks")
+                errors = notebook_errors(workdir / "runs" / run_id / "notebooks")
                 for line in errors:
                     print(f"[rehearsal] pass {n}: {line}", flush=True)
                 if not errors:
@@ -239,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if aws_command_exists(env, "cleanup"):
             t0 = time.perf_counter()
-            code, output = run_logged([cli, "aws", "cleanup", "--run", RUN_ID, "--params", str(params),
-                                       "--delete-data"], env, workdir / "cleanup.log", 300)
+            code, output = 0, ""
+            for run_id in dict.fromkeys(run_ids):
+                one, out = run_logged([cli, "aws", "cleanup", "--run", run_id, "--params", str(params),
+                                       "--delete-data"], env, workdir / f"cleanup-{run_id}.log", 300)
+                code, output = code or one, output + out
             state = sagemaker_state(emulator)
             left = {k: v for k, v in state.items() if v and k != "training_jobs"}
             ok = code == 0 and not left and not emulator.endpoints
