@@ -10,8 +10,9 @@ but runs no containers, so the proxy in front of it plays the *data plane* with 
   says Completed at once: moto/sagemaker/models.py, ``FakeTrainingJob.__init__``, ``training_job_status =
   "Completed"``); a failed script makes it say Failed with the log's last lines.
 - CreateEndpoint / UpdateEndpoint: the endpoint says Creating / Updating while the model data of the endpoint
-  config's variant is downloaded and served by the course's local endpoint server (``python -m cloudalliance.serving``, the server that
-  ``serving.start_local_endpoint`` starts), one per endpoint name; sagemaker-runtime's
+  config's variant is downloaded and served by the course's local endpoint server (``python -m
+  cloudalliance.serving``, the server that ``serving.start_local_endpoint`` starts; run directly so that each
+  endpoint name has its own process, stopped by its PID), one per endpoint name; sagemaker-runtime's
   ``POST /endpoints/<name>/invocations`` goes to it. DeleteEndpoint stops it (by its PID).
 - What moto does not check but AWS does, and a rerun depends on, the proxy checks: creating a model, an endpoint
   config, an endpoint or a training job whose name exists is an error on AWS (moto silently replaces it:
@@ -29,7 +30,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 AUTH_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
-ACCOUNT_ID = "123456789012"
-DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for endpoint usage": 1.0}  # moto's default account (moto/core/models.py DEFAULT_ACCOUNT_ID)
+ACCOUNT_ID = "123456789012"  # moto's default account (moto/core/models.py DEFAULT_ACCOUNT_ID)
+DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for endpoint usage": 1.0}
 INVOKE_PATH = re.compile(r"^/endpoints/([^/?]+)/invocations(?:\?.*)?$")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
                "expect", "content-length"}
@@ -212,7 +212,8 @@ class Emulator:
             return f'Cannot create already existing model "{_arn("model", body["ModelName"], self.region)}".'
         if action == "CreateEndpointConfig" and body.get("EndpointConfigName") in backend.endpoint_configs:
             name = body["EndpointConfigName"]
-            return f'Cannot create already existing endpoint configuration "{_arn("endpoint-config", name, self.region)}".'
+            arn = _arn("endpoint-config", name, self.region)
+            return f'Cannot create already existing endpoint configuration "{arn}".'
         if action == "CreateEndpoint" and body.get("EndpointName") in backend.endpoints:
             return f'Cannot create already existing endpoint "{_arn("endpoint", body["EndpointName"], self.region)}".'
         if action == "CreateTrainingJob" and body.get("TrainingJobName") in backend.training_jobs:
@@ -405,7 +406,8 @@ class Emulator:
         name, config_name = body.get("EndpointName", ""), body.get("EndpointConfigName", "")
         endpoint = backend.endpoints.get(name)
         if endpoint is None:
-            return 400, _error("ValidationException", f'Could not find endpoint "{_arn("endpoint", name, self.region)}".')
+            arn = _arn("endpoint", name, self.region)
+            return 400, _error("ValidationException", f'Could not find endpoint "{arn}".')
         if config_name not in backend.endpoint_configs:
             return 400, _error("ValidationException", "Could not find endpoint configuration "
                                                       f'"{_arn("endpoint-config", config_name, self.region)}".')

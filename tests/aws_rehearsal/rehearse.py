@@ -44,7 +44,7 @@ def isolated_environment(workdir: Path, endpoint_url: str, region: str) -> dict[
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith(("AWS_", "SAGEMAKER_", "CLOUDALLIANCE_", "BOTO_")) and k != "HOME"}
     # sitecustomize.py first; a PYTHONPATH the caller set (e.g. another checkout's src) stays after it
-    python_path = os.pathsep.join([str(HERE / "site")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    python_path = os.pathsep.join([str(HERE / "site")] + [p for p in [os.environ.get("PYTHONPATH", "")] if p])
     return {
         **keep,
         "HOME": str(home),
