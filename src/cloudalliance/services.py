@@ -420,7 +420,9 @@ def create_json_app(title: str):
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    # redirect_slashes=False: Starlette would answer "/predict/" with a 307 to "/predict" (starlette/routing.py,
+    # Router.app); API Gateway has no such route and answers 404, and so does this server, in {"error"} form.
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):

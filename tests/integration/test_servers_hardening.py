@@ -227,6 +227,9 @@ def test_validation_errors_are_the_apis_json():
 
     r = TestClient(app).get("/items/notanumber")
     assert r.status_code == 422 and "detail" not in r.json() and "n" in r.json()["error"]
+    # a trailing slash is another route (as on API Gateway), not a 307 redirect without a JSON body
+    r = TestClient(app, follow_redirects=False).get("/items/3/")
+    assert r.status_code == 404 and "error" in r.json()
 
 
 # --------------------------------------------------------------------------- head-of-line blocking
