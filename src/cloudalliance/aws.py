@@ -340,7 +340,7 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
         rows.append(_stack_check(session, params.get("STACK_NAME") or "cloudalliance"))
         sam = shutil.which("sam")
         rows.append(Check("SAM CLI", "ok" if sam else "warn", sam or "`sam` not found: notebook 06 needs the API "
-                          "deployed with it (pip install aws-sam-cli, or AWS's installer); lambda/README.md"))
+                          "deployed with it (pip install -e '.[sam]', which is aws-sam-cli, or AWS's installer); lambda/README.md"))
     return rows
 
 
