@@ -65,6 +65,16 @@ MAX_PIXELS_ENV = "CLOUDALLIANCE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo fits three times over; Intel's images are 150x150
 
 
+DECODE_PIXELS_ENV = "CLOUDALLIANCE_MAX_DECODE_PIXELS"
+# What is decoded at full size (every format but JPEG, whose draft mode decodes at 1/2, 1/4 or 1/8 scale):
+# a 39 MP PNG costs ~0.75 s and ~640 MB while decoding; 16 MP (a 4,900 px square) stays near 250 MB.
+DEFAULT_MAX_DECODE_PIXELS = 16_000_000
+# The formats the course reads (what cameras, phones and the web send). Others are refused unread: an ICO
+# declares its small directory entry's size in the header but decodes its largest embedded PNG in full, so
+# the header check below would not see a bomb inside it (Pillow's IcoImagePlugin).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens MPO too (jpeg_factory)
+
+
 class ImageTooLarge(ValueError):
     """An image whose header declares more pixels than the cap (a decompression bomb, or just too big)."""
 
@@ -72,6 +82,11 @@ class ImageTooLarge(ValueError):
 def max_pixels() -> int:
     """The pixel-count cap: ``$CLOUDALLIANCE_MAX_IMAGE_PIXELS`` or 40 MP."""
     return int(os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
+
+
+def max_decode_pixels() -> int:
+    """The most pixels decoded at full size: ``$CLOUDALLIANCE_MAX_DECODE_PIXELS`` or 16 MP."""
+    return int(os.environ.get(DECODE_PIXELS_ENV) or DEFAULT_MAX_DECODE_PIXELS)
 
 
 # EXIF Orientation (tag 0x0112) values that need a transpose; 1 (and a missing tag) means "as stored".
@@ -102,7 +117,10 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
       :class:`ImageTooLarge`, so a 420 KB PNG that declares 12000x12000 costs nothing to refuse. Pillow's own
       ``DecompressionBombError`` (raised by ``Image.open`` above 2x ``Image.MAX_IMAGE_PIXELS``,
       PIL/Image.py ``_decompression_bomb_check``) is turned into the same error;
-    - JPEGs decode at a reduced scale when much larger than ``size`` (``draft``);
+    - only the formats in :data:`IMAGE_FORMATS` are opened (an ICO, say, hides a full-size PNG behind a small
+      header size);
+    - JPEGs decode at a reduced scale when much larger than ``size`` (``draft``); what would still be decoded at
+      full size above :func:`max_decode_pixels` (16 MP) raises :class:`ImageTooLarge` too;
     - the EXIF Orientation is applied (``ImageOps.exif_transpose``), so a phone photo taken upright is seen
       upright, as every viewer shows it;
     - CMYK, palette (with or without alpha), LA, 16-bit grey, animated GIF (first frame) all become RGB;
@@ -116,7 +134,8 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides
-            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
+                             formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"The image is too large to decode ({exc})") from None
     with img:
@@ -125,6 +144,10 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
             raise ImageTooLarge(f"The image is {width}x{height} px ({width * height / 1e6:.0f} MP); "
                                 f"the limit is {cap / 1e6:.0f} MP")
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger (others: no-op)
+        decoded = img.size[0] * img.size[1]  # after draft: what will really be decoded
+        if decoded > max_decode_pixels():
+            raise ImageTooLarge(f"The image is {width}x{height} px ({width * height / 1e6:.0f} MP) in {img.format}; "
+                                f"the limit for formats decoded at full size is {max_decode_pixels() / 1e6:.0f} MP")
         if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)

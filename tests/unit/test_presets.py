@@ -121,3 +121,26 @@ def test_truncated_and_garbage_raise_pil_errors_not_crash():
         load_rgb(jpeg[: len(jpeg) // 2], 40)
     with pytest.raises(OSError):  # PIL.UnidentifiedImageError is an OSError
         load_rgb(b"this is not an image", 40)
+
+
+def test_an_ico_hiding_a_big_png_is_refused_unread():
+    """An ICO's header gives its directory entry's size (16x16 here), but Pillow decodes the largest PNG inside
+    it in full (PIL/IcoImagePlugin.py): the format is not one the course reads, so it is refused before decoding."""
+    inner = bomb_png(6000)
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner), 6 + 16)
+    ico = struct.pack("<HHH", 0, 1, 1) + entry + inner
+    t0 = time.perf_counter()
+    with pytest.raises(Exception) as info:
+        load_rgb(ico, 64)
+    assert not isinstance(info.value, MemoryError)
+    assert time.perf_counter() - t0 < 0.5, "the embedded 36 MP PNG was decoded"
+
+
+def test_formats_decoded_at_full_size_have_a_lower_cap_than_jpeg(monkeypatch):
+    """A PNG is decoded whole (~0.75 s and ~640 MB for 39 MP); a JPEG of the same size decodes at 1/8 scale."""
+    monkeypatch.setenv(presets.DECODE_PIXELS_ENV, "1000000")
+    big = Image.new("RGB", (1500, 1000), (30, 120, 200))  # 1.5 MP
+    with pytest.raises(ImageTooLarge, match="full size"):
+        load_rgb(encode(big, "PNG"), 64)
+    assert load_rgb(encode(big, "JPEG"), 64).shape == (64, 64, 3)  # draft decodes it at 188x125
+    assert load_rgb(encode(big.resize((1000, 900)), "PNG"), 64).shape == (64, 64, 3)
