@@ -14,6 +14,7 @@ import dataclasses
 import datetime as _dt
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
@@ -142,8 +143,14 @@ def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER, worker
 
     def call(event: dict[str, Any], context: LocalContext) -> dict[str, Any]:
         result = handler.lambda_handler(event, context)
-        if int(result.get("statusCode", 200)) == 503 and context.get_remaining_time_in_millis() > 5000 and follow():
-            result = handler.lambda_handler(event, context)
+        if int(result.get("statusCode", 200)) == 503 and context.get_remaining_time_in_millis() > 5000:
+            try:
+                moved = follow()
+            except Exception:  # noqa: BLE001 - the gateway's own lookup failing must not turn a 503 into a 500
+                logging.getLogger(__name__).exception("could not re-read the %s service's state", follow_service)
+                moved = False
+            if moved:
+                result = handler.lambda_handler(event, context)
         return result
 
     @app.post(ROUTE)
@@ -161,6 +168,9 @@ def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER, worker
                                             timeout=remaining + 0.5)
         except asyncio.TimeoutError:
             return services.json_error(504, f"The function did not answer within {context.timeout_s:g} s")
+        except Exception:  # noqa: BLE001 - what API Gateway does when the function itself fails: a 500
+            logging.getLogger(__name__).exception("the function failed")
+            return services.json_error(500, "The function failed; see the gateway's log")
         payload = result.get("body", "")
         if result.get("isBase64Encoded"):
             payload = base64.b64decode(payload)

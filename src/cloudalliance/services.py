@@ -141,13 +141,11 @@ def _locked(name: str) -> Iterator[None]:
 
 def read_state(name: str) -> ServiceInfo | None:
     path = _state_file(name)
-    if not path.exists():
-        return None
-    try:
+    try:  # no exists() first: the file can go between the two (a service being stopped or restarted)
         data = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(ServiceInfo)}
         return ServiceInfo(**{k: v for k, v in data.items() if k in known})
-    except (ValueError, TypeError):
+    except (OSError, ValueError, TypeError):
         return None
 
 

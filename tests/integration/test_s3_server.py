@@ -121,3 +121,13 @@ def test_a_server_out_of_volume_slots_says_so(tmp_path, monkeypatch):
         assert "all its 2 volume slots" in str(caught.value) and "cloudalliance s3 stop" in str(caught.value)
     finally:
         storage.stop_local_s3()
+
+
+def test_a_state_file_that_goes_while_it_is_read_is_no_service(tmp_path, monkeypatch):
+    """A service being stopped removes its state file; a reader (the gateway following the endpoint) that
+    checked for the file a moment before must get "no service", not an exception (it once became an HTTP 500)."""
+    monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
+    services.state_dir().mkdir(parents=True, exist_ok=True)
+    path = services._state_file("endpoint")
+    path.mkdir(parents=True)  # exists() is True, reading it fails, as when the file goes in between
+    assert services.read_state("endpoint") is None and services.running("endpoint") is None
