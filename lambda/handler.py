@@ -625,6 +625,13 @@ def runtime_client(settings: dict, read_timeout_s: float = 20):
     return client
 
 
+def model_refused(status) -> ApiError:
+    """The model could not take the image (its 413 or 415): the same answer whichever backend ran it."""
+    if str(status) == "413":
+        return ApiError(413, "The image is too large for the model")
+    return ApiError(415, "The model could not read that image")
+
+
 def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
     """A botocore error from invoke_endpoint as the API's answer.
 
@@ -649,16 +656,12 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
         if code == "ValidationError" and ("not found" in message or "could not find" in message):
             return ApiError(503, "The model endpoint does not exist (yet)")
         if code == "ModelError" or original is not None:
-            if str(original) == "413":
-                return ApiError(413, "The image is too large for the model")
-            if str(original) in ("415", "400", "422"):
-                return ApiError(415, "The model could not read that image")
+            if str(original) in ("413", "415", "400", "422"):
+                return model_refused(original)
             return ApiError(502, f"The model failed (HTTP {original or status})")
         # The local endpoint (cloudalliance.serving) answers its container's status without an error code.
-        if status == 413:
-            return ApiError(413, "The image is too large for the model")
-        if status == 415:
-            return ApiError(415, "The model could not read that image")
+        if status in (413, 415):
+            return model_refused(status)
         if status == 404:
             return ApiError(503, "The model endpoint does not exist (yet)")
         if code in ("ThrottlingException", "ModelNotReadyException", "ServiceUnavailable") or status in (429, 503):

@@ -29,6 +29,8 @@ from fastapi import Request, Response  # module level: FastAPI reads the annotat
 from . import services
 
 GATEWAY_SERVICE = "gateway"
+MODES = ("endpoint", "lambda")  # the forwarding function (handler.py) or the model inside it (handler_onnx.py)
+LAMBDA_GATEWAY_SERVICE = "gateway-lambda"
 IMAGES_SERVICE = "images"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_HANDLER = REPO_ROOT / "lambda" / "handler.py"
@@ -198,24 +200,55 @@ def _answers(url: str) -> bool:
         return resp.status == 200
 
 
-def start_local_gateway(endpoint_url: str, endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
-                        handler_path: str | os.PathLike = DEFAULT_HANDLER, timeout: float = 60.0) -> services.ServiceInfo:
-    """Start the gateway (a uvicorn process) in front of the handler, whose endpoint is ``endpoint_url``.
+def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
+                        handler_path: str | os.PathLike | None = None, timeout: float = 60.0, mode: str = "endpoint",
+                        package: str | os.PathLike | None = None) -> services.ServiceInfo:
+    """Start the gateway (a uvicorn process) in front of the handler of ``mode``.
 
-    When ``endpoint_url`` is the running local endpoint's, the gateway follows that service: a restarted
-    endpoint is found again (see :func:`create_gateway_app`).
+    ``endpoint``: ``lambda/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
+    endpoint's, the gateway follows that service, so a restarted endpoint is found again (see
+    :func:`create_gateway_app`). ``lambda``: ``handler_onnx.py`` of ``package`` (``cloudalliance lambda package
+    --platform local``), with the model inside the function and no endpoint; its service is ``gateway-lambda``,
+    so both modes can run side by side.
     """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}")
     port = services.free_port()
-    endpoint = services.running("endpoint")  # serving.ENDPOINT_SERVICE; not imported (serving pulls numpy)
     url = f"http://127.0.0.1:{port}"
-    env = {"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url,
-           "ALLOWED_PRIVATE_HOSTS": allowed_private_hosts, "POWERTOOLS_SERVICE_NAME": "cloudalliance-predict",
+    env = {"ALLOWED_PRIVATE_HOSTS": allowed_private_hosts, "POWERTOOLS_SERVICE_NAME": "cloudalliance-predict",
            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING")}
+    follow = None
+    if mode == "lambda":
+        handler_path = Path(handler_path) if handler_path else _local_package_handler(package)
+        env.update({"INFERENCE_THREADS": "1", "ENDPOINT_NAME": "", "SAGEMAKER_RUNTIME_URL": ""})
+    else:
+        handler_path = handler_path or DEFAULT_HANDLER
+        env.update({"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url})
+        follow = services.running("endpoint")  # serving.ENDPOINT_SERVICE; not imported (serving pulls numpy)
     argv = [sys.executable, "-m", "cloudalliance.api", "gateway", "--port", str(port), "--handler", str(handler_path)]
-    if endpoint is not None and endpoint.endpoint_url.rstrip("/") == endpoint_url.rstrip("/"):
-        argv += ["--follow-service", endpoint.name]
-    return services.start_service(GATEWAY_SERVICE, argv, ports={"http": port}, endpoint_url=url,
+    if follow is not None and follow.endpoint_url.rstrip("/") == endpoint_url.rstrip("/"):
+        argv += ["--follow-service", follow.name]
+    name = GATEWAY_SERVICE if mode == "endpoint" else LAMBDA_GATEWAY_SERVICE
+    return services.start_service(name, argv, ports={"http": port}, endpoint_url=url,
                                   healthy=lambda: _answers(url + "/health"), env=env, timeout=timeout)
+
+
+def _local_package_handler(package: str | os.PathLike | None) -> Path:
+    """``handler_onnx.py`` of a package this interpreter can run (its own wheels must be for this Python)."""
+    if not package:
+        raise ValueError("The lambda mode needs a package: `cloudalliance lambda package --platform local --artifact "
+                         "model.tar.gz --out DIR`, then --package DIR")
+    package = Path(package)
+    manifest_path = package / "package.json"
+    if not manifest_path.is_file() or not (package / "handler_onnx.py").is_file():
+        raise FileNotFoundError(f"{package} is not a built in-Lambda package: run `cloudalliance lambda package "
+                                "--platform local --artifact model.tar.gz --out {package}`")
+    manifest = json.loads(manifest_path.read_text())
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if manifest.get("platform") != "local" and manifest.get("python") != here:
+        raise ValueError(f"{package} carries wheels for Python {manifest.get('python')} ({manifest.get('arch')}), "
+                         f"this gateway is Python {here}: build one with --platform local for the local gateway")
+    return package / "handler_onnx.py"
 
 
 def start_image_server(folder: str | os.PathLike, timeout: float = 30.0) -> services.ServiceInfo:

@@ -264,12 +264,93 @@ def cmd_endpoint_delete(args: argparse.Namespace) -> int:
 def cmd_api_start(args: argparse.Namespace) -> int:
     from .api import ROUTE, start_local_gateway
 
-    info = start_local_gateway(args.endpoint_url, args.name, allowed_private_hosts=args.allow_private_hosts)
+    package = args.package
+    if args.mode == "lambda" and not package:
+        if not args.artifact:
+            raise ValueError("--mode lambda needs --package DIR (cloudalliance lambda package --platform local) "
+                             "or --artifact model.tar.gz")
+        from .lambda_package import build_package
+
+        package = build_package(args.artifact, Path(args.artifact).resolve().parent / "lambda-local",
+                                platform_name="local", make_zip=False).path
+    if args.mode == "endpoint" and not args.endpoint_url:
+        raise ValueError("--mode endpoint needs --endpoint-url (cloudalliance endpoint start prints it)")
+    info = start_local_gateway(args.endpoint_url or "", args.name, allowed_private_hosts=args.allow_private_hosts,
+                               mode=args.mode, package=package)
     url = info.endpoint_url + ROUTE
     if args.json:
-        _print_json({"api_url": url, "pid": info.pid, "log_file": info.log_file})
+        _print_json({"api_url": url, "mode": args.mode, "pid": info.pid, "log_file": info.log_file})
     else:
-        print(f"API at {url}  (curl -X POST {url} -d '{{\"url\": \"https://...\"}}')")
+        print(f"API ({args.mode} mode) at {url}  (curl -X POST {url} -d '{{\"url\": \"https://...\"}}')")
+    return 0
+
+
+def cmd_lambda_package(args: argparse.Namespace) -> int:
+    from .lambda_package import build_package
+
+    info = build_package(args.artifact, args.out, arch=args.arch, platform_name=args.platform, python=args.python,
+                         make_zip=not args.no_zip)
+    if args.json:
+        _print_json(info.to_dict())
+    else:
+        print(info.summary())
+        if args.platform == "lambda":
+            print(f"deploy: sam deploy --guided -t lambda/template.yaml --parameter-overrides InferenceMode=lambda "
+                  f"Architecture={info.arch}" + ("" if Path(info.path).resolve() == Path("lambda/package").resolve()
+                                                 else f"  (after copying {info.path} to lambda/package)"))
+    return 0
+
+
+def cmd_bench_lambda(args: argparse.Namespace) -> int:
+    from . import api, lambda_package, serving, services
+    from .records import write_record
+
+    image = Path(args.image).read_bytes()
+    payloads = [api.image_payload(args.image)]
+    work = Path(args.out)
+    started: list[str] = []
+    try:
+        sizes = []
+        for arch in args.arch:
+            try:
+                info = lambda_package.build_package(args.artifact, work / f"package-{arch}", arch=arch)
+                sizes.append(info)
+                print(info.summary())
+            except lambda_package.PackageError as exc:
+                print(f"no {arch} package: {exc}", file=sys.stderr)
+        local = lambda_package.build_package(args.artifact, work / "package-local", platform_name="local",
+                                             make_zip=False)
+        try:  # the lambda layout for this interpreter: cold starts with only the package's own wheels
+            cold_pkg = lambda_package.build_package(args.artifact, work / "package-isolated",
+                                                    python=f"{sys.version_info[0]}.{sys.version_info[1]}",
+                                                    arch=lambda_package._machine_arch(), make_zip=False).path
+        except lambda_package.PackageError as exc:
+            print(f"cold starts use the local package (no wheels for this Python: {exc})", file=sys.stderr)
+            cold_pkg = local.path
+        was_up = services.running(serving.ENDPOINT_SERVICE) is not None
+        endpoint = serving.ensure_local_endpoint(args.artifact, "cloudalliance")
+        if not was_up:
+            started.append(serving.ENDPOINT_SERVICE)
+        records = []
+        for mode in ("endpoint", "lambda"):
+            gateway = api.start_local_gateway(endpoint.endpoint_url, "cloudalliance", mode=mode, package=local.path)
+            started.append(api.GATEWAY_SERVICE if mode == "endpoint" else api.LAMBDA_GATEWAY_SERVICE)
+            records.append(lambda_package.measure_mode(
+                mode, gateway.endpoint_url + api.ROUTE, image, payloads, runs=args.runs, requests=args.requests,
+                package=cold_pkg, endpoint_url=endpoint.endpoint_url, packages=sizes if mode == "lambda" else (),
+                progress=not args.json))
+    finally:
+        for name in reversed(started):
+            services.stop_service(name)
+    if args.record_dir:
+        for record in records:
+            write_record(args.record_dir, record)
+    rows = lambda_package.modes_table(records)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print("  ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
     return 0
 
 
@@ -640,11 +721,30 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("api", help="the local API gateway in front of lambda/handler.py").add_subparsers(
         dest="action", required=True)
     p = gateway.add_parser("start", help="start the gateway and leave it running")
-    p.add_argument("--endpoint-url", required=True, help="the local endpoint (cloudalliance endpoint start)")
+    p.add_argument("--mode", choices=["endpoint", "lambda"], default="endpoint",
+                   help="endpoint: lambda/handler.py forwards to the endpoint; lambda: the model inside the function")
+    p.add_argument("--endpoint-url", help="endpoint mode: the local endpoint (cloudalliance endpoint start)")
+    p.add_argument("--package", help="lambda mode: a package built with `lambda package --platform local`")
+    p.add_argument("--artifact", help="lambda mode: model.tar.gz, packaged for the local gateway first")
     p.add_argument("--name", default="cloudalliance", help="endpoint name")
     p.add_argument("--allow-private-hosts", default="", help="e.g. 127.0.0.1 to fetch local test images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_api_start)
+
+    lam = sub.add_parser("lambda", help="the in-Lambda inference mode's deployment package").add_subparsers(
+        dest="action", required=True)
+    p = lam.add_parser("package", help="model.tar.gz -> the in-Lambda function's folder and zip (handlers, model, "
+                                       "ONNX Runtime + numpy + Pillow wheels for Lambda)")
+    p.add_argument("--artifact", required=True, help="model.tar.gz (cloudalliance package)")
+    p.add_argument("--arch", choices=["x86_64", "arm64"], help="Lambda architecture (default x86_64; local: this machine)")
+    p.add_argument("--platform", choices=["lambda", "local"], default="lambda",
+                   help="lambda: self-contained for the Lambda runtime; local: handlers + model for the local gateway")
+    p.add_argument("--python", help="the runtime's Python (default 3.12, Lambda's python3.12; local: this one)")
+    p.add_argument("--out", help="the package folder (default lambda/package, the template's CodeUri); "
+                                 "its zip is written beside it")
+    p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lambda_package)
 
     p = sub.add_parser("predict", help="call the API like curl: an image URL or a local file")
     p.add_argument("--api", required=True, help="the API URL, ending in /predict")
@@ -689,6 +789,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-dir", help="also write the api 'load' record here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_api)
+
+    p = bench.add_parser("lambda", help="the model inside Lambda vs the forwarding function + endpoint: cold start, "
+                                        "warm p50/p99, peak RSS, package sizes")
+    p.add_argument("--artifact", required=True, help="model.tar.gz")
+    p.add_argument("--image", required=True, help="a test image, sent as base64")
+    p.add_argument("--runs", type=int, default=10, help="cold starts per mode (fresh processes)")
+    p.add_argument("--requests", type=int, default=200, help="warm requests per mode through the local gateway")
+    p.add_argument("--arch", nargs="*", default=["x86_64", "arm64"], choices=["x86_64", "arm64"],
+                   help="Lambda packages to build for their sizes (none: skip)")
+    p.add_argument("--out", default="runs/bench-lambda", help="where the packages are built")
+    p.add_argument("--record-dir", help="also write the mode-endpoint and mode-lambda records here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_lambda)
 
     p = bench.add_parser("compare", help="the study's figures across machines: upload and training time per run "
                                          "folder or `records pack` archive, reductions vs a baseline")
