@@ -9,7 +9,7 @@ pass your own with ``cost(..., price_per_hour=...)``.
 from __future__ import annotations
 
 PRICES_DATE = "2026-11-24"
-PRICES_SOURCE = ("https://aws.amazon.com/sagemaker/pricing/ (Training, Real-Time Inference), "
+PRICES_SOURCE = ("https://aws.amazon.com/sagemaker/pricing/ (Training, Real-Time and Serverless Inference), "
                  "https://aws.amazon.com/lambda/pricing/, https://aws.amazon.com/api-gateway/pricing/")
 REGION = "us-east-1"
 
@@ -38,9 +38,20 @@ HOSTING_PER_HOUR = {
     "ml.g4dn.xlarge": 0.736,
 }
 
-LAMBDA_PER_GB_SECOND = 0.0000166667
+LAMBDA_PER_GB_SECOND = 0.0000166667  # x86_64
+# Lambda's price per GB-second by architecture: arm64 (Graviton) is 20 % below x86_64
+# (https://aws.amazon.com/lambda/pricing/, first 6 billion GB-seconds a month).
+LAMBDA_PER_GB_SECOND_BY_ARCH = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 LAMBDA_PER_MILLION_REQUESTS = 0.20
 HTTP_API_PER_MILLION_REQUESTS = 1.00
+# SageMaker Serverless Inference (https://aws.amazon.com/sagemaker/pricing/, "Serverless Inference"): compute by the
+# millisecond at the endpoint's memory size (1,024-6,144 MB in 1 GB steps, $0.0000200 per second for each GB), plus
+# data processed in and out; no charge between requests. Its payload is at most 4 MB
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints.html).
+SERVERLESS_PER_GB_SECOND = 0.0000200
+SERVERLESS_MEMORY_SIZES_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+SERVERLESS_PER_GB_DATA = 0.016
+HOURS_PER_MONTH = 730  # AWS's pricing pages price a month as 730 hours
 S3_PUT_PER_THOUSAND = 0.005
 
 # Local instance profiles cost nothing to run here; for comparison each is set
@@ -76,6 +87,12 @@ GPUS_PER_INSTANCE = {
 
 def gpus_per_instance(instance_type: str) -> int:
     return GPUS_PER_INSTANCE.get(instance_type, 0)
+
+
+# vCPUs of the hosting instance types above (https://aws.amazon.com/sagemaker/pricing/ lists them): with the model's
+# measured time per image on one core, what one instance can serve at most.
+HOSTING_VCPUS = {"ml.t2.medium": 2, "ml.m5.large": 2, "ml.m5.xlarge": 4, "ml.c5.large": 2, "ml.c5.xlarge": 4,
+                 "ml.g4dn.xlarge": 4}
 
 
 def hosting_cost(instance: str, hours: float, count: int = 1) -> float | None:
