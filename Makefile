@@ -10,7 +10,7 @@ PARAMS ?= params/local.yaml
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install course test test-slow test-aws test-all test-reliability bench-train bench-upload newman clean-notebooks lock clean stop
+.PHONY: install course test test-slow test-aws test-all test-reliability bench-train bench-upload newman sam clean-notebooks lock clean stop
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ bench-upload: $(STAMP)
 # newman (Postman's CLI runner) into .tools/node, for the Postman collection's test; needs node and npm.
 newman: $(STAMP)
 	$(BIN)/python -c "from cloudalliance.api import ensure_newman; print(ensure_newman())"
+
+# The SAM CLI in its own environment (.tools/sam; it pins packages the course's environment cannot share), then
+# `sam validate --lint` on lambda/template.yaml. Deploy with .tools/sam/bin/sam (lambda/README.md).
+sam: $(STAMP)
+	$(BIN)/python -c "from cloudalliance.lambda_package import sam_validate; p = sam_validate(); print(p.stdout + p.stderr); raise SystemExit(p.returncode)"
 
 # Strip outputs and execution counts so notebooks are committed clean.
 clean-notebooks: $(STAMP)

@@ -23,3 +23,19 @@ def shared_intel() -> Path:
     if not (SHARED_INTEL / "seg_train").is_dir():
         pytest.skip(f"real Intel images not present at {SHARED_INTEL}")
     return SHARED_INTEL
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, synthetic_root):
+    """``model.tar.gz`` of a one-epoch model at 48 px, built as the course builds it; and the test images."""
+    from cloudalliance import launch, serving
+    from cloudalliance.training import decode_images
+
+    out = tmp_path_factory.mktemp("tiny-artifact")
+    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
+                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
+                              progress=False)
+    files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
+    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz",
+                                    check_images=decode_images(files, 48, progress=False))
+    return path, files

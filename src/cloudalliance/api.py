@@ -2,7 +2,7 @@
 
 The gateway is a real HTTP server on 127.0.0.1 that turns each request into an
 API Gateway HTTP API (payload format 2.0) event, calls the real Lambda handler
-(``lambda/handler.py``) in-process, and turns its answer back into HTTP — what
+(``lambda/src/handler.py``) in-process, and turns its answer back into HTTP — what
 API Gateway + Lambda do on AWS. The handler's endpoint client points at the
 local endpoint (``SAGEMAKER_RUNTIME_URL``).
 """
@@ -33,7 +33,7 @@ MODES = ("endpoint", "lambda")  # the forwarding function (handler.py) or the mo
 LAMBDA_GATEWAY_SERVICE = "gateway-lambda"
 IMAGES_SERVICE = "images"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_HANDLER = REPO_ROOT / "lambda" / "handler.py"
+DEFAULT_HANDLER = REPO_ROOT / "lambda" / "src" / "handler.py"
 ROUTE = "/predict"
 
 
@@ -45,7 +45,7 @@ class ApiClientError(RuntimeError):
 
 
 def load_handler(path: str | os.PathLike = DEFAULT_HANDLER):
-    """Import ``lambda/handler.py`` (``lambda`` is a keyword, so not as a package)."""
+    """Import ``lambda/src/handler.py`` (``lambda`` is a keyword, so not as a package)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Lambda handler {path} not found")
@@ -205,7 +205,7 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
                         package: str | os.PathLike | None = None) -> services.ServiceInfo:
     """Start the gateway (a uvicorn process) in front of the handler of ``mode``.
 
-    ``endpoint``: ``lambda/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
+    ``endpoint``: ``lambda/src/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
     endpoint's, the gateway follows that service, so a restarted endpoint is found again (see
     :func:`create_gateway_app`). ``lambda``: ``handler_onnx.py`` of ``package`` (``cloudalliance lambda package
     --platform local``), with the model inside the function and no endpoint; its service is ``gateway-lambda``,

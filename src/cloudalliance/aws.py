@@ -338,9 +338,12 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
         rows.append(_endpoint_check(session, params.get("ENDPOINT_NAME") or "cloudalliance", params.get("RUN_ID", "")))
     if want("api"):
         rows.append(_stack_check(session, params.get("STACK_NAME") or "cloudalliance"))
-        sam = shutil.which("sam")
+        from .lambda_package import SAM_DIR
+
+        sam = shutil.which("sam") or (str(SAM_DIR / "bin" / "sam") if (SAM_DIR / "bin" / "sam").is_file() else None)
         rows.append(Check("SAM CLI", "ok" if sam else "warn", sam or "`sam` not found: notebook 06 needs the API "
-                          "deployed with it (pip install -e '.[sam]', which is aws-sam-cli, or AWS's installer); lambda/README.md"))
+                          "deployed with it (`make sam` installs aws-sam-cli into .tools/sam, its own environment; "
+                          "or AWS's installer); lambda/README.md"))
     return rows
 
 

@@ -194,6 +194,14 @@ def summary_table(run):
                              "throughput": f"{best['requests_per_s']:.1f} req/s at {best['concurrency']} clients, "
                                            f"p99 {best['p99_ms']:.1f} ms", "accuracy": None, "cost $": None})
             continue
+        if rec.name.startswith(MODE_PREFIX):
+            m = rec.metrics
+            cold = f", cold start {m['cold_start_median_ms']:.0f} ms" if "cold_start_median_ms" in m else ""
+            rows.append({"step": f"api, {rec.name[len(MODE_PREFIX):]} mode", "instance": rec.instance,
+                         "seconds": round(m.get("warm_p50_ms", np.nan) / 1000, 4),
+                         "throughput": f"warm p50 {m.get('warm_p50_ms', np.nan):.1f} / p99 "
+                                       f"{m.get('warm_p99_ms', np.nan):.1f} ms{cold}", "accuracy": None, "cost $": None})
+            continue
         per_1000 = rec.cost.get("per_1000_predictions_usd")
         rows.append({"step": "api (p50 / p99 ms)", "instance": rec.instance,
                      "seconds": round(rec.metrics.get("p50_ms", np.nan) / 1000, 4),

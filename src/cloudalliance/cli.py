@@ -320,13 +320,9 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
                 print(f"no {arch} package: {exc}", file=sys.stderr)
         local = lambda_package.build_package(args.artifact, work / "package-local", platform_name="local",
                                              make_zip=False)
-        try:  # the lambda layout for this interpreter: cold starts with only the package's own wheels
-            cold_pkg = lambda_package.build_package(args.artifact, work / "package-isolated",
-                                                    python=f"{sys.version_info[0]}.{sys.version_info[1]}",
-                                                    arch=lambda_package._machine_arch(), make_zip=False).path
-        except lambda_package.PackageError as exc:
-            print(f"cold starts use the local package (no wheels for this Python: {exc})", file=sys.stderr)
-            cold_pkg = local.path
+        cold_pkg, python, described = lambda_package.cold_start_package(args.artifact, work, sizes, local)
+        if not args.json:
+            print(f"cold starts of the model in Lambda: {described}")
         was_up = services.running(serving.ENDPOINT_SERVICE) is not None
         endpoint = serving.ensure_local_endpoint(args.artifact, "cloudalliance")
         if not was_up:
@@ -338,7 +334,7 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
             records.append(lambda_package.measure_mode(
                 mode, gateway.endpoint_url + api.ROUTE, image, payloads, runs=args.runs, requests=args.requests,
                 package=cold_pkg, endpoint_url=endpoint.endpoint_url, packages=sizes if mode == "lambda" else (),
-                progress=not args.json))
+                progress=not args.json, python=python, cold_start_of=described if mode == "lambda" else ""))
     finally:
         for name in reversed(started):
             services.stop_service(name)
@@ -718,11 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.set_defaults(func=cmd_endpoint_delete)
 
-    gateway = sub.add_parser("api", help="the local API gateway in front of lambda/handler.py").add_subparsers(
+    gateway = sub.add_parser("api", help="the local API gateway in front of lambda/src/handler.py").add_subparsers(
         dest="action", required=True)
     p = gateway.add_parser("start", help="start the gateway and leave it running")
     p.add_argument("--mode", choices=["endpoint", "lambda"], default="endpoint",
-                   help="endpoint: lambda/handler.py forwards to the endpoint; lambda: the model inside the function")
+                   help="endpoint: lambda/src/handler.py forwards to the endpoint; lambda: the model inside the function")
     p.add_argument("--endpoint-url", help="endpoint mode: the local endpoint (cloudalliance endpoint start)")
     p.add_argument("--package", help="lambda mode: a package built with `lambda package --platform local`")
     p.add_argument("--artifact", help="lambda mode: model.tar.gz, packaged for the local gateway first")

@@ -1,7 +1,7 @@
 """The in-Lambda inference mode: its deployment package, and its cold and warm start measured.
 
 ``build_package`` turns ``model.tar.gz`` into what Lambda runs: ``handler.py``
-(the request side) and ``handler_onnx.py`` (the model backend) from ``lambda/``,
+(the request side) and ``handler_onnx.py`` (the model backend) from ``lambda/src/``,
 the unpacked artifact under ``model/`` (``model.onnx``, labels, preprocessing,
 ``code/inference.py`` and ``code/presets.py``, so the predictions are the
 endpoint's), and, for the Lambda platform, ONNX Runtime, numpy and Pillow as
@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = REPO_ROOT / "lambda"
+FUNCTION_DIR = LAMBDA_DIR / "src"  # both handlers; the forwarding function's CodeUri
 HANDLER_FILES = ("handler.py", "handler_onnx.py")
 HANDLER = "handler_onnx.lambda_handler"  # template.yaml's Handler for the in-Lambda function
 RUNTIME = "python3.12"  # template.yaml's Runtime
@@ -233,7 +234,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         for name in ARTIFACT_DROPPED:
             (staging / "model" / name).unlink(missing_ok=True)
         for name in HANDLER_FILES:
-            shutil.copy2(LAMBDA_DIR / name, staging / name)
+            shutil.copy2(FUNCTION_DIR / name, staging / name)
         packages = {}
         if platform_name == "lambda":
             packages = install_wheels(staging, arch, python, Path(cache))
@@ -343,10 +344,11 @@ def image_event(image: bytes) -> dict[str, Any]:
 
 def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10, warm: int = 50,
                         module: str = "handler_onnx", env: dict[str, str] | None = None,
-                        timeout: float = 120.0, progress: bool = True) -> ColdStart:
+                        timeout: float = 120.0, progress: bool = True, python: str | None = None) -> ColdStart:
     """``runs`` fresh processes, each importing ``module`` from ``folder`` and answering one image, then ``warm``
     more. A package with its own wheels runs with ``python -S`` (no site-packages: only what Lambda would have,
-    plus a stand-in for the Powertools layer); otherwise with this interpreter's packages."""
+    plus a stand-in for the Powertools layer); otherwise with this interpreter's packages. ``python``: another
+    interpreter for a self-contained package (e.g. a CPython 3.12 for the package built for Lambda's python3.12)."""
     from tqdm.auto import tqdm
 
     folder = Path(folder)
@@ -356,7 +358,7 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
         event_path.write_text(json.dumps(image_event(image)))
         child_env = {**os.environ, "INFERENCE_THREADS": "1", "POWERTOOLS_LOG_LEVEL": "WARNING",
                      **(env or {})}
-        argv = [sys.executable]
+        argv = [python or sys.executable]
         if isolated:
             layer = layer_stand_in(Path(tmp) / "layer")
             argv += ["-S"]
@@ -397,9 +399,34 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
     return result
 
 
+def find_python(version: str = RUNTIME_PYTHON) -> str | None:
+    """A CPython ``version`` interpreter on this machine (PATH, or pyenv's versions), to run the Lambda package."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if pyenv.is_dir():
+        candidates += sorted((str(p / "bin" / f"python{version}") for p in pyenv.glob(f"{version}.*")), reverse=True)
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            out = subprocess.run([candidate, "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return candidate
+    return None
+
+
+MIN_RECOMMENDED_MB = 1024
+
+
 def recommend_memory(peak_rss_mb: float, headroom: float = 1.3) -> int:
-    """The smallest standard memory size with ``headroom`` over the peak RSS (Lambda stops a function at its limit)."""
-    need = peak_rss_mb * headroom
+    """The smallest standard memory size with ``headroom`` over the peak RSS (Lambda stops a function at its
+    limit), and at least 1,024 MB: Lambda's CPU share grows with memory (a full vCPU at 1,769 MB), so below that
+    the model and the cold start run on a fraction of a core while the cost per request stays about the same
+    (GB-seconds = memory x a duration that shrinks as memory grows)."""
+    need = max(peak_rss_mb * headroom, MIN_RECOMMENDED_MB)
     for size in MEMORY_SIZES:
         if size >= need:
             return size
@@ -439,11 +466,11 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
 def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[str, Any]], runs: int = 10,
                  requests: int = 200, package: str | os.PathLike | None = None, endpoint_url: str = "",
                  endpoint_name: str = "cloudalliance", packages: Sequence[PackageInfo] = (), backend: str = "local",
-                 progress: bool = True):
+                 progress: bool = True, python: str | None = None, cold_start_of: str = ""):
     """One way to serve, measured: ``runs`` cold starts of its function (local only) and ``requests`` warm
     requests through ``api_url``; returns its ``mode-<mode>`` record.
 
-    ``lambda``: ``handler_onnx`` from ``package``. ``endpoint``: the forwarding ``handler`` from ``lambda/``,
+    ``lambda``: ``handler_onnx`` from ``package``. ``endpoint``: the forwarding ``handler`` from ``lambda/src/``,
     calling the endpoint at ``endpoint_url`` (its cold start is the function's: boto3's import and client, then
     one endpoint call; the endpoint itself is already up, as on AWS).
     """
@@ -452,12 +479,34 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
     cold = None
     if runs and backend == "local":
         if mode == "lambda":
-            cold = measure_cold_starts(package, image, runs, module="handler_onnx", progress=progress)
+            cold = measure_cold_starts(package, image, runs, module="handler_onnx", progress=progress, python=python)
         else:
-            cold = measure_cold_starts(LAMBDA_DIR, image, runs, module="handler", progress=progress,
+            cold = measure_cold_starts(FUNCTION_DIR, image, runs, module="handler", progress=progress,
                                        env={"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url})
     latency = measure_latency(api_url, payloads, requests=requests, progress=progress)
-    return mode_record(mode, backend, cold, latency, api_url, packages)
+    record = mode_record(mode, backend, cold, latency, api_url, packages)
+    if cold is not None:
+        record.config["cold_start_of"] = cold_start_of or ("lambda/src/handler.py with this environment's boto3"
+                                                           if mode == "endpoint" else str(package))
+    return record
+
+
+def cold_start_package(artifact: str | os.PathLike, work: str | os.PathLike, built: Sequence[PackageInfo],
+                       local: PackageInfo) -> tuple[Path, str | None, str]:
+    """What to cold-start, best first: the package built for Lambda (this machine's architecture) run by a
+    CPython 3.12 with no site-packages; else the same layout built for this interpreter; else the local package.
+    Returns (folder, interpreter, description)."""
+    arch = _machine_arch()
+    python = find_python(RUNTIME_PYTHON)
+    for info in built:
+        if info.arch == arch and info.python == RUNTIME_PYTHON and python:
+            return info.path, python, f"the Lambda package ({arch}, CPython {RUNTIME_PYTHON}, no site-packages)"
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    try:
+        info = build_package(artifact, Path(work) / "package-isolated", arch=arch, python=here, make_zip=False)
+        return info.path, None, f"the Lambda layout built for CPython {here} ({arch}, no site-packages)"
+    except PackageError as exc:
+        return local.path, None, f"the local package with this environment's packages ({str(exc).splitlines()[0]})"
 
 
 def modes_table(records) -> list[dict[str, Any]]:
@@ -472,3 +521,44 @@ def modes_table(records) -> list[dict[str, Any]]:
                      **{k.replace("package_", "package ").replace("_mb", " (MB)"): v for k, v in s.items()
                         if k.startswith("package_")}})
     return rows
+
+
+# --------------------------------------------------------------------------- the SAM CLI, in its own environment
+# aws-sam-cli pins its own click, pydantic (through aws-sam-translator) and more, so it cannot share the course's
+# environment (`pip install -c requirements/constraints.txt aws-sam-cli` has no solution); AWS's installer or a
+# separate virtual environment is what AWS recommends
+# (https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html).
+
+SAM_CLI_VERSION = "1.170.0"
+SAM_DIR = REPO_ROOT / ".tools" / "sam"
+
+
+def ensure_sam(prefix: str | os.PathLike = SAM_DIR, version: str = SAM_CLI_VERSION, timeout: float = 900.0) -> Path:
+    """The ``sam`` executable: on PATH if there is one, else installed once into its own venv under ``prefix``."""
+    found = shutil.which("sam")
+    if found:
+        return Path(found)
+    prefix = Path(prefix)
+    sam = prefix / "bin" / "sam"
+    stamp = prefix / f".installed-{version}"
+    if sam.is_file() and stamp.is_file():
+        return sam
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(prefix)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(prefix / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "-q",
+                        f"aws-sam-cli=={version}"], check=True, capture_output=True, text=True, timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise PackageError(f"Could not install aws-sam-cli {version} into {prefix}: {str(detail).strip()[-800:]}; "
+                           "install it with AWS's installer instead") from None
+    stamp.touch()
+    return sam
+
+
+def sam_validate(template: str | os.PathLike = LAMBDA_DIR / "template.yaml", sam: str | os.PathLike | None = None,
+                 timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """``sam validate --lint``: the template through the SAM translator and cfn-lint, no AWS account needed."""
+    sam = sam or ensure_sam()
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    return subprocess.run([str(sam), "validate", "--lint", "-t", str(template)], capture_output=True, text=True,
+                          timeout=timeout, env=env)

@@ -1,4 +1,4 @@
-"""Real clients against the local gateway -> lambda/handler.py -> local endpoint, all on 127.0.0.1.
+"""Real clients against the local gateway -> lambda/src/handler.py -> local endpoint, all on 127.0.0.1.
 
 * the Postman collection, run by newman (Postman's own CLI runner, installed with npm into .tools/node);
 * the original study's curl (``-d`` with no content type: form-encoded), run by the real curl binary;

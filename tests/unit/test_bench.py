@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from cloudalliance import bench
@@ -166,3 +167,62 @@ def test_records_command_arguments(tmp_path, capsys):
     assert cli(["records", "pack", str(run)]) == 0
     assert (tmp_path / "cli.tar.gz").is_file()
     assert cli(["records", str(run)]) == 0 and "training-x.json" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- serving modes by traffic
+
+
+def _mode(mode: str, handler_ms: float, memory: int | None = None):
+    from cloudalliance.records import Record
+
+    return Record(stage="api", name=f"mode-{mode}", backend="local", instance="local gateway",
+                  metrics={"handler_warm_p50_ms": handler_ms, "warm_p50_ms": handler_ms + 3},
+                  config={"mode": mode, "lambda_memory_mb": memory})
+
+
+def test_serving_costs_per_request_and_break_even_from_the_price_table():
+    from cloudalliance import bench, prices
+
+    modes = {"endpoint": _mode("endpoint", 40.0), "lambda": _mode("lambda", 300.0, 1769)}
+    costs = bench.serving_costs(modes, hosting_instance="ml.m5.large")
+    endpoint = "endpoint ml.m5.large + forwarding Lambda"
+    x86 = "model in Lambda, x86_64, 1769 MB"
+    api_usd = prices.HTTP_API_PER_MILLION_REQUESTS / 1e6
+    req_usd = prices.LAMBDA_PER_MILLION_REQUESTS / 1e6
+    assert costs["flat_usd_per_month"][endpoint] == pytest.approx(0.115 * 730)
+    assert costs["per_request_usd"][endpoint] == pytest.approx(0.040 * 0.5 * 0.0000166667 + req_usd + api_usd)
+    # at 1,769 MB the function has a full vCPU: the measured 300 ms stands
+    assert costs["per_request_usd"][x86] == pytest.approx(0.300 * 1769 / 1024 * 0.0000166667 + req_usd + api_usd)
+    arm = costs["per_request_usd"]["model in Lambda, arm64, 1769 MB"]
+    assert arm < costs["per_request_usd"][x86]
+    extra = costs["per_request_usd"][x86] - costs["per_request_usd"][endpoint]
+    expected = 0.115 * 730 / (extra * 730)
+    assert costs["break_even_per_hour"][x86] == pytest.approx(expected)
+    # on the chart the two lines meet there
+    rates = costs["rates"]
+    i = int(np.searchsorted(rates, expected))
+    assert costs["lines"][x86][i - 1] < costs["lines"][endpoint][i - 1]
+    assert costs["lines"][x86][i + 1] > costs["lines"][endpoint][i + 1]
+
+
+def test_no_break_even_beyond_what_one_instance_can_serve():
+    from cloudalliance import bench
+
+    # a 5 ms model: one ml.m5.large (2 vCPUs) serves at most 1.44 M requests an hour, and the in-Lambda
+    # function costs only a little more per request, so the endpoint never catches up
+    modes = {"endpoint": _mode("endpoint", 9.0), "lambda": _mode("lambda", 5.0, 1024)}
+    costs = bench.serving_costs(modes)
+    assert costs["instance_capacity_per_hour"] == pytest.approx(2 * 3600 / 0.005)
+    label = "model in Lambda, x86_64, 1024 MB"
+    assert costs["break_even_per_hour"][label] is None
+    table = bench.serving_cost_table(modes)
+    assert table.loc[label, "break-even vs endpoint (req/h)"] == "never"
+    # below 1,769 MB the function gets a share of a vCPU: the duration grows as memory shrinks
+    assert "8.6 ms at 1024 MB" in costs["notes"][label]
+
+
+def test_serving_cost_figure_without_records_says_so():
+    from cloudalliance import bench
+
+    fig = bench.figure_serving_cost({})
+    assert "notebook 06" in fig.axes[0].texts[0].get_text()

@@ -24,7 +24,7 @@ import pytest
 from cloudalliance import synthetic
 from cloudalliance.api import LocalContext, http_api_event, load_handler
 
-HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "handler.py"
+HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "src" / "handler.py"
 SLACK_S = 0.5  # the brief's tolerance: every call ends within its budget + 0.5 s
 SERVER_HOLD_S = 8.0  # the longest a hostile server here holds a connection (bounds the tests on broken code)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cloudalliance import synthetic  # noqa: E402
 from cloudalliance.api import LocalContext, http_api_event, load_handler  # noqa: E402
 
-HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "handler.py"
+HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "src" / "handler.py"
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_endpoint_name_pattern_is_lower_case(template, name, ok):
 
 def test_timeout_and_handler_margin(template):
     timeout = template["Globals"]["Function"]["Timeout"]
-    handler = load_handler(LAMBDA / "handler.py")
+    handler = load_handler(LAMBDA / "src" / "handler.py")
     assert timeout < 30  # API Gateway HTTP API's integration timeout is 30 s
     assert handler.DEFAULT_REMAINING_S == timeout
     assert 0.5 <= handler.SAFETY_MARGIN_S < timeout
@@ -56,7 +56,7 @@ def test_function_needs_nothing_but_the_runtime_and_the_layer():
     import ast
     import sys
 
-    tree = ast.parse((LAMBDA / "handler.py").read_text())
+    tree = ast.parse((LAMBDA / "src" / "handler.py").read_text())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
              for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree)

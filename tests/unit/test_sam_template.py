@@ -13,7 +13,7 @@ class _CfnLoader(yaml.SafeLoader):
     pass
 
 
-for _tag in ("!Ref", "!Sub", "!GetAtt", "!Join", "!If", "!Equals", "!Select", "!Split"):
+for _tag in ("!Ref", "!Sub", "!GetAtt", "!Join", "!If", "!Equals", "!Not", "!Select", "!Split"):
     _CfnLoader.add_constructor(_tag, lambda loader, node, tag=_tag: {tag: loader.construct_scalar(node)
                                                                      if isinstance(node, yaml.ScalarNode) else
                                                                      loader.construct_sequence(node)})
@@ -25,14 +25,18 @@ def test_cfn_lint_passes():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_route_handler_and_least_privilege():
-    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+def _resources():
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def test_forwarding_function_route_handler_and_least_privilege():
+    doc = _resources()
     resources = doc["Resources"]
     fn = resources["PredictFunction"]["Properties"]
     assert fn["Handler"] == "handler.lambda_handler"
-    assert (TEMPLATE.parent / "handler.py").is_file()
-    event = fn["Events"]["Predict"]["Properties"]
-    assert (fn["Events"]["Predict"]["Type"], event["Path"], event["Method"]) == ("HttpApi", "/predict", "POST")
+    # its code is lambda/src only: `sam deploy` zips a CodeUri folder whole, and lambda/package (the other
+    # function's ONNX Runtime + model, ~150 MB) must not ride along
+    assert fn["CodeUri"] == "src/" and (TEMPLATE.parent / "src" / "handler.py").is_file()
     assert fn["Environment"]["Variables"]["ENDPOINT_NAME"] == {"!Ref": "EndpointName"}
     assert "ALLOWED_PRIVATE_HOSTS" not in fn["Environment"]["Variables"], "never allow private hosts on AWS"
     statements = [s for p in resources["PredictFunctionRole"]["Properties"]["Policies"]
@@ -41,3 +45,60 @@ def test_route_handler_and_least_privilege():
         "Effect": "Allow", "Action": "sagemaker:InvokeEndpoint",
         "Resource": {"!Sub": "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:endpoint/${EndpointName}"},
     }]
+
+
+def test_in_lambda_function_has_its_package_and_no_aws_permission():
+    resources = _resources()["Resources"]
+    fn = resources["PredictInLambdaFunction"]
+    assert fn["Condition"] == "HasLambdaMode"
+    props = fn["Properties"]
+    assert props["Handler"] == "handler_onnx.lambda_handler" and props["CodeUri"] == "package/"
+    assert (TEMPLATE.parent / "src" / "handler_onnx.py").is_file()
+    # sam package fails on a CodeUri that does not exist, even for a resource whose condition is false
+    assert (TEMPLATE.parent / "package").is_dir()
+    assert props["MemorySize"] == {"!Ref": "InLambdaMemorySize"}
+    role = resources["InLambdaFunctionRole"]["Properties"]
+    assert "Policies" not in role
+    assert role["ManagedPolicyArns"] == ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]
+    assert "ALLOWED_PRIVATE_HOSTS" not in props["Environment"]["Variables"]
+
+
+def _route_targets(doc, mode):
+    """The routes CloudFormation creates for ``mode`` and the integration each targets (conditions evaluated)."""
+    conditions = {"HasEndpointMode": mode != "lambda", "HasLambdaMode": mode != "endpoint",
+                  "IsLambdaOnly": mode == "lambda", "IsBoth": mode == "both"}
+    assert set(doc["Conditions"]) == set(conditions)
+    routes = {}
+    for name, res in doc["Resources"].items():
+        if res["Type"] != "AWS::ApiGatewayV2::Route" or not conditions.get(res.get("Condition"), True):
+            continue
+        target = res["Properties"]["Target"]
+        if "!If" in target:
+            cond, yes, no = target["!If"]
+            target = yes if conditions[cond] else no
+        integration = target["!Sub"].split("${")[1].rstrip("}")
+        assert conditions[doc["Resources"][integration]["Condition"]], f"{name} targets a resource not created"
+        routes[res["Properties"]["RouteKey"]] = doc["Resources"][integration]["Properties"]["IntegrationUri"]["!GetAtt"]
+    return routes
+
+
+def test_each_mode_gets_its_routes():
+    doc = _resources()
+    assert doc["Parameters"]["InferenceMode"]["AllowedValues"] == ["endpoint", "lambda", "both"]
+    assert _route_targets(doc, "endpoint") == {"POST /predict": "PredictFunction.Arn"}
+    assert _route_targets(doc, "lambda") == {"POST /predict": "PredictInLambdaFunction.Arn"}
+    assert _route_targets(doc, "both") == {"POST /predict": "PredictFunction.Arn",
+                                           "POST /predict/endpoint": "PredictFunction.Arn",
+                                           "POST /predict/lambda": "PredictInLambdaFunction.Arn"}
+    for name in ("EndpointModeIntegration", "InLambdaIntegration"):
+        props = doc["Resources"][name]["Properties"]
+        assert (props["IntegrationType"], props["PayloadFormatVersion"]) == ("AWS_PROXY", "2.0")
+        assert props["TimeoutInMillis"] <= 30000  # HTTP API's maximum integration timeout
+
+
+def test_architecture_chooses_the_powertools_layer_variant():
+    doc = _resources()
+    assert doc["Parameters"]["Architecture"]["AllowedValues"] == ["x86_64", "arm64"]
+    assert doc["Globals"]["Function"]["Architectures"] == [{"!Ref": "Architecture"}]
+    (layer,) = doc["Globals"]["Function"]["Layers"]
+    assert "AWSLambdaPowertoolsPythonV3-python312-${Architecture}:" in layer["!Sub"]

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # Lambda puts the function's folder on sys.path; a local gateway imports by file path
     sys.path.insert(0, HERE)
 
-import handler as request_side  # noqa: E402 - lambda/handler.py, shipped beside this file
+import handler as request_side  # noqa: E402 - lambda/src/handler.py, shipped beside this file
 
 MODEL_DIR = os.environ.get("MODEL_DIR") or os.path.join(HERE, "model")
 

@@ -1,0 +1,204 @@
+"""The model inside Lambda (lambda/src/handler_onnx.py): its package, and the same API as the forwarding function.
+
+Both functions run behind real local gateways on 127.0.0.1 (the endpoint mode in front of a real local endpoint),
+and every request of one suite must get the same status and body from both.
+"""
+
+import base64
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from handler_support import ImageServer, routes_for  # noqa: E402
+
+from cloudalliance import api, cli, lambda_package, serving, services  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_package(tiny_artifact, tmp_path_factory):
+    return lambda_package.build_package(tiny_artifact[0], tmp_path_factory.mktemp("pkg") / "local",
+                                        platform_name="local")
+
+
+@pytest.fixture(scope="module")
+def gateways(tiny_artifact, local_package):
+    """(endpoint-mode URL, lambda-mode URL), both allowing 127.0.0.1 image URLs; stopped by PID afterwards."""
+    started = []
+    try:
+        endpoint = serving.start_local_endpoint(tiny_artifact[0], endpoint_name="inlambda-test")
+        started.append(serving.ENDPOINT_SERVICE)
+        forward = api.start_local_gateway(endpoint.endpoint_url, "inlambda-test", allowed_private_hosts="127.0.0.1")
+        started.append(api.GATEWAY_SERVICE)
+        inside = api.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=local_package.path)
+        started.append(api.LAMBDA_GATEWAY_SERVICE)
+        yield forward.endpoint_url + api.ROUTE, inside.endpoint_url + api.ROUTE
+    finally:
+        for name in reversed(started):
+            services.stop_service(name)
+
+
+def test_local_package_layout_and_manifest(local_package, tiny_artifact):
+    root = local_package.path
+    for name in ("handler.py", "handler_onnx.py", "package.json", "model/model.onnx", "model/labels.json",
+                 "model/preprocess.json", "model/code/inference.py", "model/code/presets.py"):
+        assert (root / name).is_file(), name
+    assert not (root / "model" / "model.pt").exists()  # PyTorch weights: the function runs model.onnx
+    manifest = lambda_package.read_manifest(root)
+    assert manifest["platform"] == "local" and manifest["handler"] == "handler_onnx.lambda_handler"
+    with zipfile.ZipFile(local_package.zip_path) as zf:
+        names = set(zf.namelist())
+    assert {"handler_onnx.py", "model/model.onnx"} <= names and len(names) == local_package.files
+    assert local_package.unzipped_bytes == sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_predictions_equal_the_endpoints_on_every_test_image(gateways, tiny_artifact):
+    forward, inside = gateways
+    files = tiny_artifact[1]
+    assert len(files) >= 12
+    for path in files:
+        a = api.call_api(forward, api.image_payload(path))
+        b = api.call_api(inside, api.image_payload(path))
+        assert a.status == b.status == 200, (path, a.body, b.body)
+        assert a.body["label"] == b.body["label"] and a.body["message"] == b.body["message"]
+        assert a.body["probabilities"].keys() == b.body["probabilities"].keys()
+        for cls, p in a.body["probabilities"].items():
+            assert abs(p - b.body["probabilities"][cls]) <= 1e-5, (path, cls)
+
+
+def _suite(images_url: str, jpeg: bytes) -> dict:
+    big = base64.b64encode(b"\xff\xd8\xff" + b"0" * (4 * 1024 * 1024 + 10)).decode()
+    return {
+        "url": {"url": images_url + "/sea.jpg"},
+        "url, octet-stream": {"url": images_url + "/octet.jpg"},
+        "redirect to the image": {"url": images_url + "/to-sea"},
+        "redirect to metadata": {"url": images_url + "/to-metadata"},
+        "redirect to private": {"url": images_url + "/to-private"},
+        "html page": {"url": images_url + "/page.html"},
+        "text pretending": {"url": images_url + "/fake.jpg"},
+        "404 image": {"url": images_url + "/gone.jpg"},
+        "ftp": {"url": "ftp://example.com/a.jpg"},
+        "metadata": {"url": "http://169.254.169.254/latest/meta-data/"},
+        "both fields": {"url": images_url + "/sea.jpg", "image": base64.b64encode(jpeg).decode()},
+        "neither": {"picture": 1},
+        "image not a string": {"image": 12},
+        "not base64": {"image": "%%%"},
+        "not an image": {"image": base64.b64encode(b"hello world").decode()},
+        "truncated jpeg": {"image": base64.b64encode(jpeg[: len(jpeg) // 3]).decode()},
+        "base64 too big": {"image": big},
+        "malformed JSON": b"{oops",
+        "JSON list": b"[1, 2]",
+        "empty body": b"",
+    }
+
+
+def test_the_same_request_suite_gets_the_same_answers(gateways, tiny_artifact):
+    forward, inside = gateways
+    jpeg = tiny_artifact[1][0].read_bytes()
+    with ImageServer(routes_for(jpeg, 5_000_000)) as images:
+        suite = _suite(images.url, jpeg)
+        answers = {}
+        for name, payload in suite.items():
+            a, b = api.call_api(forward, payload), api.call_api(inside, payload)
+            answers[name] = (a.status, b.status)
+            assert a.status == b.status, (name, a.body, b.body)
+            if a.status == 200:
+                assert a.body["label"] == b.body["label"]
+            else:
+                assert a.body == b.body, name
+    statuses = {s for s, _ in answers.values()}
+    assert 200 in statuses and {400, 403, 413, 415} <= statuses, answers
+    assert answers["truncated jpeg"][0] in (200, 415)  # PIL may decode a truncated JPEG's top part or refuse it
+    assert answers["not an image"] == (415, 415) and answers["redirect to metadata"] == (403, 403)
+
+
+def test_lambda_mode_needs_no_endpoint_and_other_methods_are_404(gateways, tiny_artifact):
+    _, inside = gateways
+    import urllib.request
+
+    for method in ("GET", "PUT", "DELETE"):
+        req = urllib.request.Request(inside, method=method)
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError("expected an HTTP error")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and "error" in json.loads(exc.read())
+    reply = api.call_api(inside, api.image_payload(tiny_artifact[1][0]))
+    assert reply.status == 200
+
+
+def test_cold_starts_in_fresh_processes(local_package, tiny_artifact):
+    image = tiny_artifact[1][0].read_bytes()
+    cold = lambda_package.measure_cold_starts(local_package.path, image, runs=2, warm=5, progress=False)
+    summary = cold.summary()
+    assert summary["cold_starts"] == 2 and len(cold.warm_s) == 5
+    # the parent's wall time covers the child's import and first answer, which the child timed itself
+    assert all(w >= i + f for w, i, f in zip(cold.wall_s, cold.import_s, cold.first_s))
+    assert summary["peak_rss_mb"] > 30
+    assert lambda_package.recommend_memory(summary["peak_rss_mb"]) >= 1024
+
+
+def test_a_broken_package_fails_the_cold_start_with_its_error(local_package, tmp_path, tiny_artifact):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(local_package.path, broken)
+    (broken / "model" / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(lambda_package.PackageError, match="failed"):
+        lambda_package.measure_cold_starts(broken, tiny_artifact[1][0].read_bytes(), runs=1, warm=0, progress=False)
+
+
+def test_the_lambda_platform_package_runs_with_only_its_own_wheels(tiny_artifact, tmp_path):
+    """Built as for Lambda (manylinux wheels, --no-deps, trimmed) but for this interpreter, then imported by a
+    Python with no site-packages: ONNX Runtime, numpy and Pillow must all come from the package."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    try:
+        info = lambda_package.build_package(tiny_artifact[0], tmp_path / "iso", python=here,
+                                            arch=lambda_package._machine_arch())
+    except lambda_package.PackageError as exc:
+        if "PyPI reachable" in str(exc):
+            pytest.skip(f"no wheels from PyPI here: {exc}")
+        raise
+    root = info.path
+    assert {"onnxruntime", "numpy", "PIL"} <= {p.name for p in root.iterdir()}
+    assert not list(root.rglob("__pycache__")) and not list(root.rglob("*.pyi"))
+    assert not (root / "onnxruntime" / "transformers").exists() and not list(root.rglob("tests"))
+    assert info.packages == dict(line.split("==") for line in
+                                 __import__("cloudalliance.launch", fromlist=["x"]).pinned_requirements(
+                                     lambda_package.RUNTIME_PACKAGES))
+    cold = lambda_package.measure_cold_starts(root, tiny_artifact[1][0].read_bytes(), runs=1, warm=3, progress=False)
+    assert cold.isolated and len(cold.warm_s) == 3
+
+
+def test_too_big_a_package_is_refused_and_the_old_one_kept(tiny_artifact, tmp_path, monkeypatch):
+    out = tmp_path / "pkg"
+    first = lambda_package.build_package(tiny_artifact[0], out, platform_name="local", make_zip=False)
+    monkeypatch.setattr(lambda_package, "UNZIPPED_LIMIT", first.unzipped_bytes // 2)
+    with pytest.raises(lambda_package.PackageError, match="unzipped"):
+        lambda_package.build_package(tiny_artifact[0], out, platform_name="local", make_zip=False)
+    assert (out / "handler_onnx.py").is_file()  # the earlier package is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.")]  # no staging folder left behind
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    bad = tmp_path / "model.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    assert cli.main(["lambda", "package", "--artifact", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "not a model artifact" in capsys.readouterr().err
+    assert cli.main(["lambda", "package", "--artifact", str(tmp_path / "missing.tar.gz")]) == 2
+    assert cli.main(["api", "start", "--mode", "lambda"]) == 2
+    assert "--package" in capsys.readouterr().err
+    assert cli.main(["api", "start", "--mode", "lambda", "--package", str(tmp_path)]) == 2
+    assert cli.main(["api", "start"]) == 2  # endpoint mode without --endpoint-url
+
+
+def test_a_package_built_for_lambdas_python_is_refused_by_the_local_gateway(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "handler_onnx.py").write_text("")
+    (pkg / "package.json").write_text(json.dumps({"platform": "lambda", "python": "2.7", "arch": "x86_64"}))
+    with pytest.raises(ValueError, match="--platform local"):
+        api.start_local_gateway(mode="lambda", package=pkg)
