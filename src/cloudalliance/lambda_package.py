@@ -276,6 +276,20 @@ def read_manifest(package: str | os.PathLike) -> dict[str, Any]:
 _CHILD = r"""
 import json, os, resource, sys, time
 t0 = time.perf_counter()
+
+
+def peak_rss_mb():
+    # VmHWM: this process's own peak; getrusage's ru_maxrss also keeps the parent's peak across fork + exec
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 folder, module_name, event_path, warm = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 sys.path.insert(0, folder)
 import importlib
@@ -286,14 +300,14 @@ first = module.lambda_handler(event, None)
 t2 = time.perf_counter()
 body = json.loads(first["body"])
 print(json.dumps({"import_s": t1 - t0, "first_s": t2 - t1, "status": first["statusCode"], "label": body.get("label"),
-                  "error": body.get("error"), "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+                  "error": body.get("error"), "maxrss_mb": peak_rss_mb()}),
       flush=True)
 durations = []
 for _ in range(warm if first["statusCode"] == 200 else 0):
     s = time.perf_counter()
     r = module.lambda_handler(event, None)
     durations.append(time.perf_counter() - s)
-print(json.dumps({"warm_s": durations, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+print(json.dumps({"warm_s": durations, "maxrss_mb": peak_rss_mb()}),
       flush=True)
 """
 
@@ -562,3 +576,60 @@ def sam_validate(template: str | os.PathLike = LAMBDA_DIR / "template.yaml", sam
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
     return subprocess.run([str(sam), "validate", "--lint", "-t", str(template)], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+# --------------------------------------------------------------------------- what notebook 06 calls
+
+
+def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Each image through both APIs: the two labels and the largest probability difference."""
+    from .api import call_api, image_payload
+
+    rows = []
+    for path in files:
+        a, b = call_api(endpoint_api, image_payload(path)), call_api(lambda_api, image_payload(path))
+        pa, pb = a.body.get("probabilities") or {}, b.body.get("probabilities") or {}
+        diff = max((abs(p - pb[c]) for c, p in pa.items() if c in pb), default=float("inf"))
+        rows.append({"image": Path(path).name, "endpoint": a.body.get("label"), "in Lambda": b.body.get("label"),
+                     "max |p diff|": diff if pa.keys() == pb.keys() else float("inf")})
+    return rows
+
+
+BAD_REQUESTS = {"malformed JSON": b"{not json", "not an image": {"image": "aGVsbG8gd29ybGQ="},
+                "cloud metadata address": {"url": "http://169.254.169.254/latest/meta-data/"},
+                "neither url nor image": {"picture": "x"}}
+
+
+def compare_refusals(endpoint_api: str, lambda_api: str) -> dict[str, tuple[int, int]]:
+    """The statuses both APIs answer to :data:`BAD_REQUESTS`: (endpoint mode, in Lambda)."""
+    from .api import call_api
+
+    return {name: (call_api(endpoint_api, body).status, call_api(lambda_api, body).status)
+            for name, body in BAD_REQUESTS.items()}
+
+
+def build_packages(artifact: str | os.PathLike, folder: str | os.PathLike, arches: Sequence[str],
+                   log=print) -> list[PackageInfo]:
+    """The Lambda package for each architecture, for its size; one that cannot be built (no PyPI, no cached
+    wheels) is reported and left out."""
+    built = []
+    for arch in arches:
+        try:
+            built.append(build_package(artifact, Path(folder) / f"package-{arch}", arch=arch))
+            log(built[-1].summary())
+        except PackageError as exc:
+            log(f"{arch}: not built: {str(exc).splitlines()[0]}")
+    return built
+
+
+def measure_modes(apis: dict[str, str | None], image: bytes, payloads: Sequence[dict[str, Any]], runs: int = 10,
+                  requests: int = 200, cold: tuple[Path | None, str | None, str] = (None, None, ""),
+                  endpoint_url: str = "", endpoint_name: str = "cloudalliance", packages: Sequence[PackageInfo] = (),
+                  backend: str = "local", progress: bool = False) -> list:
+    """:func:`measure_mode` for each mode whose API URL is given (``{"endpoint": url, "lambda": url}``)."""
+    package, python, described = cold
+    return [measure_mode(mode, url, image, payloads, runs=runs, requests=requests, package=package,
+                         endpoint_url=endpoint_url, endpoint_name=endpoint_name,
+                         packages=packages if mode == "lambda" else (), backend=backend, progress=progress,
+                         python=python, cold_start_of=described if mode == "lambda" else "")
+            for mode, url in apis.items() if url]

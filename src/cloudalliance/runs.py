@@ -66,6 +66,9 @@ class RunContext:
             record.backend = self.backend
         return _records.write_record(self.records_dir, record)
 
+    def write_records(self, records) -> list[Path]:
+        return [self.write_record(record) for record in records]
+
     def records(self, stage: str | None = None) -> list[_records.Record]:
         return _records.load_records(self.records_dir, stage)
 

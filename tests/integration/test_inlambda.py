@@ -137,7 +137,8 @@ def test_cold_starts_in_fresh_processes(local_package, tiny_artifact):
     assert summary["cold_starts"] == 2 and len(cold.warm_s) == 5
     # the parent's wall time covers the child's import and first answer, which the child timed itself
     assert all(w >= i + f for w, i, f in zip(cold.wall_s, cold.import_s, cold.first_s))
-    assert summary["peak_rss_mb"] > 30
+    # its own peak (VmHWM), not this test process's, which ru_maxrss would carry across fork + exec
+    assert 30 < summary["peak_rss_mb"] < 400
     assert lambda_package.recommend_memory(summary["peak_rss_mb"]) >= 1024
 
 

@@ -102,3 +102,25 @@ def test_architecture_chooses_the_powertools_layer_variant():
     assert doc["Globals"]["Function"]["Architectures"] == [{"!Ref": "Architecture"}]
     (layer,) = doc["Globals"]["Function"]["Layers"]
     assert "AWSLambdaPowertoolsPythonV3-python312-${Architecture}:" in layer["!Sub"]
+
+
+def test_sam_validate_lint_passes():
+    """``sam validate --lint``: the SAM translator expands the template and cfn-lint checks the result (the plain
+    cfn-lint above has no SAM translator in the course's environment). SAM CLI lives in its own environment
+    (.tools/sam, `make sam`); installed here on first use."""
+    import pytest
+
+    from cloudalliance import lambda_package
+
+    try:
+        sam = lambda_package.ensure_sam()
+    except lambda_package.PackageError as exc:
+        pytest.skip(f"SAM CLI could not be installed here: {exc}")
+    proc = lambda_package.sam_validate(TEMPLATE, sam)
+    assert proc.returncode == 0 and "is a valid SAM Template" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_rules_refuse_an_endpoint_mode_without_an_endpoint():
+    rule = _resources()["Rules"]["EndpointNameNeeded"]
+    assert rule["RuleCondition"] == {"!Not": [{"!Equals": [{"!Ref": "InferenceMode"}, "lambda"]}]}
+    assert rule["Assertions"][0]["Assert"] == {"!Not": [{"!Equals": [{"!Ref": "EndpointName"}, ""]}]}
