@@ -38,9 +38,27 @@ class AwsError(RuntimeError):
     """A setting or an account resource the aws backend cannot use, with what to do."""
 
 
+def use_region(region: str | None) -> str | None:
+    """Make ``region`` this process's default AWS region (``AWS_DEFAULT_REGION`` and ``AWS_REGION``).
+
+    SDK v3 makes clients on boto3's default session where the course cannot pass its own:
+    ``sagemaker/ai_registry/air_hub.py:36`` (``boto3.client("sagemaker")`` at import, which
+    ``sagemaker.serve.model_builder`` reaches) and ``sagemaker/core/utils/logs.py:17-24`` (the
+    ``CloudWatchLogsClient`` singleton on a plain ``Session()``, used by ``TrainingJob.wait(logs=True)``). With no
+    default region configured that is ``NoRegionError`` -- after the training job has started and is billing --
+    and with another default region the job's logs are looked up there and never found. REGION from the params
+    therefore becomes the default before anything of the SDK is imported.
+    """
+    if region:
+        os.environ["AWS_DEFAULT_REGION"] = region
+        os.environ["AWS_REGION"] = region
+    return region
+
+
 def boto_session(region: str | None = None):
     import boto3
 
+    use_region(region)
     return boto3.Session(region_name=region or None)
 
 
@@ -174,12 +192,19 @@ def _role_checks(session, role_arn: str, bucket: str) -> list[Check]:
                       "trusts sagemaker.amazonaws.com" if "sagemaker.amazonaws.com" in services else
                       f"does not trust sagemaker.amazonaws.com (trusts: {', '.join(sorted(services)) or 'nobody'}): "
                       "add it to the role's trust policy"))
-    # https://docs.aws.amazon.com/IAM/latest/APIReference/API_SimulatePrincipalPolicy.html
-    actions = ["s3:ListBucket", "s3:GetObject", "s3:PutObject"]
-    resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    # https://docs.aws.amazon.com/IAM/latest/APIReference/API_SimulatePrincipalPolicy.html. Each action is judged
+    # against the resource it applies to: with several ResourceArns, every action is evaluated for every ARN and
+    # the top-level EvalDecision is the most restrictive across them (botocore's iam service-2.json,
+    # SimulatePrincipalPolicyRequest.ResourceArns and EvaluationResult), so GetObject on the *bucket* ARN -- which
+    # no sensible policy grants -- would deny a role that may read every object. ListBucket: the bucket;
+    # GetObject/PutObject: its objects.
+    pairs = ((["s3:ListBucket"], [f"arn:aws:s3:::{bucket}"]),
+             (["s3:GetObject", "s3:PutObject"], [f"arn:aws:s3:::{bucket}/*"]))
     try:
-        results = session.client("iam", config=_one_try()).simulate_principal_policy(
-            PolicySourceArn=role["Arn"], ActionNames=actions, ResourceArns=resources)["EvaluationResults"]
+        iam = session.client("iam", config=_one_try())
+        results = [r for actions, arns in pairs
+                   for r in iam.simulate_principal_policy(PolicySourceArn=role["Arn"], ActionNames=actions,
+                                                          ResourceArns=arns)["EvaluationResults"]]
     except ClientError as exc:  # AccessDenied: the caller may not simulate
         rows.append(Check("role on bucket", "warn", f"could not check read and write on s3://{bucket} "
                           f"({_error_code(exc) or 'error'}: iam:SimulatePrincipalPolicy); the role needs both"))
@@ -274,8 +299,12 @@ def _endpoint_check(session, endpoint: str, run_id: str) -> Check:
     sm = session.client("sagemaker")
     try:
         desc = sm.describe_endpoint(EndpointName=endpoint)
-    except ClientError:
-        return Check("endpoint name", "ok", f"{endpoint} is free")
+    except ClientError as exc:
+        # DescribeEndpoint says "Could not find endpoint" as a ValidationException; anything else (AccessDenied,
+        # throttling) tells nothing about the name
+        if _error_code(exc) == "ValidationException" and "could not find" in str(exc).lower():
+            return Check("endpoint name", "ok", f"{endpoint} is free")
+        return Check("endpoint name", "warn", f"could not check {endpoint} ({_short(exc)})")
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["EndpointArn"]).get("Tags", [])}
     if RUN_TAG in tags:
         return Check("endpoint name", "ok", f"{endpoint} exists (run {tags[RUN_TAG]}, {desc['EndpointStatus']}): "
@@ -332,7 +361,8 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
         for instance in training_instances(params):
             needs[f"{instance} for training job usage"] = count
     if want("endpoint"):
-        needs[f"{params.get('HOSTING_INSTANCE_TYPE') or 'ml.m5.large'} for endpoint usage"] = 1
+        if (params.get("ENDPOINT_KIND") or "realtime") != "serverless":  # serverless endpoints use no instance
+            needs[f"{params.get('HOSTING_INSTANCE_TYPE') or 'ml.m5.large'} for endpoint usage"] = 1
     rows += _quota_checks(session, needs) if needs else []
     if want("endpoint"):
         rows.append(_endpoint_check(session, params.get("ENDPOINT_NAME") or "cloudalliance", params.get("RUN_ID", "")))
@@ -431,10 +461,15 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
         raise AwsError("No AWS region: pass --region or set AWS_DEFAULT_REGION")
     sm = session.client("sagemaker")
     removed: dict[str, list[str]] = {"endpoint": [], "endpoint_config": [], "model": [], "stack": [], "s3": []}
+    others: list[str] = []
     for ep in _paged(sm, "list_endpoints", "Endpoints"):
-        if _tagged(sm, ep["EndpointArn"], run_id):
+        tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=ep["EndpointArn"]).get("Tags", [])}
+        if tags.get(RUN_TAG) == run_id:
             sm.delete_endpoint(EndpointName=ep["EndpointName"])
             removed["endpoint"].append(ep["EndpointName"])
+        elif RUN_TAG in tags and ENDPOINT_TAG in tags:
+            # a later run updated this run's endpoint in place and re-tagged it: it bills on under that run's id
+            others.append(f"{ep['EndpointName']} (run {tags[RUN_TAG]}: cloudalliance aws cleanup --run {tags[RUN_TAG]})")
     for cfg in _paged(sm, "list_endpoint_configs", "EndpointConfigs"):
         if _tagged(sm, cfg["EndpointConfigArn"], run_id):
             sm.delete_endpoint_config(EndpointConfigName=cfg["EndpointConfigName"])
@@ -465,6 +500,8 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
                     s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
                 if keys:
                     removed["s3"].append(f"s3://{bucket}/{prefix} ({len(keys)} objects)")
+    if others:
+        removed["other_runs_endpoints_still_billing"] = others
     if wait and removed["stack"]:
         try:
             for name in removed["stack"]:
@@ -480,5 +517,11 @@ def data_prefixes(prefix: str, run_id: str) -> list[str]:
 
 
 def format_removed(removed: Mapping[str, list[str]]) -> str:
-    lines = [f"removed {kind.replace('_', ' ')}: {name}" for kind, names in removed.items() for name in names]
-    return "\n".join(lines) or "nothing to remove"
+    others = removed.get("other_runs_endpoints_still_billing", [])
+    lines = [f"removed {kind.replace('_', ' ')}: {name}" for kind, names in removed.items() for name in names
+             if kind != "other_runs_endpoints_still_billing"]
+    text = "\n".join(lines) or "nothing to remove"
+    if others:
+        text += "\nstill running (the course's, another run's; it bills by the hour):\n" + "\n".join(
+            f"  endpoint {o}" for o in others)
+    return text

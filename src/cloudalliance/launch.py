@@ -246,6 +246,9 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     where ``cloudalliance aws cleanup --delete-data`` finds it.
     """
     import boto3
+    from .aws import use_region
+
+    use_region(region or (boto_session.region_name if boto_session else None))  # before the SDK is imported
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.train import ModelTrainer
@@ -428,7 +431,11 @@ def train_instance(backend: str, instance: str, run, data_root: str | os.PathLik
         result = run_sagemaker(train_loc.uri, model_dir, instance, role, hyperparameters, test_s3_uri=test_loc.uri,
                                region=region, use_spot=use_spot, instance_count=instance_count,
                                output_path=f"s3://{location.bucket}/models/{run.run_id}/training",
-                               checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}",
+                               # one prefix per job: SageMaker restores a spot job's checkpoints from it within the
+                               # job, while a rerun of the notebook starts afresh instead of "resuming" a finished
+                               # run after its last epoch (a job that trains nothing and still bills)
+                               checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}/"
+                                                 f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
                                staging_s3_uri=f"s3://{location.bucket}/models/{run.run_id}",
                                boto_session=session, run_id=run.run_id)
     else:
@@ -553,6 +560,7 @@ def training_record(result: TrainingResult, name: str | None = None) -> Record:
             "best_val_accuracy": m.get("best_val_accuracy"),
             "history": m.get("history", []),
             "checks": m.get("checks", []),
+            "resumed_from_epoch": m.get("resumed_from_epoch", 0),  # > 0: the epochs before it ran in an earlier run
         },
         cost=prices.training_cost(result.instance, seconds, count),
         config={k: c.get(k) for k in ("preset", "arch", "weights", "epochs", "img_size", "batch_size", "lr",

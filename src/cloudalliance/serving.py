@@ -352,7 +352,9 @@ def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "clo
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch inference container
 PY_VERSION = "py312"
-SERVING_PACKAGES = ("onnxruntime", "pillow", "numpy")  # code/requirements.txt of the artifact
+# code/requirements.txt of the artifact, installed by the toolkit at container start. Not numpy: the container
+# ships its own (with scipy, pandas and opencv built against it), and ONNX Runtime and Pillow work with it.
+SERVING_PACKAGES = ("onnxruntime", "pillow")
 
 
 def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
@@ -367,8 +369,16 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
 
 def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m5.large",
                      endpoint_name: str = "cloudalliance", boto_session=None, region: str | None = None,
-                     wait: bool = True, run_id: str = "", instance_count: int = 1):
-    """A real-time endpoint serving the artifact; safe to run again: a rerun updates the endpoint in place.
+                     wait: bool = True, run_id: str = "", instance_count: int = 1, kind: str = "realtime",
+                     serverless_memory_mb: int = 2048, serverless_max_concurrency: int = 5):
+    """A real-time (or serverless) endpoint serving the artifact; safe to run again: a rerun updates it in place.
+
+    ``kind="serverless"``: SageMaker Serverless Inference, billed per millisecond of inference at
+    ``serverless_memory_mb`` (1,024-6,144 in 1 GB steps) with at most ``serverless_max_concurrency`` requests at
+    once (1-200); no instance type (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints.html,
+    ProductionVariant ``ServerlessConfig``). A real-time endpoint cannot be updated into a serverless one ("Updating
+    a real-time inference endpoint to an on-demand serverless endpoint ... is currently not supported",
+    serverless-endpoints-update), so when the kind changes the endpoint is replaced: deleted, then created.
 
     SDK v3 ``ModelBuilder`` builds the model (PyTorch inference container, the artifact's own
     ``code/inference.py``) under a new unique name. The endpoint config gets that unique name too: ModelBuilder's
@@ -384,6 +394,10 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
 
     import boto3
     from botocore.exceptions import ClientError
+
+    from .aws import use_region
+
+    use_region(region or (boto_session.region_name if boto_session else None))  # before the SDK is imported
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.resources import Endpoint
@@ -407,6 +421,28 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         previous = None
     if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting"):
         raise ServingError(f"Endpoint {endpoint_name} is {previous['EndpointStatus']}: wait for it, then run again")
+    from . import prices
+
+    if kind not in ("realtime", "serverless"):
+        raise ServingError(f"Unknown endpoint kind {kind!r}: realtime or serverless")
+    if kind == "serverless" and (serverless_memory_mb not in prices.SERVERLESS_MEMORY_SIZES_MB
+                                 or not 1 <= serverless_max_concurrency <= 200):
+        raise ServingError(f"Serverless Inference takes a memory size of {prices.SERVERLESS_MEMORY_SIZES_MB} MB and "
+                           f"a max concurrency of 1-200 (got {serverless_memory_mb} MB, {serverless_max_concurrency})")
+    if previous is not None and previous["EndpointStatus"] == "InService":
+        was_serverless = any("CurrentServerlessConfig" in v for v in previous.get("ProductionVariants", []))
+        if was_serverless != (kind == "serverless"):
+            # not updatable across kinds: replaced below like a failed endpoint, and its old config and model go
+            old_config = previous["EndpointConfigName"]
+            old_models = [v["ModelName"] for v in
+                          sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]
+            sm.delete_endpoint(EndpointName=endpoint_name)
+            sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint_name,
+                                                    WaiterConfig={"Delay": 10, "MaxAttempts": 60})
+            sm.delete_endpoint_config(EndpointConfigName=old_config)
+            for model in old_models:
+                sm.delete_model(ModelName=model)
+            previous = None
     if previous is not None and previous["EndpointStatus"] == "Failed":
         # Failed: "Endpoint could not be created, updated, or re-scaled" (API_EndpointSummary, EndpointStatus):
         # nothing to keep serving, so it is replaced -- deleted, then created afresh below; its old config and
@@ -418,30 +454,33 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
     unique = f"{endpoint_name[:63 - len(stamp) - 1]}-{stamp}"
     image = image_uris.retrieve("pytorch", boto_session.region_name, version=FRAMEWORK_VERSION, py_version=PY_VERSION,
-                                instance_type=instance_type, image_scope="inference")
+                                # serverless endpoints run on CPU: the CPU image whatever HOSTING_INSTANCE_TYPE says
+                                instance_type=instance_type if kind == "realtime" else "ml.m5.large",
+                                image_scope="inference")
     builder = ModelBuilder(
         image_uri=image,
         s3_model_data_url=artifact_s3_uri,
         role_arn=role,
-        instance_type=instance_type,
+        instance_type=instance_type if kind == "realtime" else "ml.m5.large",
         sagemaker_session=Session(boto_session=boto_session),
+        # TorchServe starts one worker per vCPU by default, each with its own model_fn; one ONNX Runtime thread each
+        # keeps them from oversubscribing the cores (as the local endpoint does: threads = cores / workers)
         env_vars={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                  "INFERENCE_THREADS": "0"},
+                  "INFERENCE_THREADS": "1"},
     )
     builder.build(model_name=unique, tags=[{"Key": t["Key"], "Value": t["Value"]} for t in tags])
-    sm.create_endpoint_config(
-        EndpointConfigName=unique,
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": unique, "InstanceType": instance_type,
-                             "InitialInstanceCount": instance_count, "InitialVariantWeight": 1.0}],
-        Tags=tags,
-    )
+    variant = ({"VariantName": "AllTraffic", "ModelName": unique,
+                "ServerlessConfig": {"MemorySizeInMB": serverless_memory_mb, "MaxConcurrency": serverless_max_concurrency}}
+               if kind == "serverless" else
+               {"VariantName": "AllTraffic", "ModelName": unique, "InstanceType": instance_type,
+                "InitialInstanceCount": instance_count, "InitialVariantWeight": 1.0})
+    sm.create_endpoint_config(EndpointConfigName=unique, ProductionVariants=[variant], Tags=tags)
     if previous is None:
         sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique, Tags=tags)
     else:
         # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html: the endpoint keeps
         # serving the old config until the new one is InService; the old config and model can then go.
         sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique)
-        sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
     if wait:
         from botocore.exceptions import WaiterError
 
@@ -455,6 +494,18 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
                                + f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes what this "
                                "deploy created; the endpoint's CloudWatch logs say why") from None
     if previous is not None and wait:
+        # InService is also where a failed blue/green update ends: SageMaker rolls back and the endpoint serves the
+        # old config again (the waiter only fails on "Failed", botocore's sagemaker waiters-2.json
+        # EndpointInService). Only an endpoint that now runs the new config may lose the old one: "You must not
+        # delete an EndpointConfig in use by an endpoint that is live"
+        # (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html).
+        now = sm.describe_endpoint(EndpointName=endpoint_name)
+        if now.get("EndpointConfigName") != unique:
+            raise ServingError(f"Endpoint {endpoint_name} did not take the new model {unique}: it still serves "
+                               f"{now.get('EndpointConfigName')} ({now.get('FailureReason') or 'the update was rolled back'}). "
+                               "The previous model is kept; the endpoint's CloudWatch logs say why the new one failed. "
+                               f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes the new config and model")
+        sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
         old_config = previous["EndpointConfigName"]
         old_models = [v["ModelName"] for v in
                       sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]

@@ -442,9 +442,12 @@ def simulate_principal_policy(form: dict[str, list[str]]) -> tuple[int, str]:
     which SDK v3's role check calls (sagemaker/core/helper/iam_role_resolver.py ``_simulate_denied_actions``).
 
     https://docs.aws.amazon.com/IAM/latest/APIReference/API_SimulatePrincipalPolicy.html -- request
-    PolicySourceArn, ActionNames.member.N; response EvaluationResults of EvalActionName, EvalResourceName,
-    EvalDecision. The rehearsal's role stands for one with AmazonSageMakerFullAccess: every action is
-    "allowed" when the role exists in the emulator's IAM; an unknown role is NoSuchEntity (404).
+    PolicySourceArn, ActionNames.member.N, ResourceArns.member.N; response EvaluationResults of EvalActionName,
+    EvalResourceName, EvalDecision. As AWS answers (botocore's iam service-2.json, EvaluationResult): ONE result per
+    action, whose EvalDecision is the most restrictive across the resources asked about. The rehearsal's role
+    stands for AmazonSageMakerFullAccess plus README's bucket policy (s3:ListBucket on the bucket, object actions
+    on bucket/*): an object action asked about the bucket's own ARN is implicitDeny, as on AWS. Non-S3 actions are
+    allowed. An unknown role is NoSuchEntity (404).
     """
     from moto.iam.models import iam_backends
 
@@ -461,9 +464,21 @@ def simulate_principal_policy(form: dict[str, list[str]]) -> tuple[int, str]:
                                        if kv[0].startswith("ActionNames.member.") else 0)
                if k.startswith("ActionNames.member.")]
     resources = [v[0] for k, v in form.items() if k.startswith("ResourceArns.member.")] or ["*"]
-    members = "".join(f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>{r}</EvalResourceName>"
-                      "<EvalDecision>allowed</EvalDecision><MatchedStatements/><MissingContextValues/></member>"
-                      for a in actions for r in resources)
+
+    def allowed(action: str, resource: str) -> bool:
+        if not action.startswith("s3:") or resource == "*":
+            return True
+        is_object = "/" in resource.split(":::", 1)[-1]
+        if action in ("s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"):
+            return not is_object
+        return is_object  # GetObject, PutObject, DeleteObject, ...: granted on bucket/* only
+
+    def decision(action: str) -> str:
+        return "allowed" if all(allowed(action, r) for r in resources) else "implicitDeny"
+
+    members = "".join(f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>*</EvalResourceName>"
+                      f"<EvalDecision>{decision(a)}</EvalDecision><MatchedStatements/><MissingContextValues/>"
+                      "</member>" for a in actions)
     return 200, (f'<SimulatePrincipalPolicyResponse xmlns="{ns}"><SimulatePrincipalPolicyResult>'
                  f"<IsTruncated>false</IsTruncated><EvaluationResults>{members}</EvaluationResults>"
                  "</SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>rehearsal</RequestId>"

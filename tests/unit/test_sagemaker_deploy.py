@@ -62,3 +62,66 @@ def test_deploy_needs_a_role(aws):
 
     with pytest.raises(serving.ServingError, match="ROLE_ARN"):
         serving.deploy_sagemaker("s3://course-data/m.tar.gz", "", boto_session=aws)
+
+
+def test_a_rolled_back_update_keeps_the_live_model_and_says_so(aws, tmp_path):
+    """UpdateEndpoint is blue/green: when the new fleet fails, SageMaker rolls back and the endpoint is InService
+    again on the OLD config, which the InService waiter accepts. The deploy must see that and must not delete the
+    config and model the endpoint still serves. (moto has no UpdateEndpoint: a before-call hook answers it as a
+    rolled-back update does -- accepted, nothing changed.)"""
+    from botocore.awsrequest import AWSResponse
+
+    from cloudalliance import serving
+
+    artifact = tmp_path / "model.tar.gz"
+    artifact.write_bytes(b"stand-in archive")
+    uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
+    serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
+    sm = aws.client("sagemaker")
+    live_config = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
+    live_model = sm.describe_endpoint_config(EndpointConfigName=live_config)["ProductionVariants"][0]["ModelName"]
+
+    def rolled_back(**kwargs):
+        return AWSResponse("https://sagemaker", 200, {}, None), {"EndpointArn": "arn"}
+
+    aws.events.register("before-call.sagemaker.UpdateEndpoint", rolled_back)
+    with pytest.raises(serving.ServingError, match="did not take the new model") as info:
+        serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=True, run_id="r2")
+    assert live_config in str(info.value)
+    sm = aws.client("sagemaker")
+    assert sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"] == live_config
+    assert sm.describe_endpoint_config(EndpointConfigName=live_config)["ProductionVariants"][0]["ModelName"] == live_model
+    assert live_model in [m["ModelName"] for m in sm.list_models()["Models"]]
+
+
+def test_serverless_endpoint_config_and_a_kind_change_replaces_the_endpoint(aws, tmp_path):
+    from cloudalliance import serving
+
+    artifact = tmp_path / "model.tar.gz"
+    artifact.write_bytes(b"stand-in archive")
+    uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
+    serving.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
+    sm = aws.client("sagemaker")
+    first = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
+    # realtime -> serverless cannot be an UpdateEndpoint (AWS: "not supported"): the endpoint is replaced
+    serving.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1",
+                             kind="serverless", serverless_memory_mb=3072, serverless_max_concurrency=10)
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"])
+    (variant,) = config["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 10}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    assert first not in [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]]
+    assert len(sm.list_models()["Models"]) == 1  # the replaced endpoint's model went with it
+    container = sm.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
+    assert "-cpu-" in container["Image"]
+
+
+@pytest.mark.parametrize("memory, concurrency", [(1500, 5), (2048, 0), (2048, 201), (8192, 5)])
+def test_serverless_limits_are_checked_before_anything_is_created(aws, memory, concurrency):
+    from cloudalliance import serving
+
+    with pytest.raises(serving.ServingError, match="Serverless Inference takes"):
+        serving.deploy_sagemaker("s3://course-data/m.tar.gz", ROLE, "ml.m5.large", "course-ep", boto_session=aws,
+                                 wait=False, kind="serverless", serverless_memory_mb=memory,
+                                 serverless_max_concurrency=concurrency)
+    assert aws.client("sagemaker").list_models()["Models"] == []

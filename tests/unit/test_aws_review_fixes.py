@@ -1,0 +1,106 @@
+"""The aws backend against AWS's own semantics where moto does not model them (IAM's policy simulation,
+SageMaker's blue/green rollback), with small fakes of AWS only; and the region the SDK's own clients use."""
+
+import fnmatch
+import os
+import subprocess
+import sys
+
+import pytest
+from botocore.exceptions import ClientError
+
+from cloudalliance import aws, serving
+
+
+class _FakeIam:
+    """IAM for one role with README's bucket policy: ListBucket on the bucket, object actions on bucket/*.
+
+    SimulatePrincipalPolicy as documented (botocore iam service-2.json, SimulatePrincipalPolicyRequest.ResourceArns:
+    "Each API in the ActionNames parameter is evaluated for each resource in this list"; EvaluationResult: one
+    result per action, the top-level EvalDecision the most restrictive across the resources)."""
+
+    GRANTS = {"s3:ListBucket": "arn:aws:s3:::MY-BUCKET", "s3:GetObject": "arn:aws:s3:::MY-BUCKET/*",
+              "s3:PutObject": "arn:aws:s3:::MY-BUCKET/*"}
+
+    def __init__(self):
+        self.calls = []
+
+    def get_role(self, RoleName):  # noqa: N803 - boto3's names
+        trust = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+                                "Action": "sts:AssumeRole"}]}
+        return {"Role": {"Arn": f"arn:aws:iam::123456789012:role/{RoleName}", "AssumeRolePolicyDocument": trust}}
+
+    def simulate_principal_policy(self, PolicySourceArn, ActionNames, ResourceArns):  # noqa: N803
+        self.calls.append((tuple(ActionNames), tuple(ResourceArns)))
+        results = []
+        for action in ActionNames:
+            ok = all(fnmatch.fnmatchcase(arn, self.GRANTS.get(action, "")) for arn in ResourceArns)
+            results.append({"EvalActionName": action, "EvalResourceName": "*",
+                            "EvalDecision": "allowed" if ok else "implicitDeny"})
+        return {"EvaluationResults": results}
+
+
+class _Session:
+    def __init__(self, **clients):
+        self.clients = clients
+        self.region_name = "us-east-1"
+
+    def client(self, name, **kwargs):
+        return self.clients[name]
+
+
+def test_a_role_with_the_readmes_bucket_policy_passes_the_preflight():
+    iam = _FakeIam()
+    rows = {r.check: r for r in aws._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
+    assert rows["role on bucket"].status == "ok", rows["role on bucket"].detail
+    # each action asked about the resource it applies to (asking GetObject of the bucket's ARN was the defect)
+    assert set(iam.calls) == {(("s3:ListBucket",), ("arn:aws:s3:::MY-BUCKET",)),
+                              (("s3:GetObject", "s3:PutObject"), ("arn:aws:s3:::MY-BUCKET/*",))}
+
+
+def test_a_role_without_write_fails_the_preflight_and_says_what():
+    iam = _FakeIam()
+    iam.GRANTS = {**iam.GRANTS, "s3:PutObject": "arn:aws:s3:::OTHER/*"}
+    rows = {r.check: r for r in aws._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
+    assert rows["role on bucket"].status == "fail" and "s3:PutObject" in rows["role on bucket"].detail
+    assert "s3:GetObject" not in rows["role on bucket"].detail
+
+
+class _FakeSageMaker:
+    """DescribeEndpoint after a rolled-back update: InService, still on the old config."""
+
+    def __init__(self, error_code=None):
+        self.error_code = error_code
+
+    def describe_endpoint(self, EndpointName):  # noqa: N803
+        if self.error_code:
+            raise ClientError({"Error": {"Code": self.error_code, "Message": "User is not authorized"}},
+                              "DescribeEndpoint")
+        return {"EndpointArn": "arn", "EndpointStatus": "InService", "EndpointConfigName": "old"}
+
+    def list_tags(self, ResourceArn):  # noqa: N803
+        return {"Tags": []}
+
+
+def test_an_endpoint_check_that_is_denied_is_not_called_free():
+    check = aws._endpoint_check(_Session(sagemaker=_FakeSageMaker("AccessDeniedException")), "cloudalliance", "r1")
+    assert check.status == "warn" and "could not check" in check.detail
+
+
+def test_region_from_the_params_is_the_default_for_the_sdks_own_clients(tmp_path):
+    """sagemaker/core/utils/logs.py's CloudWatchLogsClient is made on a plain boto3.Session(): with no region
+    configured that is NoRegionError (it runs inside TrainingJob.wait, after the job started)."""
+    code = ("import os\nfrom cloudalliance import aws\naws.boto_session('eu-west-1')\n"
+            "from sagemaker.core.utils.logs import CloudWatchLogsClient\n"
+            "print(CloudWatchLogsClient().client.meta.region_name)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "eu-west-1", out.stderr[-1500:]
+    bare = subprocess.run([sys.executable, "-c", code.replace("aws.boto_session('eu-west-1')\n", "")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert bare.returncode != 0 and "NoRegionError" in bare.stderr  # what the course met without it
+
+
+def test_the_serving_requirements_leave_the_containers_numpy_alone():
+    assert "numpy" not in serving.SERVING_PACKAGES and "onnxruntime" in serving.SERVING_PACKAGES
