@@ -21,20 +21,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import api, cli, launch, loadtest, serving, services  # noqa: E402
+from cloudalliance import api, cli, loadtest, serving, services  # noqa: E402
 from cloudalliance.records import load_records  # noqa: E402
 
 CURL = shutil.which("curl")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, synthetic_root):
-    out = tmp_path_factory.mktemp("clients")
-    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
-                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
-                              progress=False)
-    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz")
-    return path, sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
+def artifact(tiny_artifact):
+    return tiny_artifact
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer  # noqa: E402
 
-from cloudalliance import api, launch, serving, services  # noqa: E402
+from cloudalliance import api, serving, services  # noqa: E402
 
 BODY_DEADLINE_S = 2.0  # the servers' body deadline in this module (the default is 20 s)
 
@@ -161,14 +161,8 @@ def short_body_deadline():
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, synthetic_root):
-    out = tmp_path_factory.mktemp("hardening")
-    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
-                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
-                              progress=False)
-    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz")
-    files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
-    return path, files
+def artifact(tiny_artifact):
+    return tiny_artifact
 
 
 @pytest.fixture(scope="module")

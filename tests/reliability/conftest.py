@@ -21,18 +21,12 @@ from rel_support import METRICS, REPO, TALLY, running_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def rel_artifact(tmp_path_factory, synthetic_root):
+def rel_artifact(tiny_artifact):
     """A tiny trained model's model.tar.gz and two real test images (JPEG, PNG)."""
     from PIL import Image
 
-    from cloudalliance import launch, serving
-
-    out = tmp_path_factory.mktemp("reliability-model")
-    result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
-                              {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
-                              progress=False)
-    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz")
-    jpeg_file = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))[0]
+    path, files = tiny_artifact
+    jpeg_file = files[0]
     buf = io.BytesIO()
     Image.open(jpeg_file).convert("RGB").save(buf, "PNG")
     return path, jpeg_file.read_bytes(), buf.getvalue()
