@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +52,11 @@ def _load_inference(model_dir: str):
     return module
 
 
+# Lambda runs one request at a time per execution environment; a local gateway calls this module from many
+# threads at once. Decoding and the model run for at most one request per core, so a burst of large images
+# cannot hold N decoded copies at once (it queues instead).
+_RUNNING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
 _started = time.perf_counter()
 inference = _load_inference(MODEL_DIR)
 MODEL = inference.model_fn(MODEL_DIR)  # ONNX Runtime session, labels, preprocessing: once per environment
@@ -63,8 +69,9 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
     if budget is not None and budget.remaining() <= 0:
         raise request_side.ApiError(504, "No time was left to run the model")
     try:
-        data = inference.input_fn(image, request_side.ENDPOINT_TYPES.get(kind, "application/x-image"))
-        prediction = inference.predict_fn(data, MODEL)
+        with _RUNNING:
+            data = inference.input_fn(image, request_side.ENDPOINT_TYPES.get(kind, "application/x-image"))
+            prediction = inference.predict_fn(data, MODEL)
     except inference.UnsupportedInput as exc:
         raise request_side.model_refused(getattr(exc, "status", 415)) from None
     except Exception as exc:  # noqa: BLE001 - as the endpoint's own failure: a 502 with the kind, no traceback

@@ -93,6 +93,9 @@ def http_api_event(method: str, path: str, headers: dict[str, str], body: bytes,
 
 FUNCTION_TIMEOUT_S = 29.0  # lambda/template.yaml Globals.Function.Timeout
 FUNCTION_MEMORY_MB = 512  # lambda/template.yaml Globals.Function.MemorySize
+# Lambda's synchronous invocation payload (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html):
+# the whole event, so a form-encoded body (which API Gateway hands over base64-encoded, 4/3 larger) hits it first
+LAMBDA_EVENT_BYTES = 6 * 1024 * 1024
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's payload quota (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-quotas.html)
 GATEWAY_WORKERS = 32  # concurrent handler calls: URL fetches and endpoint calls mostly wait on the network
 
@@ -164,6 +167,10 @@ def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER, worker
             return services.json_error(exc.status, exc.message, close=True)
         event = http_api_event(request.method, request.url.path, dict(request.headers), body,
                                request.url.query, request.client.host if request.client else "127.0.0.1")
+        if len(event["body"]) + 4096 > LAMBDA_EVENT_BYTES:  # the rest of the event is a few KB
+            return services.json_error(413, "The request is over Lambda's 6 MB payload once API Gateway has wrapped "
+                                            "it (a form-encoded body is base64-encoded, 4/3 larger): send the image "
+                                            "as JSON (-H 'content-type: application/json') or send its URL")
         remaining = context.get_remaining_time_in_millis() / 1000
         try:
             result = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, call, event, context),
@@ -202,14 +209,15 @@ def _answers(url: str) -> bool:
 
 def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
                         handler_path: str | os.PathLike | None = None, timeout: float = 60.0, mode: str = "endpoint",
-                        package: str | os.PathLike | None = None) -> services.ServiceInfo:
+                        package: str | os.PathLike | None = None, service: str | None = None) -> services.ServiceInfo:
     """Start the gateway (a uvicorn process) in front of the handler of ``mode``.
 
     ``endpoint``: ``lambda/src/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
     endpoint's, the gateway follows that service, so a restarted endpoint is found again (see
     :func:`create_gateway_app`). ``lambda``: ``handler_onnx.py`` of ``package`` (``cloudalliance lambda package
     --platform local``), with the model inside the function and no endpoint; its service is ``gateway-lambda``,
-    so both modes can run side by side.
+    so both modes can run side by side (``service`` names it otherwise: a benchmark's own gateways leave the
+    user's running).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -228,7 +236,7 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
     argv = [sys.executable, "-m", "cloudalliance.api", "gateway", "--port", str(port), "--handler", str(handler_path)]
     if follow is not None and follow.endpoint_url.rstrip("/") == endpoint_url.rstrip("/"):
         argv += ["--follow-service", follow.name]
-    name = GATEWAY_SERVICE if mode == "endpoint" else LAMBDA_GATEWAY_SERVICE
+    name = service or (GATEWAY_SERVICE if mode == "endpoint" else LAMBDA_GATEWAY_SERVICE)
     return services.start_service(name, argv, ports={"http": port}, endpoint_url=url,
                                   healthy=lambda: _answers(url + "/health"), env=env, timeout=timeout)
 
@@ -242,7 +250,7 @@ def _local_package_handler(package: str | os.PathLike | None) -> Path:
     manifest_path = package / "package.json"
     if not manifest_path.is_file() or not (package / "handler_onnx.py").is_file():
         raise FileNotFoundError(f"{package} is not a built in-Lambda package: run `cloudalliance lambda package "
-                                "--platform local --artifact model.tar.gz --out {package}`")
+                                f"--platform local --artifact model.tar.gz --out {package}`")
     manifest = json.loads(manifest_path.read_text())
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if manifest.get("platform") != "local" and manifest.get("python") != here:

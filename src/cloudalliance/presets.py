@@ -50,13 +50,18 @@ class Preprocess:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear") -> Preprocess:
-    """Mean and std from the model's pretrained config; the size is ours (the images are 150 px)."""
-    from timm.data import resolve_data_config
+def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear",
+                       normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> Preprocess:
+    """Mean and std of the weights (``normalization``, where their source says), else from the model's pretrained
+    config; the size is ours (the images are 150 px)."""
+    if normalization is None:
+        from timm.data import resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
-    return Preprocess(size=int(img_size), mean=tuple(float(x) for x in cfg["mean"]),
-                      std=tuple(float(x) for x in cfg["std"]), interpolation=interpolation)
+        cfg = resolve_data_config({}, model=model)
+        normalization = (cfg["mean"], cfg["std"])
+    mean, std = normalization
+    return Preprocess(size=int(img_size), mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std),
+                      interpolation=interpolation)
 
 
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}

@@ -571,7 +571,7 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
     import torch
 
     from .data import load_image_folder, materialize_shards
-    from .models import create_model
+    from .models import WEIGHTS_NORMALIZATION, create_model
     from .presets import resolve_preprocess
 
     t_start = time.perf_counter()
@@ -631,7 +631,8 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
         f"decoded in {data_seconds:.1f} s; device {device}, {threads} threads, world size {dist.world}")
 
     model, weights = create_model(cfg.arch, len(classes), cfg.pretrained)
-    prep = resolve_preprocess(model, cfg.img_size)
+    prep = resolve_preprocess(model, cfg.img_size, normalization=WEIGHTS_NORMALIZATION.get(cfg.arch)
+                              if weights.startswith("imagenet (offline") else None)
     frozen_params = freeze_blocks(model, cfg.freeze_blocks)
     frozen_parts = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))
                     and list(m.parameters(recurse=False))] if frozen_params else []

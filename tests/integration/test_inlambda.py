@@ -165,7 +165,13 @@ def test_the_lambda_platform_package_runs_with_only_its_own_wheels(tiny_artifact
         raise
     root = info.path
     assert {"onnxruntime", "numpy", "PIL"} <= {p.name for p in root.iterdir()}
-    assert not list(root.rglob("__pycache__")) and not list(root.rglob("*.pyi"))
+    assert not list(root.rglob("*.pyi")) and not (root / "bin").exists()
+    # byte-code only for the runtime's Python (pip's own caches are for the Python that ran pip), and only where
+    # that Python was found to compile it: /var/task is read-only, so a missing .pyc is compiled on every cold start
+    tag = f"cpython-{sys.version_info[0]}{sys.version_info[1]}"
+    pycs = list(root.rglob("*.pyc"))
+    assert all(tag in p.name for p in pycs)
+    assert bool(pycs) == lambda_package.read_manifest(root)["bytecode"]
     assert not (root / "onnxruntime" / "transformers").exists() and not list(root.rglob("tests"))
     assert info.packages == dict(line.split("==") for line in
                                  __import__("cloudalliance.launch", fromlist=["x"]).pinned_requirements(
@@ -203,3 +209,84 @@ def test_a_package_built_for_lambdas_python_is_refused_by_the_local_gateway(tmp_
     (pkg / "package.json").write_text(json.dumps({"platform": "lambda", "python": "2.7", "arch": "x86_64"}))
     with pytest.raises(ValueError, match="--platform local"):
         api.start_local_gateway(mode="lambda", package=pkg)
+
+
+def test_out_that_is_not_a_package_is_refused_and_kept(tiny_artifact, tmp_path, capsys):
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "important.txt").write_text("precious")
+    with pytest.raises(lambda_package.PackageError, match="holds other files"):
+        lambda_package.build_package(tiny_artifact[0], victim, platform_name="local")
+    assert (victim / "sub" / "important.txt").read_text() == "precious"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["lambda", "package", "--artifact", str(tiny_artifact[0]), "--platform", "local",
+                     "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a local package has no default folder: lambda/package is what `sam deploy` uploads
+    assert cli.main(["lambda", "package", "--artifact", str(tiny_artifact[0]), "--platform", "local"]) == 2
+
+
+def test_the_templates_folder_keeps_its_readme_and_rebuilds_are_identical(tiny_artifact, tmp_path):
+    import hashlib
+
+    folder = tmp_path / "package"
+    folder.mkdir()
+    (folder / "README.md").write_text("built by cloudalliance lambda package\n")  # as lambda/package's, in git
+    first = lambda_package.build_package(tiny_artifact[0], folder, platform_name="local")
+    assert (folder / "README.md").read_text().startswith("built by")
+    with zipfile.ZipFile(first.zip_path) as zf:
+        assert "README.md" not in zf.namelist()
+    digest = hashlib.sha256(first.zip_path.read_bytes()).hexdigest()
+    again = lambda_package.build_package(tiny_artifact[0], folder, platform_name="local")
+    assert hashlib.sha256(again.zip_path.read_bytes()).hexdigest() == digest  # no build time, no local path inside
+    manifest = lambda_package.read_manifest(folder)
+    assert manifest["artifact"] == "model.tar.gz" and "built" not in manifest
+    modes = {p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+    assert modes <= {0o644, 0o755}
+
+
+def test_a_form_encoded_body_over_lambdas_payload_is_a_413(gateways):
+    """API Gateway hands Lambda a form-encoded body base64-encoded (4/3 larger); over Lambda's 6 MB the function
+    never runs. The local gateway says so instead of answering 200."""
+    _, inside = gateways
+    body = json.dumps({"image": base64.b64encode(b"\xff\xd8\xff" + b"0" * 3_700_000).decode()}).encode()
+    reply = api.call_api(inside, body, content_type="application/x-www-form-urlencoded")
+    assert reply.status == 413 and "6 MB" in reply.body["error"]
+    as_json = api.call_api(inside, body)
+    assert as_json.status != 413 or "6 MB" not in as_json.body.get("error", "")
+
+
+def test_missing_package_message_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        api.start_local_gateway(mode="lambda", package=tmp_path / "nowhere")
+
+
+# last: it replaces the module's lambda-mode gateway with one of its own
+def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifact, tmp_path, capsys):
+    image = tiny_artifact[1][0]
+    assert cli.main(["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(image),
+                     "--runs", "0"]) == 2
+    text = tmp_path / "not-an-image.jpg"
+    text.write_text("hello")
+    assert cli.main(["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(text),
+                     "--out", str(tmp_path / "b0")]) == 2
+    assert "not an image" in capsys.readouterr().err and not (tmp_path / "b0").exists()
+    package = lambda_package.build_package(tiny_artifact[0], tmp_path / "mine", platform_name="local")
+    # the default name, as `cloudalliance api start --mode lambda` starts it (this replaces the module's gateway)
+    mine = api.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=package.path)
+    try:
+        records = tmp_path / "records"
+        assert cli.main(["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(image),
+                         "--runs", "1", "--requests", "3", "--arch", "--out", str(tmp_path / "b"),
+                         "--record-dir", str(records)]) == 0
+        still = services.running(api.LAMBDA_GATEWAY_SERVICE)
+        assert still is not None and still.pid == mine.pid
+        from cloudalliance.records import load_records
+
+        by_mode = {r.config["mode"]: r for r in load_records(records)}
+        assert by_mode["endpoint"].config["lambda_memory_mb"] == 512  # the forwarding function's, as deployed
+        assert by_mode["lambda"].config["lambda_memory_mb"] >= 1024
+        assert [s.name for s in services.list_services() if s.name.startswith("bench-")] == []
+    finally:
+        services.stop_service(api.LAMBDA_GATEWAY_SERVICE)

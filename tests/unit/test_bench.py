@@ -226,3 +226,21 @@ def test_serving_cost_figure_without_records_says_so():
 
     fig = bench.figure_serving_cost({})
     assert "notebook 06" in fig.axes[0].texts[0].get_text()
+
+
+def test_cold_starts_are_billed_at_low_traffic_and_vanish_at_high():
+    from cloudalliance import bench, prices
+
+    inside = _mode("lambda", 5.0, 1024)
+    inside.metrics["init_median_ms"] = 400.0
+    costs = bench.serving_costs({"endpoint": _mode("endpoint", 9.0), "lambda": inside})
+    label = "model in Lambda, x86_64, 1024 MB"
+    init_usd = 0.400 * 1024 / 1024 * prices.LAMBDA_PER_GB_SECOND_BY_ARCH["x86_64"]
+    assert costs["per_cold_start_usd"][label] == pytest.approx(init_usd)
+    rates, line = costs["rates"], costs["lines"][label]
+    # one request an hour: nearly every one is cold (no request in the 10 minutes before it)
+    at_one = (costs["per_request_usd"][label] + np.exp(-1 / 6) * init_usd) * 730
+    assert line[0] == pytest.approx(at_one)
+    # at 10,000 an hour the environments stay warm: the line is the warm cost alone
+    i = int(np.searchsorted(rates, 10_000))
+    assert line[i] == pytest.approx(costs["per_request_usd"][label] * rates[i] * 730, rel=1e-9)
