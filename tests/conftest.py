@@ -29,7 +29,7 @@ def shared_intel() -> Path:
 def tiny_artifact(tmp_path_factory, synthetic_root):
     """``model.tar.gz`` of a one-epoch model at 48 px, built as the course builds it; and the test images."""
     from cloudalliance import launch, serving
-    from cloudalliance.training import decode_images
+    from cloudalliance.data import decode_images
 
     out = tmp_path_factory.mktemp("tiny-artifact")
     result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",

@@ -1,4 +1,5 @@
-"""Data: the synthetic data set, the Kaggle-layout loader and its validation report.
+"""Data: the synthetic data set, the Kaggle-layout loader, its validation report, and the
+training set as the trainer takes it (:func:`prepare_training_data`: one call).
 
 Kaggle's layout is ``seg_train/seg_train/<class>/*.jpg``,
 ``seg_test/seg_test/<class>/*.jpg`` and ``seg_pred/seg_pred/*.jpg``. The loader
@@ -14,8 +15,9 @@ import dataclasses
 import json
 import os
 import socket
+import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -430,8 +432,6 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
     """
     import shutil
 
-    from .training import stratified_split
-
     if not 0.0 < test_fraction < 1.0:
         raise DataError("test fraction must be between 0 and 1")
     folder = load_image_folder(src, "train" if (Path(src) / "seg_train").is_dir() else None)
@@ -455,6 +455,109 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
     (dest / "split.json").write_text(json.dumps({"source": str(folder.root), "test_fraction": test_fraction,
                                                  "seed": seed, "counts": counts}, indent=2) + "\n")
     return counts
+
+
+# --------------------------------------------------------------------------- the training set
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) with ``fraction`` of every class held out, fixed by ``seed``."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) > 1:
+            n_val = max(1, n_val)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
+                  desc: str = "decoding") -> np.ndarray:
+    """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
+    from tqdm.auto import tqdm
+
+    from .presets import load_rgb
+
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = load_rgb(files[i], size)
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(tqdm(pool.map(work, range(len(files))), total=len(files), desc=desc, unit="img",
+                  disable=not progress, mininterval=1.0))
+    return out
+
+
+def usable_files(folder: ImageFolder) -> tuple[list[Path], list[int], list[str]]:
+    """Files that decode (unreadable and empty ones are named and left out)."""
+    report = validate_folder(folder, expected_size=None, progress=False)
+    bad = set(report.problem_paths())
+    files = [f for f in folder.files if str(f) not in bad]
+    labels = [l for f, l in zip(folder.files, folder.labels) if str(f) not in bad]
+    return files, labels, sorted(bad)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What the trainer trains and validates on, decoded once per image size."""
+
+    classes: list[str]
+    train_images: dict[int, np.ndarray]  # size -> N x size x size x 3 uint8
+    train_labels: np.ndarray
+    val_images: dict[int, np.ndarray]
+    val_labels: np.ndarray
+    validation: str  # where the validation images come from, in words
+    seconds: float  # materialising, loading, checking and decoding
+    train_dir: str  # the class folders trained on (a shards channel's unpacked copy)
+    test_dir: str | None
+
+
+def prepare_training_data(train_dir: str | os.PathLike, test_dir: str | os.PathLike | None, sizes: Sequence[int],
+                          val_fraction: float = 0.1, seed: int = 0, max_train_images: int = 0, workers: int = 4,
+                          progress: bool = True, log: Callable[..., None] = lambda *a: None) -> TrainingData:
+    """The training set in one call: unpack a shards channel (tar files) or take class folders, leave out
+    files that do not decode, validate on ``test_dir`` or a stratified ``val_fraction`` of the training
+    data (fixed by ``seed``), keep at most ``max_train_images`` (0: all), and decode every image once at
+    each of ``sizes`` (PIL's resize, as evaluation and serving do)."""
+    t0 = time.perf_counter()
+    train_dir = str(materialize_shards(train_dir))
+    if test_dir:
+        test_dir = str(materialize_shards(test_dir))
+    train_folder = load_image_folder(train_dir, "train" if (Path(train_dir) / "seg_train").is_dir() else None)
+    classes = train_folder.classes
+    if not classes:
+        raise SystemExit(f"{train_dir} has no class folders; training needs <class>/*.jpg")
+    files, labels, skipped = usable_files(train_folder)
+    if skipped:
+        log(f"left out {len(skipped)} unreadable files, e.g. {skipped[0]}")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if test_dir:
+        test_folder = load_image_folder(test_dir, "test" if (Path(test_dir) / "seg_test").is_dir() else None,
+                                        classes=classes)
+        val_files, val_labels, _ = usable_files(test_folder)
+        train_idx = np.arange(len(files))
+        val_labels_arr = np.asarray(val_labels, dtype=np.int64)
+        validation = f"test channel {test_dir}"
+    else:
+        train_idx, val_idx = stratified_split(labels_arr, val_fraction, seed)
+        val_files = [files[i] for i in val_idx]
+        val_labels_arr = labels_arr[val_idx]
+        validation = f"stratified {val_fraction:.0%} of the training data (seed {seed})"
+    if max_train_images and len(train_idx) > max_train_images:
+        train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, max_train_images, replace=False))
+    train_files = [files[i] for i in train_idx]
+    train_images = {size: decode_images(train_files, size, workers, progress, f"decoding train {size}px")
+                    for size in sizes}
+    val_images = {size: decode_images(val_files, size, workers, progress, f"decoding validation {size}px")
+                  for size in sizes}
+    return TrainingData(classes, train_images, labels_arr[train_idx], val_images, val_labels_arr, validation,
+                        time.perf_counter() - t0, train_dir, test_dir)
 
 
 # --------------------------------------------------------------------------- fetch

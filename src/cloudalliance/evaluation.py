@@ -135,8 +135,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
 
     ``engine``: on a CPU, ``auto`` scores with ONNX Runtime (an export of the same weights, several
     times faster than PyTorch there) where it can; ``torch`` keeps PyTorch; ``onnx`` insists."""
-    from .data import load_image_folder, resolve_split
-    from .training import decode_images, predict, usable_files
+    from .data import decode_images, load_image_folder, resolve_split, usable_files
+    from .training import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -164,8 +164,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
 def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limit: int = 0, device: str = "auto",
                    progress: bool = False) -> list[dict[str, Any]]:
     """Predictions for unlabeled images (``seg_pred``): file, label, confidence."""
-    from .data import load_image_folder
-    from .training import decode_images, predict
+    from .data import decode_images, load_image_folder
+    from .training import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))

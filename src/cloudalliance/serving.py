@@ -304,8 +304,7 @@ def invoke(client, endpoint_name: str, image: bytes, content_type: str = "image/
 
 def check_images(data_root: str | os.PathLike, count: int, size: int) -> tuple[list[Path], np.ndarray]:
     """The first ``count`` test images (spread over the classes), decoded at ``size``."""
-    from .data import load_image_folder
-    from .training import decode_images
+    from .data import decode_images, load_image_folder
 
     folder = load_image_folder(data_root, "test")
     order = np.argsort(np.arange(len(folder)) % max(1, len(folder.classes)), kind="stable")  # round-robin

@@ -20,7 +20,9 @@ The model folder gets ``model.pt``, ``labels.json``, ``preprocess.json``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,6 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .data import TrainingData, prepare_training_data
 from .onnxrt import onnx_copy_or_none
 from .presets import Preprocess
 
@@ -197,54 +200,7 @@ def init_distributed(dist: Dist, device: str) -> None:
     td.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=dist.rank, world_size=dist.world)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation) with ``fraction`` of every class held out, fixed by ``seed``."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        rng.shuffle(idx)
-        n_val = int(round(len(idx) * fraction))
-        if fraction > 0 and len(idx) > 1:
-            n_val = max(1, n_val)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
-                  desc: str = "decoding") -> np.ndarray:
-    """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
-    import concurrent.futures as cf
-
-    from tqdm.auto import tqdm
-
-    from .presets import load_rgb
-
-    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        out[i] = load_rgb(files[i], size)
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(tqdm(pool.map(work, range(len(files))), total=len(files), desc=desc, unit="img",
-                  disable=not progress, mininterval=1.0))
-    return out
-
-
-def usable_files(folder) -> tuple[list[Path], list[int], list[str]]:
-    """Files that decode (unreadable and empty ones are named and left out)."""
-    from .data import validate_folder
-
-    report = validate_folder(folder, expected_size=None, progress=False)
-    bad = set(report.problem_paths())
-    files = [f for f in folder.files if str(f) not in bad]
-    labels = [l for f, l in zip(folder.files, folder.labels) if str(f) not in bad]
-    return files, labels, sorted(bad)
+# --------------------------------------------------------------------------- batches and stages
 
 
 def batches(n: int, batch_size: int, seed: int, epoch: int, dist: Dist, drop_last: bool = True) -> Iterator[np.ndarray]:
@@ -359,6 +315,10 @@ class WeightEma:
     Validation and the saved model use the average: it is steadier than the last step's weights,
     most of all early on, while the learning rate is still high. The decay ramps up as
     ``(1 + step) / (10 + step)`` so the first steps are not drowned by the initial weights.
+
+    The same idea as timm's ``ModelEmaV3`` and torch's ``swa_utils.AveragedModel``; kept because their
+    decay warm-up differs (``ModelEmaV3``: ``1 - (1 + step / gamma) ** -power``), which would change the
+    recipe's numbers, and ``swap`` exchanges the average with the live model instead of keeping a second module.
     """
 
     def __init__(self, model, decay: float):
@@ -565,16 +525,21 @@ def _amp_dtype(cfg: TrainConfig, device):
     return torch.bfloat16
 
 
-def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, checkpoint_dir: str,
-        test_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, validate each epoch, checkpoint, and write the model folder; return the metrics."""
+@dataclasses.dataclass
+class Runtime:
+    """Where this process trains: its rank, device, torch threads and mixed-precision type."""
+
+    dist: Dist
+    device: Any
+    threads: int
+    amp_dtype: Any = None
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Rank, device, threads and seed; joins the process group when there are several processes.
+    On a GPU with ``--device auto`` the default batch grows to 128 (``cfg`` is changed in place)."""
     import torch
 
-    from .data import load_image_folder, materialize_shards
-    from .models import WEIGHTS_NORMALIZATION, create_model
-    from .presets import resolve_preprocess
-
-    t_start = time.perf_counter()
     dist = dist_from_env()
     device = _resolve_device(cfg, dist)
     if cfg.device == "auto" and device.type == "cuda" and cfg.batch_size == TrainConfig.batch_size:
@@ -583,155 +548,147 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     init_distributed(dist, device.type)
-    amp_dtype = _amp_dtype(cfg, device)
+    return Runtime(dist, device, threads, _amp_dtype(cfg, device))
+
+
+def create_log(dist: Dist):
+    """``log(*parts)``: one ``[train]`` line on stderr from the main rank (tqdm.write keeps it on its own
+    line when a progress bar is showing); the other ranks stay quiet."""
     from tqdm.auto import tqdm
 
-    # tqdm.write keeps a message on its own line when a progress bar is showing
-    log = (lambda *a: tqdm.write(" ".join(["[train]", *map(str, a)]), file=sys.stderr)) if dist.main else (lambda *a: None)
+    if not dist.main:
+        return lambda *a: None
+    return lambda *a: tqdm.write(" ".join(["[train]", *map(str, a)]), file=sys.stderr)
 
-    if not train_dir:
-        raise SystemExit("No training data: set SM_CHANNEL_TRAIN or pass --train DIR")
-    t0 = time.perf_counter()
-    train_dir = str(materialize_shards(train_dir))  # a shards channel (tar files) or class folders
-    if test_dir:
-        test_dir = str(materialize_shards(test_dir))
-    train_folder = load_image_folder(train_dir, "train" if (Path(train_dir) / "seg_train").is_dir() else None)
-    classes = train_folder.classes
-    if not classes:
-        raise SystemExit(f"{train_dir} has no class folders; training needs <class>/*.jpg")
-    files, labels, skipped = usable_files(train_folder)
-    if skipped:
-        log(f"left out {len(skipped)} unreadable files, e.g. {skipped[0]}")
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    if test_dir:
-        test_folder = load_image_folder(test_dir, "test" if (Path(test_dir) / "seg_test").is_dir() else None,
-                                        classes=classes)
-        val_files, val_labels, _ = usable_files(test_folder)
-        train_idx = np.arange(len(files))
-        val_labels_arr = np.asarray(val_labels, dtype=np.int64)
-        validation = f"test channel {test_dir}"
-    else:
-        train_idx, val_idx = stratified_split(labels_arr, cfg.val_fraction, cfg.seed)
-        val_files = [files[i] for i in val_idx]
-        val_labels_arr = labels_arr[val_idx]
-        validation = f"stratified {cfg.val_fraction:.0%} of the training data (seed {cfg.seed})"
-    if cfg.max_train_images and len(train_idx) > cfg.max_train_images:
-        train_idx = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, cfg.max_train_images, replace=False))
-    train_files = [files[i] for i in train_idx]
-    train_labels = labels_arr[train_idx]
-    # every stage's size decoded once from the files (PIL's resize, as evaluation and serving do)
-    sizes = sorted({st.size for st in stages(cfg)})
-    train_sets = {size: decode_images(train_files, size, cfg.workers, progress and dist.main, f"decoding train {size}px")
-                  for size in sizes}
-    val_sets = {size: decode_images(val_files, size, cfg.workers, progress and dist.main, f"decoding validation {size}px")
-                for size in sizes}
-    train_images, val_images = train_sets[cfg.img_size], val_sets[cfg.img_size]
-    data_seconds = time.perf_counter() - t0
-    log(f"{len(train_images)} training and {len(val_images)} validation images ({validation}), "
-        f"decoded in {data_seconds:.1f} s; device {device}, {threads} threads, world size {dist.world}")
 
-    model, weights = create_model(cfg.arch, len(classes), cfg.pretrained)
-    prep = resolve_preprocess(model, cfg.img_size, normalization=WEIGHTS_NORMALIZATION.get(cfg.arch)
-                              if weights.startswith("imagenet (offline") else None)
-    frozen_params = freeze_blocks(model, cfg.freeze_blocks)
-    frozen_parts = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))
-                    and list(m.parameters(recurse=False))] if frozen_params else []
-    model = model.to(device).to(memory_format=torch.channels_last)
-    split = split_model(model, cfg.freeze_blocks, cfg.inference_engine, device, threads)
-    net = split
+def barrier(dist: Dist) -> None:
     if dist.world > 1:
+        import torch.distributed as td
+
+        td.barrier()
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclasses.dataclass
+class Recipe:
+    """What trains: the model with its frozen trunk, the optimizer, the loss and the weights' average."""
+
+    model: Any  # the timm model: its state is what is checkpointed and saved
+    split: Any  # the model with the frozen trunk run apart (by ONNX Runtime on a CPU where it can)
+    net: Any  # what the training steps call: ``split``, wrapped in DistributedDataParallel with several processes
+    frozen: list  # modules whose parameters are all frozen (they keep their BatchNorm statistics)
+    optimizer: Any
+    criterion: Any
+    ema: WeightEma | None
+    steps_per_epoch: int
+
+
+def create_recipe(model, cfg: TrainConfig, rt: Runtime, train_images: int) -> Recipe:
+    """Freeze the stem and the first ``cfg.freeze_blocks`` blocks, AdamW on the rest, label-smoothed
+    cross-entropy, and a moving average of the weights (``cfg.ema``, 0: none)."""
+    import torch
+
+    frozen_params = freeze_blocks(model, cfg.freeze_blocks)
+    frozen = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))
+              and list(m.parameters(recurse=False))] if frozen_params else []
+    model = model.to(rt.device).to(memory_format=torch.channels_last)
+    split = split_model(model, cfg.freeze_blocks, cfg.inference_engine, rt.device, rt.threads)
+    net = split
+    if rt.dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(split, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(split, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, (len(train_images) // dist.world) // rank_batch(cfg, dist))
-
-    def stage_scheduler(st: Stage):
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=st.lr, total_steps=st.epochs * steps_per_epoch,
-            pct_start=min(max(cfg.warmup_fraction, 0.01), 0.9), anneal_strategy="cos", div_factor=20,
-            final_div_factor=200)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ema = WeightEma(model, cfg.ema) if cfg.ema > 0 else None
+    steps_per_epoch = max(1, (train_images // rt.dist.world) // rank_batch(cfg, rt.dist))
+    return Recipe(model, split, net, frozen, optimizer, criterion, ema, steps_per_epoch)
 
-    config = {**cfg.to_dict(), "classes": classes, "weights": weights, "preprocess": prep.to_dict(),
-              "world_size": dist.world, "device": str(device), "threads": threads,
-              "train_images": int(len(train_images)), "val_images": int(len(val_images)), "validation": validation,
-              "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-              "frozen_layers_engine": getattr(split, "engine", "none"),
-              "train_dir": str(train_dir), "test_dir": str(test_dir or "")}
-    history: list[dict[str, Any]] = []
-    checks: list[dict[str, Any]] = []  # validations within epochs (--val-checks)
-    start_epoch = 0
-    checkpoint_path = Path(checkpoint_dir)
-    state = load_checkpoint(checkpoint_path, config)
+
+def create_scheduler(optimizer, stage: Stage, steps_per_epoch: int, cfg: TrainConfig):
+    """One cosine cycle per stage: warm up to the stage's peak learning rate, then anneal."""
+    import torch
+
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=stage.lr, total_steps=stage.epochs * steps_per_epoch,
+        pct_start=min(max(cfg.warmup_fraction, 0.01), 0.9), anneal_strategy="cos", div_factor=20,
+        final_div_factor=200)
+
+
+def start_stage(recipe: Recipe, stage: Stage, epoch: int, cfg: TrainConfig, state: dict[str, Any] | None, log):
+    """The stage's scheduler: continued from the checkpoint ``state`` when the run resumes within the
+    stage; otherwise a fresh cycle, and the weights' average starts over with it."""
+    scheduler = create_scheduler(recipe.optimizer, stage, recipe.steps_per_epoch, cfg)
+    if state is not None and state.get("stage", 0) == stage.index and epoch > stage.first_epoch:
+        scheduler.load_state_dict(state["scheduler"])  # resumed within this stage
+        for group, lr in zip(recipe.optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
+    elif recipe.ema is not None:
+        recipe.ema.steps = 0  # the average starts over with the stage
+    if len(stages(cfg)) > 1:
+        log(f"stage {stage.index + 1}: epochs {stage.first_epoch + 1}-{stage.first_epoch + stage.epochs} "
+            f"at {stage.size} px, peak learning rate {stage.lr:g}")
+    return scheduler
+
+
+@contextlib.contextmanager
+def averaged_weights(recipe: Recipe):
+    """The weights' average in the model for the ``with`` block (the weights themselves without one)."""
+    if recipe.ema is not None:
+        recipe.ema.swap(recipe.model)
+    try:
+        yield recipe.model
+    finally:
+        if recipe.ema is not None:
+            recipe.ema.swap(recipe.model)
+
+
+def evaluate(recipe: Recipe, images: np.ndarray, labels: np.ndarray, prep: Preprocess, size: int,
+             cfg: TrainConfig, rt: Runtime) -> dict[str, float]:
+    """Validation of the weights' average (or the weights), by ONNX Runtime on a CPU where it can."""
+    with averaged_weights(recipe) as model:
+        fast = onnx_copy_or_none(model, size, cfg.inference_engine, rt.device.type, rt.threads) if len(images) else None
+        return evaluate_split(fast or recipe.split, images, labels, prep, rt.device, rt.dist, cfg, rt.amp_dtype)
+
+
+def check_within_epoch(fraction: float, *, epoch: int, validate, checks: list[dict[str, Any]], t_start: float,
+                       log) -> None:
+    """A validation part-way through ``epoch`` (``--val-checks``), appended to ``checks``."""
+    result = validate()
+    if result:
+        checks.append({"epoch": round(epoch + fraction, 3), "elapsed_seconds": time.perf_counter() - t_start,
+                       "val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]})
+        log(f"epoch {epoch + fraction:.2f}: val accuracy {result['val_accuracy']:.4f}")
+
+
+def resume(folder: Path, config: dict[str, Any], recipe: Recipe, log) -> dict[str, Any] | None:
+    """Load the last checkpoint made with ``config`` into the recipe; return its state (None: start over)."""
+    state = load_checkpoint(folder, config)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        checks = state.get("checks", [])
-        log(f"resumed from {checkpoint_path / CHECKPOINT_NAME} after epoch {start_epoch}")
+        recipe.model.load_state_dict(state["model"])
+        recipe.optimizer.load_state_dict(state["optimizer"])
+        if recipe.ema is not None and state.get("ema"):
+            recipe.ema.load_state_dict(state["ema"])
+        log(f"resumed from {folder / CHECKPOINT_NAME} after epoch {state['epoch'] + 1}")
+    return state
 
-    def validate() -> dict[str, float]:
-        """Validation of the weights' average (or the weights), by ONNX Runtime on a CPU where it can."""
-        if ema is not None:
-            ema.swap(model)
-        fast = onnx_copy_or_none(model, stage.size, cfg.inference_engine, device.type, threads) if len(val_images) else None
-        result = evaluate_split(fast or split, val_images, val_labels_arr, prep, device, dist, cfg, amp_dtype)
-        if ema is not None:
-            ema.swap(model)
-        return result
 
-    def mid_epoch_check(fraction: float) -> None:
-        result = validate()
-        if result:
-            checks.append({"epoch": round(epoch + fraction, 3), "elapsed_seconds": time.perf_counter() - t_start,
-                           "val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]})
-            log(f"epoch {epoch + fraction:.2f}: val accuracy {result['val_accuracy']:.4f}")
+def checkpoint_state(recipe: Recipe, scheduler, stage: Stage, epoch: int, history: list, checks: list,
+                     config: dict[str, Any]) -> dict[str, Any]:
+    return {"model": recipe.model.state_dict(), "optimizer": recipe.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "stage": stage.index, "epoch": epoch,
+            "ema": recipe.ema.state_dict() if recipe.ema is not None else None,
+            "history": history, "checks": checks, "config": config}
 
-    scheduler, stage = None, None
-    for epoch in range(start_epoch, cfg.epochs):
-        if stage is None or stage_of(cfg, epoch).index != stage.index:
-            stage = stage_of(cfg, epoch)
-            scheduler = stage_scheduler(stage)
-            if state is not None and state.get("stage", 0) == stage.index and epoch > stage.first_epoch:
-                scheduler.load_state_dict(state["scheduler"])  # resumed within this stage
-                for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
-                    group["lr"] = lr
-            elif ema is not None:
-                ema.steps = 0  # the average starts over with the stage
-            train_images, val_images = train_sets[stage.size], val_sets[stage.size]
-            if len(stages(cfg)) > 1:
-                log(f"stage {stage.index + 1}: epochs {stage.first_epoch + 1}-{stage.first_epoch + stage.epochs} "
-                    f"at {stage.size} px, peak learning rate {stage.lr:g}")
-        stats = train_one_epoch(net, train_images, train_labels, optimizer, scheduler, criterion, cfg, prep, device,
-                                epoch, dist, frozen_parts, progress, amp_dtype, ema, model, cfg.val_checks,
-                                mid_epoch_check if len(val_images) else None)
-        stats.update(validate())
-        stats.update(epoch=epoch + 1, img_size=stage.size, stage=stage.index)
-        stats["epoch_seconds"] = stats["train_seconds"] + stats.get("val_seconds", 0.0)
-        stats["elapsed_seconds"] = time.perf_counter() - t_start
-        history.append(stats)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
-            f"val accuracy {stats.get('val_accuracy', float('nan')):.4f}, {stats['images_per_s']:.1f} img/s, "
-            f"{stats['epoch_seconds']:.1f} s")
-        if dist.main:
-            save_checkpoint(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "stage": stage.index,
-                                              "epoch": epoch,
-                                              "ema": ema.state_dict() if ema is not None else None,
-                                              "history": history, "checks": checks, "config": config})
-        if dist.world > 1:
-            import torch.distributed as td
 
-            td.barrier()
-
-    total = time.perf_counter() - t_start
+def summarize(history: list[dict[str, Any]], checks: list, data_seconds: float, total: float,
+              start_epoch: int) -> dict[str, Any]:
+    """``metrics.json``: the per-epoch history and the run's totals."""
     train_seconds = sum(h["train_seconds"] for h in history)
-    metrics = {
+    return {
         "history": history,
         "data_load_seconds": data_seconds,
         "epoch_seconds": [h["epoch_seconds"] for h in history],
@@ -742,16 +699,79 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
         "checks": checks,
         "resumed_from_epoch": start_epoch,
     }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, checkpoint_dir: str,
+        test_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train, validate each epoch, checkpoint, and write the model folder; return the metrics."""
+    from .models import WEIGHTS_NORMALIZATION, create_model
+    from .presets import resolve_preprocess
+
+    t_start = time.perf_counter()
+    rt = setup_runtime(cfg)
+    dist, log = rt.dist, create_log(rt.dist)
+    if not train_dir:
+        raise SystemExit("No training data: set SM_CHANNEL_TRAIN or pass --train DIR")
+    data = prepare_training_data(train_dir, test_dir, sorted({st.size for st in stages(cfg)}), cfg.val_fraction,
+                                 cfg.seed, cfg.max_train_images, cfg.workers, progress and dist.main, log)
+    n_train, n_val = len(data.train_images[cfg.img_size]), len(data.val_images[cfg.img_size])
+    log(f"{n_train} training and {n_val} validation images ({data.validation}), "
+        f"decoded in {data.seconds:.1f} s; device {rt.device}, {rt.threads} threads, world size {dist.world}")
+
+    model, weights = create_model(cfg.arch, len(data.classes), cfg.pretrained)
+    prep = resolve_preprocess(model, cfg.img_size, normalization=WEIGHTS_NORMALIZATION.get(cfg.arch)
+                              if weights.startswith("imagenet (offline") else None)
+    recipe = create_recipe(model, cfg, rt, n_train)
+    config = {**cfg.to_dict(), "classes": data.classes, "weights": weights, "preprocess": prep.to_dict(),
+              "world_size": dist.world, "device": str(rt.device), "threads": rt.threads,
+              "train_images": n_train, "val_images": n_val, "validation": data.validation,
+              "amp": str(rt.amp_dtype).replace("torch.", "") if rt.amp_dtype else "off",
+              "frozen_layers_engine": getattr(recipe.split, "engine", "none"),
+              "train_dir": str(data.train_dir), "test_dir": str(data.test_dir or "")}
+    checkpoint_path = Path(checkpoint_dir)
+    state = resume(checkpoint_path, config, recipe, log)
+    history, checks, start_epoch = (state["history"], state.get("checks", []), state["epoch"] + 1) if state else ([], [], 0)
+
+    scheduler, stage = None, None
+    for epoch in range(start_epoch, cfg.epochs):
+        if stage is None or stage_of(cfg, epoch).index != stage.index:
+            stage = stage_of(cfg, epoch)
+            scheduler = start_stage(recipe, stage, epoch, cfg, state, log)
+        val_images = data.val_images[stage.size]
+        validate = functools.partial(evaluate, recipe, val_images, data.val_labels, prep, stage.size, cfg, rt)
+        on_check = functools.partial(check_within_epoch, epoch=epoch, validate=validate, checks=checks,
+                                     t_start=t_start, log=log) if len(val_images) else None
+        stats = train_one_epoch(recipe.net, data.train_images[stage.size], data.train_labels, recipe.optimizer,
+                                scheduler, recipe.criterion, cfg, prep, rt.device, epoch, dist, recipe.frozen, progress,
+                                rt.amp_dtype, recipe.ema, recipe.model, cfg.val_checks, on_check)
+        stats.update(validate())
+        stats.update(epoch=epoch + 1, img_size=stage.size, stage=stage.index)
+        stats["epoch_seconds"] = stats["train_seconds"] + stats.get("val_seconds", 0.0)
+        stats["elapsed_seconds"] = time.perf_counter() - t_start
+        history.append(stats)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
+            f"val accuracy {stats.get('val_accuracy', float('nan')):.4f}, {stats['images_per_s']:.1f} img/s, "
+            f"{stats['epoch_seconds']:.1f} s")
+        if dist.main:
+            save_checkpoint(checkpoint_path, checkpoint_state(recipe, scheduler, stage, epoch, history, checks, config))
+        barrier(dist)
+
+    total = time.perf_counter() - t_start
+    metrics = summarize(history, checks, data.seconds, total, start_epoch)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every rank says what it trained on (evidence that all of them took part)
     (out / f"rank-{dist.rank}.json").write_text(json.dumps(
         {"rank": dist.rank, "world_size": dist.world, "host": os.environ.get("SM_CURRENT_HOST", ""),
-         "steps_per_epoch": steps_per_epoch, "epochs_run": len(history) - len(state["history"] if state else [])}) + "\n")
-    if ema is not None:
-        ema.swap(model)  # the average is what was validated: save it
+         "steps_per_epoch": recipe.steps_per_epoch,
+         "epochs_run": len(history) - len(state["history"] if state else [])}) + "\n")
+    if recipe.ema is not None:
+        recipe.ema.swap(recipe.model)  # the average is what was validated: save it
     if dist.main:
-        write_model_dir(Path(model_dir), model, classes, prep, config, metrics)
+        write_model_dir(Path(model_dir), recipe.model, data.classes, prep, config, metrics)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log(f"model written to {model_dir} in {total:.1f} s")
     if dist.world > 1:

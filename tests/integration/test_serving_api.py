@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
 from cloudalliance import api, launch, serving, services  # noqa: E402
-from cloudalliance.training import decode_images  # noqa: E402
+from cloudalliance.data import decode_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -108,3 +108,38 @@ def test_split_folder_is_stratified_linked_and_rerunnable(synthetic_root, tmp_pa
     assert again == counts
     train_names = {p.name for p in (tmp_path / "split" / "train" / "sea").iterdir()}
     assert not train_names & {p.name for p in (tmp_path / "split" / "test" / "sea").iterdir()}
+
+
+def test_data_does_not_import_training():
+    """Data flows one way: the data layer never reaches back into the trainer."""
+    import subprocess
+    import sys
+
+    code = "import sys, cloudalliance.data; print('cloudalliance.training' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_prepare_training_data_splits_and_decodes_each_size_once(synthetic_root):
+    import numpy as np
+
+    from cloudalliance.data import prepare_training_data, stratified_split, usable_files
+
+    lines = []
+    data = prepare_training_data(synthetic_root, None, [32, 48], val_fraction=0.25, seed=3, workers=2,
+                                 progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert data.classes == list(CLASSES)
+    assert sorted(data.train_images) == sorted(data.val_images) == [32, 48]
+    assert data.train_images[32].shape[1:] == (32, 32, 3) and data.val_images[48].shape[1:] == (48, 48, 3)
+    assert data.train_images[32].dtype == np.uint8
+    files, labels, skipped = usable_files(load_image_folder(synthetic_root, "train"))
+    assert skipped and any("left out" in line for line in lines), "unreadable files are named and left out"
+    train_idx, val_idx = stratified_split(np.asarray(labels), 0.25, 3)
+    assert len(data.train_labels) == len(data.train_images[48]) == len(train_idx)
+    assert (data.val_labels == np.asarray(labels)[val_idx]).all()
+    assert "stratified 25%" in data.validation and data.seconds > 0
+    assert data.test_dir is None
+
+    capped = prepare_training_data(synthetic_root, synthetic_root, [32], max_train_images=10, progress=False)
+    assert len(capped.train_labels) == 10 and len(capped.val_labels) == 3 * len(CLASSES)
+    assert capped.validation.startswith("test channel")

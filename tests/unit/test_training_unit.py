@@ -3,19 +3,19 @@ import json
 import numpy as np
 import pytest
 
-from cloudalliance import launch, prices, training
+from cloudalliance import data, launch, prices, training
 from cloudalliance.evaluation import EvaluationResult
 
 
 def test_stratified_split_holds_out_every_class_reproducibly():
     labels = np.repeat(np.arange(6), [50, 40, 30, 20, 10, 3])
-    train, val = training.stratified_split(labels, 0.1, seed=3)
+    train, val = data.stratified_split(labels, 0.1, seed=3)
     assert not set(train) & set(val) and len(train) + len(val) == len(labels)
     assert sorted(np.unique(labels[val])) == list(range(6)), "every class is in the validation split"
     assert [int((labels[val] == k).sum()) for k in range(6)] == [5, 4, 3, 2, 1, 1]
-    again = training.stratified_split(labels, 0.1, seed=3)
+    again = data.stratified_split(labels, 0.1, seed=3)
     assert (again[1] == val).all()
-    assert not (training.stratified_split(labels, 0.1, seed=4)[1] == val).all()
+    assert not (data.stratified_split(labels, 0.1, seed=4)[1] == val).all()
 
 
 def test_batches_shard_one_permutation_across_ranks():
