@@ -15,6 +15,13 @@ Run it as ``python -m cloudalliance.training [--flags]`` (SageMaker runs the
 
 The model folder gets ``model.pt``, ``labels.json``, ``preprocess.json``,
 ``config.json`` (the resolved configuration) and ``metrics.json`` (per epoch).
+
+:func:`run` reads top to bottom: the training set in one call into the data layer
+(:func:`cloudalliance.data.prepare_training_data`), the model and its recipe
+(:func:`create_recipe`: frozen trunk, optimizer, loss, weight average; one
+:func:`start_stage` per stage of :func:`stages`), :func:`resume` from a checkpoint,
+then per epoch :func:`train_one_epoch`, :func:`evaluate` and a checkpoint, and the
+model folder last (:func:`write_model_dir`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .data import TrainingData, prepare_training_data
+from .data import prepare_training_data
 from .onnxrt import onnx_copy_or_none
 from .presets import Preprocess
 
