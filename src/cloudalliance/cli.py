@@ -159,7 +159,7 @@ def cmd_s3_verify(args: argparse.Namespace) -> int:
 
 _HP_FLAGS = ("preset", "arch", "pretrained", "epochs", "img_size", "first_epochs", "first_size", "batch_size", "lr",
              "freeze_blocks", "ema", "seed",
-             "val_fraction", "max_train_images")
+             "val_fraction", "max_train_images", "fit")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -193,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       device=args.device, progress=not args.quiet, engine=args.engine)
     if args.json:
         write_json(result, args.json)
-    print(f"accuracy {result.accuracy:.4f} on {len(result.labels)} images "
+    print(f"accuracy {result.accuracy_text()} "
           f"(macro F1 {result.macro_f1():.4f}, {len(result.labels) / max(result.predict_seconds, 1e-9):.0f} images/s)")
     for cls, v in result.per_class().items():
         print(f"  {cls:<10} precision {v['precision']:.3f}  recall {v['recall']:.3f}  f1 {v['f1']:.3f}  n={v['support']}")
@@ -437,6 +437,20 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_fit(args: argparse.Namespace) -> int:
+    from .evaluation import compare_fits
+    from .stats import format_accuracy
+
+    rows = compare_fits(args.model_dir, args.data_dir, args.aspects, args.fits, args.limit, args.seed,
+                        progress=not args.json)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(f"aspect {row['aspect']:<5g} {row['fit']:<7} {format_accuracy(row['correct'], row['images'])}")
+    return 0
+
+
 def cmd_bench_api(args: argparse.Namespace) -> int:
     from .loadtest import HEADER, load_record, payload_from_args, run_load
     from .records import write_record
@@ -609,6 +623,8 @@ def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--max-train-images", type=int)
+    p.add_argument("--fit", choices=["squash", "crop", "pad"],
+                   help="how non-square images become the model's square (training, evaluation and serving)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -785,6 +801,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.92, help="validation accuracy to time (default 0.92)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser("fit", help="accuracy on non-square crops of labeled images: squash vs crop vs pad")
+    p.add_argument("--model-dir", required=True, help="model folder or model.tar.gz")
+    p.add_argument("--data-dir", required=True, help="labeled class folders")
+    p.add_argument("--aspects", type=float, nargs="+", default=[0.75, 1.33, 1.78],
+                   help="width / height of the crops (1.78 = 16:9 landscape, 0.75 = 3:4 portrait)")
+    p.add_argument("--fits", nargs="+", choices=["squash", "crop", "pad"], default=None)
+    p.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_fit)
 
     p = bench.add_parser("api", help="closed-loop load on the prediction API: req/s, p50/p95/p99, errors per status")
     p.add_argument("--api", required=True, help="the API URL, ending in /predict")

@@ -477,7 +477,7 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 
 
 def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
-                  desc: str = "decoding") -> np.ndarray:
+                  desc: str = "decoding", fit: str = "squash", interpolation: str = "bilinear") -> np.ndarray:
     """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
     from tqdm.auto import tqdm
 
@@ -486,7 +486,7 @@ def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: 
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = load_rgb(files[i], size)
+        out[i] = load_rgb(files[i], size, interpolation, fit=fit)
 
     with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(tqdm(pool.map(work, range(len(files))), total=len(files), desc=desc, unit="img",
@@ -520,11 +520,12 @@ class TrainingData:
 
 def prepare_training_data(train_dir: str | os.PathLike, test_dir: str | os.PathLike | None, sizes: Sequence[int],
                           val_fraction: float = 0.1, seed: int = 0, max_train_images: int = 0, workers: int = 4,
-                          progress: bool = True, log: Callable[..., None] = lambda *a: None) -> TrainingData:
+                          progress: bool = True, log: Callable[..., None] = lambda *a: None,
+                          fit: str = "squash") -> TrainingData:
     """The training set in one call: unpack a shards channel (tar files) or take class folders, leave out
     files that do not decode, validate on ``test_dir`` or a stratified ``val_fraction`` of the training
     data (fixed by ``seed``), keep at most ``max_train_images`` (0: all), and decode every image once at
-    each of ``sizes`` (PIL's resize, as evaluation and serving do)."""
+    each of ``sizes`` (PIL's resize and the same ``fit`` of non-square images as evaluation and serving)."""
     t0 = time.perf_counter()
     train_dir = str(materialize_shards(train_dir))
     if test_dir:
@@ -552,9 +553,9 @@ def prepare_training_data(train_dir: str | os.PathLike, test_dir: str | os.PathL
     if max_train_images and len(train_idx) > max_train_images:
         train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, max_train_images, replace=False))
     train_files = [files[i] for i in train_idx]
-    train_images = {size: decode_images(train_files, size, workers, progress, f"decoding train {size}px")
+    train_images = {size: decode_images(train_files, size, workers, progress, f"decoding train {size}px", fit)
                     for size in sizes}
-    val_images = {size: decode_images(val_files, size, workers, progress, f"decoding validation {size}px")
+    val_images = {size: decode_images(val_files, size, workers, progress, f"decoding validation {size}px", fit)
                   for size in sizes}
     return TrainingData(classes, train_images, labels_arr[train_idx], val_images, val_labels_arr, validation,
                         time.perf_counter() - t0, train_dir, test_dir)

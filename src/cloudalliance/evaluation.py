@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .presets import Preprocess
+from .stats import format_accuracy, wilson_interval
 
 
 @dataclasses.dataclass
@@ -74,6 +75,17 @@ class EvaluationResult:
     def accuracy(self) -> float:
         return float((self.predictions == self.labels).mean()) if len(self.labels) else 0.0
 
+    @property
+    def correct(self) -> int:
+        return int((self.predictions == self.labels).sum())
+
+    def accuracy_interval(self) -> tuple[float, float]:
+        """The accuracy's 95 % Wilson interval."""
+        return wilson_interval(self.correct, len(self.labels))
+
+    def accuracy_text(self) -> str:
+        return format_accuracy(self.correct, len(self.labels))
+
     def confusion(self) -> np.ndarray:
         k = len(self.classes)
         cm = np.zeros((k, k), dtype=np.int64)
@@ -107,6 +119,7 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "accuracy_ci95": list(self.accuracy_interval()),
             "macro_f1": self.macro_f1(),
             "images": int(len(self.labels)),
             "classes": self.classes,
@@ -150,7 +163,8 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
         raise ValueError(f"{folder.root} has no class folders; evaluation needs labeled images")
     files, labels, skipped = usable_files(folder)
     t0 = time.perf_counter()
-    images = decode_images(files, loaded.preprocess.size, workers, progress, "decoding")
+    prep = loaded.preprocess
+    images = decode_images(files, prep.size, workers, progress, "decoding", prep.fit, prep.interpolation)
     decode_seconds = time.perf_counter() - t0
     use_tta = loaded.config.get("tta", True) if tta is None else tta
     from .onnxrt import onnx_copy_or_none
@@ -159,6 +173,63 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
     preds = predict(scorer, images, loaded.preprocess, dev, batch_size, use_tta, progress=progress)
     return EvaluationResult(loaded.classes, [str(f) for f in files], np.asarray(labels), preds.probabilities,
                             decode_seconds, preds.seconds, skipped)
+
+
+def rectangular_crop(img, aspect: float, rng: np.random.Generator):
+    """A crop of ``img`` with width/height ``aspect`` (landscape above 1, portrait below) whose long side is the
+    image's own, at a random position: what a non-square photo of the same scene looks like."""
+    width, height = img.size
+    if aspect >= 1:
+        w, h = width, max(1, round(width / aspect))
+        h = min(h, height)
+    else:
+        w, h = max(1, round(height * aspect)), height
+        w = min(w, width)
+    left = int(rng.integers(0, width - w + 1))
+    top = int(rng.integers(0, height - h + 1))
+    return img.crop((left, top, left + w, top + h))
+
+
+def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspects: Sequence[float] = (0.75, 1.33, 1.78),
+                 fits: Sequence[str] | None = None, limit: int = 0, seed: int = 0, device: str = "auto",
+                 engine: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
+    """Accuracy of a model on non-square versions of labeled images, per aspect ratio and per way of making
+    them square (:data:`cloudalliance.presets.FITS`): the measurement behind the ``fit`` that training,
+    evaluation and serving share. Each image gets one random crop per aspect (the same for every fit).
+    Returns rows of aspect, fit, accuracy with its 95 % interval and images."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .data import load_image_folder, usable_files
+    from .onnxrt import onnx_copy_or_none
+    from .presets import FITS, _to_rgb, fit_square
+    from .training import predict
+
+    dev = _device(device)
+    loaded = load_model(model_dir, str(dev))
+    folder = load_image_folder(Path(data_dir), None, classes=loaded.classes)
+    files, labels, _ = usable_files(folder)
+    if limit:
+        files, labels = files[:limit], labels[:limit]
+    labels = np.asarray(labels)
+    prep = loaded.preprocess
+    scorer = onnx_copy_or_none(loaded.model, prep.size, engine, dev.type) or loaded.model
+    tta = loaded.config.get("tta", True)
+    fits = list(fits or FITS)
+    rows = []
+    for aspect in aspects:
+        rng = np.random.default_rng(seed)
+        crops = []
+        for f in tqdm(files, desc=f"aspect {aspect:g}", unit="img", disable=not progress, mininterval=1.0):
+            with Image.open(f) as img:
+                crops.append(rectangular_crop(_to_rgb(img), aspect, rng))
+        for fit in fits:
+            images = np.stack([np.asarray(fit_square(c, prep.size, fit, prep.interpolation)) for c in crops])
+            correct = int((predict(scorer, images, prep, dev, tta=tta).labels == labels).sum())
+            low, high = wilson_interval(correct, len(labels))
+            rows.append({"aspect": aspect, "fit": fit, "accuracy": correct / max(1, len(labels)),
+                         "ci95": [low, high], "correct": correct, "images": int(len(labels))})
+    return rows
 
 
 def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limit: int = 0, device: str = "auto",
@@ -171,7 +242,8 @@ def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limi
     loaded = load_model(model_dir, str(dev))
     found = load_image_folder(folder)
     files = found.files[:limit] if limit else found.files
-    images = decode_images(files, loaded.preprocess.size, progress=progress)
+    prep = loaded.preprocess
+    images = decode_images(files, prep.size, progress=progress, fit=prep.fit, interpolation=prep.interpolation)
     probs = predict(loaded.model, images, loaded.preprocess, dev, tta=loaded.config.get("tta", True)).probabilities
     return [{"file": str(f), "label": loaded.classes[int(p.argmax())], "confidence": float(p.max())}
             for f, p in zip(files, probs)]

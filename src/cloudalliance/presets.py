@@ -26,6 +26,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    fit: str = "squash"  # how a non-square image becomes size x size: see FITS
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -34,8 +35,11 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        fit = data.get("fit", "squash")  # artifacts made before the choice existed squashed
+        if fit not in FITS:
+            raise ValueError(f"Unknown fit {fit!r} in the preprocessing config; choose one of: {', '.join(FITS)}")
         return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
-                   interpolation=data.get("interpolation", "bilinear"))
+                   interpolation=data.get("interpolation", "bilinear"), fit=fit)
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / PREPROCESS_FILE
@@ -51,7 +55,8 @@ class Preprocess:
 
 
 def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear",
-                       normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> Preprocess:
+                       normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                       fit: str = "squash") -> Preprocess:
     """Mean and std of the weights (``normalization``, where their source says), else from the model's pretrained
     config; the size is ours (the images are 150 px)."""
     if normalization is None:
@@ -61,10 +66,36 @@ def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear",
         normalization = (cfg["mean"], cfg["std"])
     mean, std = normalization
     return Preprocess(size=int(img_size), mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std),
-                      interpolation=interpolation)
+                      interpolation=interpolation, fit=fit)
 
 
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}
+
+# How a non-square image is brought to the model's square: ``squash`` resizes it whole (its aspect changes),
+# ``crop`` takes the centred square of its shorter side (its edges are lost), ``pad`` fits it whole inside a
+# square of mid-grey (0 after the [-1, 1] scaling). Square images, like Intel's 150x150, are the same in all three.
+FITS = ("squash", "crop", "pad")
+
+
+def fit_square(img, size: int, fit: str = "squash", interpolation: str = "bilinear"):
+    """A PIL image as ``size`` x ``size`` by ``fit`` (:data:`FITS`)."""
+    from PIL import Image
+
+    resample = _PIL_RESAMPLE.get(interpolation, 2)
+    width, height = img.size
+    if fit not in FITS:
+        raise ValueError(f"Unknown fit {fit!r}; choose one of: {', '.join(FITS)}")
+    if width != height and fit == "crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    elif width != height and fit == "pad":
+        scale = size / max(width, height)
+        inner = img.resize((max(1, round(width * scale)), max(1, round(height * scale))), resample)
+        canvas = Image.new("RGB", (size, size), (127, 127, 127))
+        canvas.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
+        return canvas
+    return img if img.size == (size, size) else img.resize((size, size), resample)
 
 MAX_PIXELS_ENV = "CLOUDALLIANCE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo fits three times over; Intel's images are 150x150
@@ -111,7 +142,7 @@ def _to_rgb(img):
 
 
 def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = "bilinear",
-             pixel_cap: int | None = None) -> np.ndarray:
+             pixel_cap: int | None = None, fit: str = "squash") -> np.ndarray:
     """Decode an image file or bytes to an ``HxWx3`` uint8 array of ``size`` px (RGB, any input mode).
 
     The one decoder that training, evaluation and serving share, so all three see the same pixels:
@@ -129,6 +160,7 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
     - the EXIF Orientation is applied (``ImageOps.exif_transpose``), so a phone photo taken upright is seen
       upright, as every viewer shows it;
     - CMYK, palette (with or without alpha), LA, 16-bit grey, animated GIF (first frame) all become RGB;
+    - a non-square image is brought to the square by ``fit`` (:func:`fit_square`);
       a truncated or unreadable file raises PIL's own error (``OSError``/``UnidentifiedImageError``).
     """
     import warnings
@@ -155,10 +187,7 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
                                 f"the limit for formats decoded at full size is {max_decode_pixels() / 1e6:.0f} MP")
         if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-        if img.size != (size, size):
-            img = img.resize((size, size), _PIL_RESAMPLE.get(interpolation, 2))
-        return np.asarray(img, dtype=np.uint8)
+        return np.asarray(fit_square(_to_rgb(img), size, fit, interpolation), dtype=np.uint8)
 
 
 def to_tensor_batch(images: np.ndarray | Sequence[np.ndarray], cfg: Preprocess):

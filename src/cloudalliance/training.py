@@ -42,7 +42,8 @@ import numpy as np
 
 from .data import prepare_training_data
 from .onnxrt import onnx_copy_or_none
-from .presets import Preprocess
+from .presets import FITS, Preprocess
+from .stats import format_accuracy
 
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 CHECKPOINT_NAME = "last.pt"
@@ -75,6 +76,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (on for cuda) | on | off
     val_checks: int = 2  # validations per epoch (the last at its end): finer learning curves, time to accuracy
     tta: bool = True  # horizontal-flip test-time augmentation at evaluation
+    fit: str = "squash"  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
     max_train_images: int = 0  # 0: all (for quick runs)
     workers: int = 4  # decoding threads
 
@@ -132,6 +134,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     add("--val-checks", type=int, default=d.val_checks,
         help="validations per epoch, the last at its end (finer learning curves and time to accuracy)")
     add("--tta", default=str(d.tta).lower(), choices=["true", "false"])
+    add("--fit", default=d.fit, choices=list(FITS),
+        help="how a non-square image becomes the model's square, in training, evaluation and serving alike")
     add("--max-train-images", type=int, default=d.max_train_images)
     add("--workers", type=int, default=d.workers)
     # the contract's folders, overridable for runs outside SageMaker
@@ -477,7 +481,8 @@ def evaluate_split(model, images, labels, prep, device, dist: Dist, cfg: TrainCo
 
         td.all_reduce(stats)
     loss, correct, n, seconds = (float(v) for v in stats)
-    return {"val_loss": loss / n, "val_accuracy": correct / n, "val_images": int(n), "val_seconds": seconds / dist.world}
+    return {"val_loss": loss / n, "val_accuracy": correct / n, "val_correct": int(correct), "val_images": int(n),
+            "val_seconds": seconds / dist.world}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -670,7 +675,8 @@ def check_within_epoch(fraction: float, *, epoch: int, validate, checks: list[di
     if result:
         checks.append({"epoch": round(epoch + fraction, 3), "elapsed_seconds": time.perf_counter() - t_start,
                        "val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]})
-        log(f"epoch {epoch + fraction:.2f}: val accuracy {result['val_accuracy']:.4f}")
+        accuracy = format_accuracy(result["val_correct"], result["val_images"])
+        log(f"epoch {epoch + fraction:.2f}: val accuracy {accuracy}")
 
 
 def resume(folder: Path, config: dict[str, Any], recipe: Recipe, log) -> dict[str, Any] | None:
@@ -725,14 +731,14 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
     if not train_dir:
         raise SystemExit("No training data: set SM_CHANNEL_TRAIN or pass --train DIR")
     data = prepare_training_data(train_dir, test_dir, sorted({st.size for st in stages(cfg)}), cfg.val_fraction,
-                                 cfg.seed, cfg.max_train_images, cfg.workers, progress and dist.main, log)
+                                 cfg.seed, cfg.max_train_images, cfg.workers, progress and dist.main, log, cfg.fit)
     n_train, n_val = len(data.train_images[cfg.img_size]), len(data.val_images[cfg.img_size])
     log(f"{n_train} training and {n_val} validation images ({data.validation}), "
         f"decoded in {data.seconds:.1f} s; device {rt.device}, {rt.threads} threads, world size {dist.world}")
 
     model, weights = create_model(cfg.arch, len(data.classes), cfg.pretrained)
     prep = resolve_preprocess(model, cfg.img_size, normalization=WEIGHTS_NORMALIZATION.get(cfg.arch)
-                              if weights.startswith("imagenet (offline") else None)
+                              if weights.startswith("imagenet (offline") else None, fit=cfg.fit)
     recipe = create_recipe(model, cfg, rt, n_train)
     config = {**cfg.to_dict(), "classes": data.classes, "weights": weights, "preprocess": prep.to_dict(),
               "world_size": dist.world, "device": str(rt.device), "threads": rt.threads,
@@ -762,7 +768,8 @@ def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, check
         stats["elapsed_seconds"] = time.perf_counter() - t_start
         history.append(stats)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
-            f"val accuracy {stats.get('val_accuracy', float('nan')):.4f}, {stats['images_per_s']:.1f} img/s, "
+            f"val accuracy {format_accuracy(stats.get('val_correct', 0), stats.get('val_images', 0))}, "
+            f"{stats['images_per_s']:.1f} img/s, "
             f"{stats['epoch_seconds']:.1f} s")
         if dist.main:
             save_checkpoint(checkpoint_path, checkpoint_state(recipe, scheduler, stage, epoch, history, checks, config))

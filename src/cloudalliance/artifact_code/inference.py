@@ -97,7 +97,7 @@ def predict_fn(input_data, model):
     cfg = model["preprocess"]
     if isinstance(input_data, (bytes, bytearray)):
         try:
-            images = load_rgb(bytes(input_data), cfg.size, cfg.interpolation)[None]
+            images = load_rgb(bytes(input_data), cfg.size, cfg.interpolation, fit=cfg.fit)[None]
         except ImageTooLarge as exc:  # refused from the header, before decoding: a decompression bomb
             raise UnsupportedInput(str(exc), 413) from None
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad files
