@@ -286,6 +286,18 @@ def per_class_table(result: EvaluationResult):
     return table.round(3)
 
 
+def fit_table(rows: Sequence[dict[str, Any]]):
+    """:func:`compare_fits` as a table: one row per aspect ratio, one column per fit (accuracy and 95 % interval)."""
+    import pandas as pd
+
+    cells = {(r["aspect"], r["fit"]): f"{r['accuracy']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})" for r in rows}
+    aspects = sorted({r["aspect"] for r in rows})
+    fits = list(dict.fromkeys(r["fit"] for r in rows))
+    table = pd.DataFrame([[cells[(a, f)] for f in fits] for a in aspects], index=aspects, columns=fits)
+    table.index.name = "width / height"
+    return table
+
+
 def top_predictions(items: Sequence[dict[str, Any]]):
     import pandas as pd
 

@@ -76,7 +76,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (on for cuda) | on | off
     val_checks: int = 2  # validations per epoch (the last at its end): finer learning curves, time to accuracy
     tta: bool = True  # horizontal-flip test-time augmentation at evaluation
-    fit: str = "squash"  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
+    fit: str = "pad"  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
     max_train_images: int = 0  # 0: all (for quick runs)
     workers: int = 4  # decoding threads
 

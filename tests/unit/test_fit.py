@@ -65,3 +65,18 @@ def test_preprocess_config_carries_the_fit_and_old_configs_squash(tmp_path):
 def test_rectangular_crops_keep_the_long_side(aspect, expected):
     crop = rectangular_crop(_striped(150, 150), aspect, np.random.default_rng(0))
     assert crop.size == expected
+
+
+def test_compare_fits_scores_every_aspect_and_fit_on_the_same_crops(tiny_artifact, synthetic_root):
+    from cloudalliance.evaluation import compare_fits, fit_table
+
+    artifact, _ = tiny_artifact
+    test_dir = synthetic_root / "seg_test" / "seg_test"
+    rows = compare_fits(artifact, test_dir, aspects=(0.75, 1.78), limit=12, progress=False)
+    assert [(r["aspect"], r["fit"]) for r in rows] == [(a, f) for a in (0.75, 1.78) for f in FITS]
+    assert all(r["images"] == 12 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in rows)
+    # the same seed gives the same crops, so the same scores
+    again = compare_fits(artifact, test_dir, aspects=(0.75, 1.78), limit=12, progress=False)
+    assert [r["correct"] for r in again] == [r["correct"] for r in rows]
+    table = fit_table(rows)
+    assert list(table.columns) == list(FITS) and list(table.index) == [0.75, 1.78]

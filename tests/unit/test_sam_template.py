@@ -59,7 +59,8 @@ def test_in_lambda_function_has_its_package_and_no_aws_permission():
     assert props["MemorySize"] == {"!Ref": "InLambdaMemorySize"}
     role = resources["InLambdaFunctionRole"]["Properties"]
     assert "Policies" not in role
-    assert role["ManagedPolicyArns"] == ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]
+    # partition-aware (aws, aws-cn, aws-us-gov), as the template writes every ARN
+    assert role["ManagedPolicyArns"] == [{"!Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}]
     assert "ALLOWED_PRIVATE_HOSTS" not in props["Environment"]["Variables"]
 
 
