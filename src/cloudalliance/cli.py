@@ -157,6 +157,9 @@ def cmd_s3_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- training and evaluation
 
 
+# presets.FITS, written out so that the CLI starts without importing numpy (a test checks they agree)
+_FITS = ("squash", "crop", "pad")
+
 _HP_FLAGS = ("preset", "arch", "pretrained", "epochs", "img_size", "first_epochs", "first_size", "batch_size", "lr",
              "freeze_blocks", "ema", "seed",
              "val_fraction", "max_train_images", "fit")
@@ -623,7 +626,7 @@ def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--max-train-images", type=int)
-    p.add_argument("--fit", choices=["squash", "crop", "pad"],
+    p.add_argument("--fit", choices=_FITS,
                    help="how non-square images become the model's square (training, evaluation and serving)")
 
 
@@ -807,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="labeled class folders")
     p.add_argument("--aspects", type=float, nargs="+", default=[0.75, 1.33, 1.78],
                    help="width / height of the crops (1.78 = 16:9 landscape, 0.75 = 3:4 portrait)")
-    p.add_argument("--fits", nargs="+", choices=["squash", "crop", "pad"], default=None)
+    p.add_argument("--fits", nargs="+", choices=_FITS, default=None)
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import synthetic
+from .presets import DEFAULT_FIT
 
 CLASSES = synthetic.CLASSES
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -477,7 +478,7 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 
 
 def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
-                  desc: str = "decoding", fit: str = "pad", interpolation: str = "bilinear") -> np.ndarray:
+                  desc: str = "decoding", fit: str = DEFAULT_FIT, interpolation: str = "bilinear") -> np.ndarray:
     """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
     from tqdm.auto import tqdm
 
@@ -521,7 +522,7 @@ class TrainingData:
 def prepare_training_data(train_dir: str | os.PathLike, test_dir: str | os.PathLike | None, sizes: Sequence[int],
                           val_fraction: float = 0.1, seed: int = 0, max_train_images: int = 0, workers: int = 4,
                           progress: bool = True, log: Callable[..., None] = lambda *a: None,
-                          fit: str = "pad") -> TrainingData:
+                          fit: str = DEFAULT_FIT) -> TrainingData:
     """The training set in one call: unpack a shards channel (tar files) or take class folders, leave out
     files that do not decode, validate on ``test_dir`` or a stratified ``val_fraction`` of the training
     data (fixed by ``seed``), keep at most ``max_train_images`` (0: all), and decode every image once at

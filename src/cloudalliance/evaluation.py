@@ -73,7 +73,7 @@ class EvaluationResult:
 
     @property
     def accuracy(self) -> float:
-        return float((self.predictions == self.labels).mean()) if len(self.labels) else 0.0
+        return self.correct / len(self.labels) if len(self.labels) else 0.0
 
     @property
     def correct(self) -> int:

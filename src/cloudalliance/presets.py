@@ -19,6 +19,14 @@ import numpy as np
 
 PREPROCESS_FILE = "preprocess.json"
 
+# How a non-square image is brought to the model's square: ``squash`` resizes it whole (its aspect changes),
+# ``crop`` takes the centred square of its shorter side (its edges are lost), ``pad`` fits it whole inside a
+# square of mid-grey (0 after the [-1, 1] scaling). Square images, like Intel's 150x150, are the same in all three.
+FITS = ("squash", "crop", "pad")
+# Measured (`cloudalliance bench fit`, 1,311 held-out Intel images cropped at random, two models): pad never lost
+# and won at 16:9 by 2.7-2.8 points over squash (0.882 vs 0.854; 0.902 vs 0.874); crop lost everywhere.
+DEFAULT_FIT = "pad"
+
 
 @dataclasses.dataclass
 class Preprocess:
@@ -26,7 +34,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
-    fit: str = "pad"  # how a non-square image becomes size x size: see FITS and DEFAULT_FIT
+    fit: str = DEFAULT_FIT  # how a non-square image becomes size x size: see FITS
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -56,7 +64,7 @@ class Preprocess:
 
 def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear",
                        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-                       fit: str = "pad") -> Preprocess:
+                       fit: str = DEFAULT_FIT) -> Preprocess:
     """Mean and std of the weights (``normalization``, where their source says), else from the model's pretrained
     config; the size is ours (the images are 150 px)."""
     if normalization is None:
@@ -70,15 +78,6 @@ def resolve_preprocess(model, img_size: int, interpolation: str = "bilinear",
 
 
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}
-
-# How a non-square image is brought to the model's square: ``squash`` resizes it whole (its aspect changes),
-# ``crop`` takes the centred square of its shorter side (its edges are lost), ``pad`` fits it whole inside a
-# square of mid-grey (0 after the [-1, 1] scaling). Square images, like Intel's 150x150, are the same in all three.
-FITS = ("squash", "crop", "pad")
-# Measured (`cloudalliance bench fit`, 1,311 held-out Intel images cropped at random, two models): pad never lost
-# and won at 16:9 by 2.7-2.8 points over squash (0.882 vs 0.854; 0.902 vs 0.874); crop lost everywhere.
-DEFAULT_FIT = "pad"
-
 
 def fit_square(img, size: int, fit: str = DEFAULT_FIT, interpolation: str = "bilinear"):
     """A PIL image as ``size`` x ``size`` by ``fit`` (:data:`FITS`)."""
@@ -99,6 +98,7 @@ def fit_square(img, size: int, fit: str = DEFAULT_FIT, interpolation: str = "bil
         canvas.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
         return canvas
     return img if img.size == (size, size) else img.resize((size, size), resample)
+
 
 MAX_PIXELS_ENV = "CLOUDALLIANCE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo fits three times over; Intel's images are 150x150
@@ -163,8 +163,8 @@ def load_rgb(source: str | os.PathLike | bytes, size: int, interpolation: str = 
     - the EXIF Orientation is applied (``ImageOps.exif_transpose``), so a phone photo taken upright is seen
       upright, as every viewer shows it;
     - CMYK, palette (with or without alpha), LA, 16-bit grey, animated GIF (first frame) all become RGB;
-    - a non-square image is brought to the square by ``fit`` (:func:`fit_square`);
-      a truncated or unreadable file raises PIL's own error (``OSError``/``UnidentifiedImageError``).
+      a truncated or unreadable file raises PIL's own error (``OSError``/``UnidentifiedImageError``);
+    - a non-square image is brought to the square by ``fit`` (:func:`fit_square`).
     """
     import warnings
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from .data import prepare_training_data
 from .onnxrt import onnx_copy_or_none
-from .presets import FITS, Preprocess
+from .presets import DEFAULT_FIT, FITS, Preprocess
 from .stats import format_accuracy
 
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
@@ -76,7 +76,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (on for cuda) | on | off
     val_checks: int = 2  # validations per epoch (the last at its end): finer learning curves, time to accuracy
     tta: bool = True  # horizontal-flip test-time augmentation at evaluation
-    fit: str = "pad"  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
+    fit: str = DEFAULT_FIT  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
     max_train_images: int = 0  # 0: all (for quick runs)
     workers: int = 4  # decoding threads
 

@@ -80,3 +80,14 @@ def test_compare_fits_scores_every_aspect_and_fit_on_the_same_crops(tiny_artifac
     assert [r["correct"] for r in again] == [r["correct"] for r in rows]
     table = fit_table(rows)
     assert list(table.columns) == list(FITS) and list(table.index) == [0.75, 1.78]
+
+
+def test_the_cli_offers_the_fits_presets_knows():
+    from cloudalliance import cli
+
+    assert cli._FITS == FITS
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "fit", "--model-dir", "m", "--data-dir", "d", "--fits", "pad", "crop"])
+    assert args.fits == ["pad", "crop"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "fit", "--model-dir", "m", "--data-dir", "d", "--fits", "zoom"])
