@@ -50,10 +50,11 @@ bench-train: $(STAMP)
 	$(BIN)/cloudalliance bench train --train-dir $(TRAIN_DIR) --model-dir runs/bench-train/model \
 		--checkpoint-dir runs/bench-train/checkpoints-$$(date +%s) $(if $(TEST_DIR),--test-dir $(TEST_DIR),)
 
-# The upload benchmark: SRC=... make bench-upload
+# The upload benchmark: SRC=... ROUNDS=... make bench-upload (medians over ROUNDS rounds, order rotated)
 SRC ?= ../shared/data/intel
+ROUNDS ?= 3
 bench-upload: $(STAMP)
-	$(BIN)/cloudalliance bench upload $(SRC)
+	$(BIN)/cloudalliance bench upload $(SRC) --rounds $(ROUNDS)
 
 # newman (Postman's CLI runner) into .tools/node, for the Postman collection's test; needs node and npm.
 newman: $(STAMP)

@@ -109,6 +109,17 @@ def cmd_s3_status(args: argparse.Namespace) -> int:
     return 0 if info else 1
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the error into exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def _client(args: argparse.Namespace, workers: int = 32):
     from .storage import create_s3_client
 
@@ -402,7 +413,7 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
     client = _client(args, args.workers)
     ensure_bucket(client, args.bucket)
     results, notes = compare_uploads(args.src, args.bucket, client, tools=args.tools, workers=args.workers,
-                                     shard_mb=args.shard_mb, progress=not args.json)
+                                     shard_mb=args.shard_mb, progress=not args.json, rounds=args.rounds)
     if args.record_dir:
         for r in results:
             write_record(args.record_dir, upload_record(r, name=r.mode, backend=args.backend))
@@ -795,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_s3_args(p)
     p.add_argument("--workers", type=int, default=32)
     p.add_argument("--shard-mb", type=float, default=32)
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="run every tool this many times, in rotated order; report medians and per-round ratios")
     p.add_argument("--record-dir", help="also write one upload record per tool here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_upload)

@@ -42,6 +42,29 @@ def test_shards_mode_is_deterministic_resumable_and_readable(s3, bucket, synthet
     assert load_image_folder(root, "train").counts() == load_image_folder(synthetic_root, "train").counts()
 
 
+def test_upload_benchmark_over_rounds_runs_every_tool_each_round_in_rotated_order(s3, bucket, synthetic_root,
+                                                                                 monkeypatch):
+    import statistics
+
+    from cloudalliance.storage import compare
+
+    order = []
+    real = compare.delete_prefix  # called once before each timed upload, with that tool's prefix
+    monkeypatch.setattr(compare, "delete_prefix", lambda client, loc: (order.append(loc.prefix.rsplit("/", 1)[-1]),
+                                                                       real(client, loc))[1])
+    results, notes = storage.compare_uploads(synthetic_root, bucket, s3, tools=["s5cmd", "objects", "shards"],
+                                             shard_mb=0.2, progress=False, rounds=3)
+    assert notes == []
+    assert order == ["s5cmd", "objects", "shards", "objects", "shards", "s5cmd", "shards", "s5cmd", "objects"]
+    assert [r.mode for r in results] == ["s5cmd", "objects", "shards"]
+    for r in results:
+        assert len(r.rounds) == 3 and r.seconds == statistics.median(r.rounds)
+        assert r.uploaded == r.files  # each round uploaded into an emptied prefix, nothing skipped
+    table = storage.comparison_table(results)
+    s5, shards = results[0].rounds, results[2].rounds
+    assert table.loc["shards", "x s5cmd"] == round(statistics.median(a / b for a, b in zip(shards, s5)), 3)
+
+
 def test_verify_names_deleted_and_corrupted_objects(s3, bucket, synthetic_root, capsys):
     from cloudalliance.cli import main
 

@@ -40,3 +40,11 @@ def test_fetch_offline_says_what_to_do(monkeypatch, capsys):
 def test_bad_s3_uri(tmp_path, capsys):
     assert main(["s3", "upload", str(tmp_path), "bucket/prefix"]) == 2
     assert "s3://BUCKET/PREFIX" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rounds", ["0", "-1", "two"])
+def test_bench_upload_refuses_a_bad_round_count(rounds, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "upload", str(tmp_path), "--rounds", rounds])
+    assert exc.value.code == 2
+    assert "--rounds" in capsys.readouterr().err

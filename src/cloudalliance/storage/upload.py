@@ -44,6 +44,7 @@ class UploadResult:
     scan_seconds: float
     engine: str = "boto3"
     shards: int = 0
+    rounds: list[float] = dataclasses.field(default_factory=list)  # a benchmark's seconds per round; seconds is their median
 
     @property
     def files_per_s(self) -> float:
@@ -215,7 +216,8 @@ def upload_record(result: UploadResult, name: str | None = None, backend: str = 
         name=name or result.mode,
         backend=backend,
         instance=instance or ("localhost" if backend == "local" else ""),
-        timings={"total_s": round(result.seconds, 3), "scan_s": round(result.scan_seconds, 3)},
+        timings={"total_s": round(result.seconds, 3), "scan_s": round(result.scan_seconds, 3),
+                 **({"rounds_s": [round(t, 3) for t in result.rounds]} if len(result.rounds) > 1 else {})},
         sizes={
             "files": result.files,
             "bytes": result.bytes,
