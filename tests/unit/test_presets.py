@@ -144,3 +144,17 @@ def test_formats_decoded_at_full_size_have_a_lower_cap_than_jpeg(monkeypatch):
         load_rgb(encode(big, "PNG"), 64)
     assert load_rgb(encode(big, "JPEG"), 64).shape == (64, 64, 3)  # draft decodes it at 188x125
     assert load_rgb(encode(big.resize((1000, 900)), "PNG"), 64).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("mean,std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.498,) * 3, (0.502,) * 3)])
+def test_serving_normalisation_is_trainings_to_float32_rounding(mean, std):
+    """ONNX Runtime's input (numpy, serving) against the torch tensor training and evaluation feed the model."""
+    rng = np.random.default_rng(0)
+    cfg = presets.Preprocess(size=24, mean=mean, std=std)
+    batch = rng.integers(0, 256, size=(3, 24, 24, 3), dtype=np.uint8)
+    batch[0, 0, 0] = (0, 128, 255)
+    for images in (batch, batch[:, ::-1]):  # and a view that is not contiguous
+        served = presets.preprocess_numpy(images, cfg)
+        trained = presets.to_tensor_batch(np.ascontiguousarray(images), cfg).numpy()
+        assert served.dtype == np.float32 and served.shape == (3, 3, 24, 24) and served.flags.c_contiguous
+        np.testing.assert_allclose(served, trained, rtol=0, atol=1e-6)
