@@ -120,6 +120,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
+_UPLOAD_TOOLS = ["aws-s3-sync", "s5cmd", "objects", "shards"]  # storage.UPLOAD_TOOLS, kept literal (no import at start)
+
+
 def _client(args: argparse.Namespace, workers: int = 32):
     from .storage import create_s3_client
 
@@ -410,10 +424,20 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
     from .records import write_record
     from .storage import comparison_table, compare_uploads, ensure_bucket, upload_record
 
+    from .storage import list_files
+
+    if not list_files(args.src):  # before a server is started or a bucket made
+        raise ValueError(f"{args.src} has no files to upload")
+    if args.record_dir and Path(args.record_dir).exists() and not Path(args.record_dir).is_dir():
+        raise ValueError(f"--record-dir {args.record_dir} is a file, not a folder")
     client = _client(args, args.workers)
     ensure_bucket(client, args.bucket)
-    results, notes = compare_uploads(args.src, args.bucket, client, tools=args.tools, workers=args.workers,
-                                     shard_mb=args.shard_mb, progress=not args.json, rounds=args.rounds)
+    results, notes = compare_uploads(args.src, args.bucket, client, tools=args.tools or _UPLOAD_TOOLS,
+                                     workers=args.workers, shard_mb=args.shard_mb, progress=not args.json,
+                                     rounds=args.rounds)
+    if not results:
+        print("no upload tool ran: " + "; ".join(notes), file=sys.stderr)
+        return 2
     if args.record_dir:
         for r in results:
             write_record(args.record_dir, upload_record(r, name=r.mode, backend=args.backend))
@@ -801,11 +825,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("upload", help="aws s3 sync vs s5cmd vs our objects and shards modes, same files and server")
     p.add_argument("src")
     p.add_argument("--bucket", default="cloudalliance-bench")
-    p.add_argument("--tools", nargs="+", default=["aws-s3-sync", "s5cmd", "objects", "shards"],
-                   choices=["aws-s3-sync", "s5cmd", "objects", "shards"])
+    p.add_argument("--tools", nargs="+", action="extend", choices=_UPLOAD_TOOLS,
+                   help=f"default: all of {' '.join(_UPLOAD_TOOLS)}; --tools given twice adds up")
     _add_s3_args(p)
-    p.add_argument("--workers", type=int, default=32)
-    p.add_argument("--shard-mb", type=float, default=32)
+    p.add_argument("--workers", type=_positive_int, default=32)
+    p.add_argument("--shard-mb", type=_positive_float, default=32)
     p.add_argument("--rounds", type=_positive_int, default=1,
                    help="run every tool this many times, in rotated order; report medians and per-round ratios")
     p.add_argument("--record-dir", help="also write one upload record per tool here")

@@ -65,6 +65,30 @@ def test_upload_benchmark_over_rounds_runs_every_tool_each_round_in_rotated_orde
     assert table.loc["shards", "x s5cmd"] == round(statistics.median(a / b for a, b in zip(shards, s5)), 3)
 
 
+def test_upload_benchmark_refuses_a_folder_whose_files_the_tools_would_not_all_send(s3, bucket, synthetic_root,
+                                                                                   tmp_path):
+    import shutil
+
+    src = tmp_path / "with-hidden"
+    shutil.copytree(synthetic_root, src)
+    (src / "seg_train" / ".DS_Store").write_bytes(b"finder")
+    with pytest.raises(ValueError, match=r"seg_train/\.DS_Store.*would not upload the same files"):
+        storage.compare_uploads(src, bucket, s3, tools=["s5cmd", "shards"], progress=False)
+    # our two modes skip it alike, so they alone may compare
+    results, _ = storage.compare_uploads(src, bucket, s3, tools=["objects", "shards", "objects"], progress=False)
+    assert [r.mode for r in results] == ["objects", "shards"]  # a tool named twice runs once
+
+
+def test_upload_benchmark_with_no_tool_installed_exits_2(s3_server, synthetic_root, monkeypatch, capsys):
+    from cloudalliance.cli import main
+    from cloudalliance.storage import compare
+
+    monkeypatch.setattr(compare.shutil, "which", lambda *a, **k: None)  # no aws CLI anywhere
+    assert main(["bench", "upload", str(synthetic_root), "--tools", "aws-s3-sync",
+                 "--endpoint-url", s3_server.endpoint_url, "--bucket", "no-tool-bench"]) == 2
+    assert "aws-s3-sync skipped: the AWS CLI is not installed" in capsys.readouterr().err
+
+
 def test_verify_names_deleted_and_corrupted_objects(s3, bucket, synthetic_root, capsys):
     from cloudalliance.cli import main
 

@@ -48,3 +48,37 @@ def test_bench_upload_refuses_a_bad_round_count(rounds, tmp_path, capsys):
         main(["bench", "upload", str(tmp_path), "--rounds", rounds])
     assert exc.value.code == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--shard-mb", "0"), ("--shard-mb", "-1"), ("--shard-mb", "nan"),
+                                        ("--workers", "0"), ("--workers", "-3")])
+def test_bench_upload_refuses_numbers_that_mean_nothing(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "upload", str(tmp_path), flag, value])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_bench_upload_tools_given_twice_add_up_and_default_to_all():
+    from cloudalliance.storage import UPLOAD_TOOLS
+
+    args = build_parser().parse_args(["bench", "upload", "src", "--tools", "s5cmd", "--tools", "objects"])
+    assert args.tools == ["s5cmd", "objects"]
+    assert build_parser().parse_args(["bench", "upload", "src"]).tools is None  # compare_uploads gets them all
+    from cloudalliance import cli
+
+    assert tuple(cli._UPLOAD_TOOLS) == UPLOAD_TOOLS
+
+
+def test_bench_upload_checks_its_folders_before_starting_anything(tmp_path, capsys, monkeypatch):
+    from cloudalliance import cli
+
+    monkeypatch.setattr(cli, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["bench", "upload", str(empty)]) == 2
+    assert "no files to upload" in capsys.readouterr().err
+    (empty / "a.jpg").write_bytes(b"x")
+    (tmp_path / "records.txt").write_text("")
+    assert main(["bench", "upload", str(empty), "--record-dir", str(tmp_path / "records.txt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["bench", "upload", str(tmp_path / "missing")]) == 2

@@ -124,3 +124,16 @@ def test_comparison_of_one_round_divides_the_times():
     table = comparison_table([_result("s5cmd", [8.0]), _result("shards", [2.0])])
     assert table.loc["shards", "x s5cmd"] == 0.25
     assert "min s" not in table.columns
+
+
+def test_one_round_ratios_come_from_the_unrounded_times():
+    from cloudalliance.storage import comparison_table
+
+    table = comparison_table([_result("s5cmd", [0.1825]), _result("objects", [0.2409]), _result("shards", [0.0794])])
+    assert table.loc["objects", "x s5cmd"] == 1.320 and table.loc["shards", "x s5cmd"] == 0.435
+
+
+def test_a_comparison_of_nothing_is_an_empty_table():
+    from cloudalliance.storage import comparison_table
+
+    assert comparison_table([]).empty

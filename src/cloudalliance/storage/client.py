@@ -60,6 +60,9 @@ def explain(exc: BaseException, where: str = "") -> StorageError:
         return StorageError(f"{text}{code}: the S3 server kept failing after retries; check it (local backend: "
                             "`cloudalliance s3 status` and its log), then run again: uploads resume")
     name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return StorageError(f"{text}no AWS credentials: run `aws configure` or set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE); `cloudalliance aws check` says what else is missing")
     if name in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError"):
         return StorageError(
             f"{text}cannot reach the S3 endpoint ({exc}); is the server running? "
@@ -70,7 +73,7 @@ def explain(exc: BaseException, where: str = "") -> StorageError:
 
 def ensure_bucket(client, bucket: str) -> bool:
     """Create ``bucket`` unless it exists; True when it was created."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         client.head_bucket(Bucket=bucket)
@@ -78,6 +81,8 @@ def ensure_bucket(client, bucket: str) -> bool:
     except ClientError as exc:
         if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
             raise explain(exc, f"s3://{bucket}") from exc
+    except BotoCoreError as exc:  # no credentials, no endpoint: nothing to retry
+        raise explain(exc, f"s3://{bucket}") from exc
     region = client.meta.region_name
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region and region != "us-east-1":

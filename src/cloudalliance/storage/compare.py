@@ -31,6 +31,15 @@ def delete_prefix(client, location: S3Location) -> int:
     return len(keys)
 
 
+def _files_only_tools_send(root: Path, counted: int) -> list[str]:
+    """Files under ``root`` that :func:`list_files` skips (hidden ones, ``manifest.json``), relative paths."""
+    if sum(len(names) for _, _, names in os.walk(root)) == counted:
+        return []
+    kept = {f.path for f in list_files(root)}
+    return sorted(p for p in (Path(d, n).relative_to(root).as_posix() for d, _, names in os.walk(root) for n in names)
+                  if p not in kept)
+
+
 def _timed_tool(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -45,22 +54,36 @@ def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "
                     progress: bool = True, rounds: int = 1) -> tuple[list[UploadResult], list[str]]:
     """Time each tool uploading the same files to the same server, each into an emptied prefix.
 
-    With ``rounds`` > 1 every tool runs that many times, the order rotated each round (so no tool always
-    follows the same one); each result's ``seconds`` is its median and ``rounds`` its times in round order,
-    and :func:`comparison_table` takes each ratio within a round before the median (a machine whose speed
+    With ``rounds`` > 1 every tool runs that many times, the order rotated by one each round (so each tool
+    runs first, second, ... in turn and none always pays for being first); each result's ``seconds`` is its
+    median (for an even count, the mean of the middle two) and ``rounds`` its times in round order, and
+    :func:`comparison_table` takes each ratio within a round before the median (a machine whose speed
     drifts over the benchmark then moves both sides of a ratio alike).
 
-    Returns the results, in ``tools`` order, and notes about tools that are not installed (skipped, not an error).
+    ``aws s3 sync`` and ``s5cmd cp`` send every file, while our modes skip hidden files and ``manifest.json``
+    (:func:`~cloudalliance.storage.manifest.list_files`), so a folder that holds such files is refused before
+    anything runs, as is an empty one: the tools would not upload the same files.
+
+    Returns the results, in ``tools`` order (each tool once), and notes about tools that are not installed
+    (skipped, not an error).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
-    tools = list(tools)
+    tools = list(dict.fromkeys(tools))  # a tool named twice runs once
     for tool in tools:
         if tool not in UPLOAD_TOOLS:
             raise ValueError(f"Unknown upload tool {tool!r}; choose from: {', '.join(UPLOAD_TOOLS)}")
     root = Path(src)
     local = list_files(root)
+    if not local:
+        raise ValueError(f"{root} has no files to upload")
     files, nbytes = len(local), sum(f.size for f in local)
+    if any(t in ("aws-s3-sync", "s5cmd") for t in tools):
+        extra = _files_only_tools_send(root, files)
+        if extra:
+            raise ValueError(f"{root} holds files the course's uploads skip but aws s3 sync and s5cmd would send "
+                             f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): the tools would not "
+                             "upload the same files; remove them or benchmark a clean copy of the folder")
     env = s5cmd_env(client)
     endpoint = client.meta.endpoint_url
     runs: dict[str, list[UploadResult]] = {}
@@ -118,6 +141,8 @@ def comparison_table(results: list[UploadResult]):
     ``aws s3 sync``'s and ``s5cmd``'s; over several rounds also the fastest and slowest round."""
     import pandas as pd
 
+    if not results:
+        return pd.DataFrame(columns=["seconds", "files/s", "MB/s", "files", "objects written"]).rename_axis("tool")
     rows = [{"tool": r.mode, "seconds": round(r.seconds, 2), "files/s": round(r.files_per_s), "MB/s": round(r.mb_per_s, 1),
              "files": r.files, "objects written": r.shards if r.mode == "shards" else r.uploaded} for r in results]
     table = pd.DataFrame(rows).set_index("tool")
@@ -132,5 +157,6 @@ def comparison_table(results: list[UploadResult]):
             ref = next(r for r in results if r.mode == base).rounds
             table[column] = [round(statistics.median(t / b for t, b in zip(r.rounds, ref)), 3) for r in results]
         else:
-            table[column] = (table["seconds"] / table.loc[base, "seconds"]).round(3)
+            ref_s = next(r for r in results if r.mode == base).seconds
+            table[column] = [round(r.seconds / ref_s, 3) for r in results]  # from the unrounded times
     return table
