@@ -424,10 +424,9 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
     from .records import write_record
     from .storage import comparison_table, compare_uploads, ensure_bucket, upload_record
 
-    from .storage import list_files
+    from .storage.compare import benchmark_files
 
-    if not list_files(args.src):  # before a server is started or a bucket made
-        raise ValueError(f"{args.src} has no files to upload")
+    benchmark_files(args.src, args.tools or _UPLOAD_TOOLS)  # the folder's checks, before a server or a bucket
     if args.record_dir and Path(args.record_dir).exists() and not Path(args.record_dir).is_dir():
         raise ValueError(f"--record-dir {args.record_dir} is a file, not a folder")
     client = _client(args, args.workers)

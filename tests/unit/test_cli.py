@@ -82,3 +82,13 @@ def test_bench_upload_checks_its_folders_before_starting_anything(tmp_path, caps
     assert main(["bench", "upload", str(empty), "--record-dir", str(tmp_path / "records.txt")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["bench", "upload", str(tmp_path / "missing")]) == 2
+
+
+def test_bench_upload_refuses_files_only_some_tools_send_before_starting_anything(tmp_path, capsys, monkeypatch):
+    from cloudalliance import cli
+
+    monkeypatch.setattr(cli, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["bench", "upload", str(tmp_path), "--tools", "s5cmd", "shards"]) == 2
+    assert "manifest.json" in capsys.readouterr().err

@@ -31,6 +31,22 @@ def delete_prefix(client, location: S3Location) -> int:
     return len(keys)
 
 
+def benchmark_files(root: str | os.PathLike, tools: Iterable[str] = UPLOAD_TOOLS):
+    """The files every tool in ``tools`` would upload from ``root``; refuses an empty folder, and one holding
+    files only ``aws s3 sync`` and ``s5cmd`` would send (so the tools would not upload the same files)."""
+    root = Path(root)
+    local = list_files(root)
+    if not local:
+        raise ValueError(f"{root} has no files to upload")
+    if any(t in ("aws-s3-sync", "s5cmd") for t in tools):
+        extra = _files_only_tools_send(root, len(local))
+        if extra:
+            raise ValueError(f"{root} holds files the course's uploads skip but aws s3 sync and s5cmd would send "
+                             f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): the tools would not "
+                             "upload the same files; remove them or benchmark a clean copy of the folder")
+    return local
+
+
 def _files_only_tools_send(root: Path, counted: int) -> list[str]:
     """Files under ``root`` that :func:`list_files` skips (hidden ones, ``manifest.json``), relative paths."""
     if sum(len(names) for _, _, names in os.walk(root)) == counted:
@@ -74,16 +90,8 @@ def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "
         if tool not in UPLOAD_TOOLS:
             raise ValueError(f"Unknown upload tool {tool!r}; choose from: {', '.join(UPLOAD_TOOLS)}")
     root = Path(src)
-    local = list_files(root)
-    if not local:
-        raise ValueError(f"{root} has no files to upload")
+    local = benchmark_files(root, tools)
     files, nbytes = len(local), sum(f.size for f in local)
-    if any(t in ("aws-s3-sync", "s5cmd") for t in tools):
-        extra = _files_only_tools_send(root, files)
-        if extra:
-            raise ValueError(f"{root} holds files the course's uploads skip but aws s3 sync and s5cmd would send "
-                             f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): the tools would not "
-                             "upload the same files; remove them or benchmark a clean copy of the folder")
     env = s5cmd_env(client)
     endpoint = client.meta.endpoint_url
     runs: dict[str, list[UploadResult]] = {}
