@@ -423,7 +423,6 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_bench_upload(args: argparse.Namespace) -> int:
     from .records import write_record
     from .storage import comparison_table, compare_uploads, ensure_bucket, upload_record
-
     from .storage.compare import benchmark_files
 
     benchmark_files(args.src, args.tools or _UPLOAD_TOOLS)  # the folder's checks, before a server or a bucket

@@ -39,7 +39,7 @@ def benchmark_files(root: str | os.PathLike, tools: Iterable[str] = UPLOAD_TOOLS
     if not local:
         raise ValueError(f"{root} has no files to upload")
     if any(t in ("aws-s3-sync", "s5cmd") for t in tools):
-        extra = _files_only_tools_send(root, len(local))
+        extra = _files_only_tools_send(root, local)
         if extra:
             raise ValueError(f"{root} holds files the course's uploads skip but aws s3 sync and s5cmd would send "
                              f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): the tools would not "
@@ -47,13 +47,11 @@ def benchmark_files(root: str | os.PathLike, tools: Iterable[str] = UPLOAD_TOOLS
     return local
 
 
-def _files_only_tools_send(root: Path, counted: int) -> list[str]:
-    """Files under ``root`` that :func:`list_files` skips (hidden ones, ``manifest.json``), relative paths."""
-    if sum(len(names) for _, _, names in os.walk(root)) == counted:
-        return []
-    kept = {f.path for f in list_files(root)}
+def _files_only_tools_send(root: Path, kept: list) -> list[str]:
+    """Files under ``root`` that :func:`list_files` skipped (hidden ones, ``manifest.json``), relative paths."""
+    paths = {f.path for f in kept}
     return sorted(p for p in (Path(d, n).relative_to(root).as_posix() for d, _, names in os.walk(root) for n in names)
-                  if p not in kept)
+                  if p not in paths)
 
 
 def _timed_tool(argv: list[str], env: dict[str, str]) -> float:
@@ -154,17 +152,16 @@ def comparison_table(results: list[UploadResult]):
     rows = [{"tool": r.mode, "seconds": round(r.seconds, 2), "files/s": round(r.files_per_s), "MB/s": round(r.mb_per_s, 1),
              "files": r.files, "objects written": r.shards if r.mode == "shards" else r.uploaded} for r in results]
     table = pd.DataFrame(rows).set_index("tool")
-    paired = len({len(r.rounds) for r in results}) == 1 and len(results[0].rounds) > 1 if results else False
+    paired = len(results[0].rounds) > 1 and len({len(r.rounds) for r in results}) == 1
     if paired:  # several rounds: each round's ratio, then the median, and the spread of the times
         table["min s"] = [round(min(r.rounds), 2) for r in results]
         table["max s"] = [round(max(r.rounds), 2) for r in results]
     for base, column in (("aws-s3-sync", "x aws s3 sync"), ("s5cmd", "x s5cmd")):
-        if base not in table.index:
+        ref = next((r for r in results if r.mode == base), None)
+        if ref is None:
             continue
         if paired:
-            ref = next(r for r in results if r.mode == base).rounds
-            table[column] = [round(statistics.median(t / b for t, b in zip(r.rounds, ref)), 3) for r in results]
+            table[column] = [round(statistics.median(t / b for t, b in zip(r.rounds, ref.rounds)), 3) for r in results]
         else:
-            ref_s = next(r for r in results if r.mode == base).seconds
-            table[column] = [round(r.seconds / ref_s, 3) for r in results]  # from the unrounded times
+            table[column] = [round(r.seconds / ref.seconds, 3) for r in results]  # from the unrounded times
     return table
