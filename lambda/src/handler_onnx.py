@@ -19,7 +19,9 @@ numpy and Pillow wheels for the Lambda platform side by side; SAM's
 
 Environment:
   MODEL_DIR               the unpacked artifact (default: ``model/`` next to this file)
-  INFERENCE_THREADS       ONNX Runtime threads (template: 1; a Lambda below 1,769 MB has less than one vCPU)
+  INFERENCE_THREADS       ONNX Runtime threads; ``auto`` (the template's) or unset: one per whole vCPU the
+                          function's memory buys (Lambda gives one vCPU per 1,769 MB; at least 1), so a
+                          function given more memory also uses the cores it pays for
   ALLOWED_PRIVATE_HOSTS, MAX_IMAGE_BYTES, FETCH_TIMEOUT_S   as for ``handler.py``
 """
 
@@ -40,6 +42,32 @@ import handler as request_side  # noqa: E402 - lambda/src/handler.py, shipped be
 
 MODEL_DIR = os.environ.get("MODEL_DIR") or os.path.join(HERE, "model")
 
+# "At 1,769 MB, a function has the equivalent of one vCPU (one vCPU-second of credits per second)"
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html). os.cpu_count() says 2 from 128 MB
+# up, but below 3,538 MB the credits are for less than two, so a second thread would only wait for its share.
+MB_PER_VCPU = 1769
+
+
+def inference_threads(env=None) -> int:
+    """ONNX Runtime's thread count: ``INFERENCE_THREADS`` when it is a number (0: ONNX Runtime's default), else
+    the whole vCPUs that ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` (set by Lambda) buys, at least 1 and at most the
+    cores this process sees; outside Lambda, without that variable, 0."""
+    env = os.environ if env is None else env
+    given = (env.get("INFERENCE_THREADS") or "auto").strip().lower()
+    if given != "auto":
+        try:
+            threads = int(given)
+        except ValueError:
+            raise RuntimeError(f"INFERENCE_THREADS={given!r}: give a number of threads or 'auto'") from None
+        if threads < 0:
+            raise RuntimeError(f"INFERENCE_THREADS={given!r}: give a number of threads (0: all cores) or 'auto'")
+        return threads
+    try:
+        memory_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""))
+    except ValueError:
+        return 0
+    return max(1, min(memory_mb // MB_PER_VCPU, os.cpu_count() or 1))
+
 
 def _load_inference(model_dir: str):
     """The artifact's ``code/inference.py`` as a module (it puts its own folder on sys.path for ``presets``)."""
@@ -58,6 +86,8 @@ def _load_inference(model_dir: str):
 _RUNNING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 _started = time.perf_counter()
+THREADS = inference_threads()
+os.environ["INFERENCE_THREADS"] = str(THREADS)  # what the artifact's model_fn reads
 inference = _load_inference(MODEL_DIR)
 MODEL = inference.model_fn(MODEL_DIR)  # ONNX Runtime session, labels, preprocessing: once per environment
 INIT_SECONDS = time.perf_counter() - _started

@@ -93,6 +93,7 @@ def http_api_event(method: str, path: str, headers: dict[str, str], body: bytes,
 
 FUNCTION_TIMEOUT_S = 29.0  # lambda/template.yaml Globals.Function.Timeout
 FUNCTION_MEMORY_MB = 512  # lambda/template.yaml Globals.Function.MemorySize
+IN_LAMBDA_MEMORY_MB = 1024  # lambda/template.yaml Parameters.InLambdaMemorySize.Default: the model-in-Lambda function's
 # Lambda's synchronous invocation payload (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html):
 # the whole event, so a form-encoded body (which API Gateway hands over base64-encoded, 4/3 larger) hits it first
 LAMBDA_EVENT_BYTES = 6 * 1024 * 1024
@@ -209,7 +210,8 @@ def _answers(url: str) -> bool:
 
 def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
                         handler_path: str | os.PathLike | None = None, timeout: float = 60.0, mode: str = "endpoint",
-                        package: str | os.PathLike | None = None, service: str | None = None) -> services.ServiceInfo:
+                        package: str | os.PathLike | None = None, service: str | None = None,
+                        memory_mb: int = IN_LAMBDA_MEMORY_MB) -> services.ServiceInfo:
     """Start the gateway (a uvicorn process) in front of the handler of ``mode``.
 
     ``endpoint``: ``lambda/src/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
@@ -217,7 +219,8 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
     :func:`create_gateway_app`). ``lambda``: ``handler_onnx.py`` of ``package`` (``cloudalliance lambda package
     --platform local``), with the model inside the function and no endpoint; its service is ``gateway-lambda``,
     so both modes can run side by side (``service`` names it otherwise: a benchmark's own gateways leave the
-    user's running).
+    user's running). ``memory_mb`` is that function's memory size, as Lambda tells it
+    (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): ONNX Runtime gets a thread per whole vCPU it buys.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -228,7 +231,8 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
     follow = None
     if mode == "lambda":
         handler_path = Path(handler_path) if handler_path else _local_package_handler(package)
-        env.update({"INFERENCE_THREADS": "1", "ENDPOINT_NAME": "", "SAGEMAKER_RUNTIME_URL": ""})
+        env.update(in_lambda_environment(memory_mb))
+        env.update({"ENDPOINT_NAME": "", "SAGEMAKER_RUNTIME_URL": ""})
     else:
         handler_path = handler_path or DEFAULT_HANDLER
         env.update({"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url})
@@ -239,6 +243,14 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
     name = service or (GATEWAY_SERVICE if mode == "endpoint" else LAMBDA_GATEWAY_SERVICE)
     return services.start_service(name, argv, ports={"http": port}, endpoint_url=url,
                                   healthy=lambda: _answers(url + "/health"), env=env, timeout=timeout)
+
+
+def in_lambda_environment(memory_mb: int = IN_LAMBDA_MEMORY_MB) -> dict[str, str]:
+    """What the model-in-Lambda function's threads follow: the template's ``INFERENCE_THREADS: auto`` and the
+    memory size Lambda puts in ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``."""
+    if not 128 <= int(memory_mb) <= 10240:
+        raise ValueError(f"memory size {memory_mb} MB: Lambda takes 128 to 10,240 MB")
+    return {"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(int(memory_mb))}
 
 
 def _local_package_handler(package: str | os.PathLike | None) -> Path:

@@ -290,8 +290,12 @@ def cmd_endpoint_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_api_start(args: argparse.Namespace) -> int:
-    from .api import ROUTE, start_local_gateway
+    from .api import IN_LAMBDA_MEMORY_MB, ROUTE, in_lambda_environment, start_local_gateway
 
+    memory_mb = args.memory_mb or IN_LAMBDA_MEMORY_MB
+    if args.memory_mb and args.mode != "lambda":
+        raise ValueError("--memory-mb is the model-in-Lambda function's: use it with --mode lambda")
+    in_lambda_environment(memory_mb)  # Lambda's range, before anything is built
     package = args.package
     if args.mode == "lambda" and not package:
         if not args.artifact:
@@ -304,7 +308,7 @@ def cmd_api_start(args: argparse.Namespace) -> int:
     if args.mode == "endpoint" and not args.endpoint_url:
         raise ValueError("--mode endpoint needs --endpoint-url (cloudalliance endpoint start prints it)")
     info = start_local_gateway(args.endpoint_url or "", args.name, allowed_private_hosts=args.allow_private_hosts,
-                               mode=args.mode, package=package)
+                               mode=args.mode, package=package, memory_mb=memory_mb)
     url = info.endpoint_url + ROUTE
     if args.json:
         _print_json({"api_url": url, "mode": args.mode, "pid": info.pid, "log_file": info.log_file})
@@ -790,6 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="lambda mode: model.tar.gz, packaged for the local gateway first")
     p.add_argument("--name", default="cloudalliance", help="endpoint name")
     p.add_argument("--allow-private-hosts", default="", help="e.g. 127.0.0.1 to fetch local test images")
+    p.add_argument("--memory-mb", type=_positive_int, default=None,
+                   help="lambda mode: the function's memory size (default: the template's InLambdaMemorySize, 1024); "
+                        "ONNX Runtime gets one thread per 1,769 MB, as Lambda gives one vCPU")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_api_start)
 

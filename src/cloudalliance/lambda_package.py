@@ -414,13 +414,14 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
     interpreter for a self-contained package (e.g. a CPython 3.12 for the package built for Lambda's python3.12)."""
     from tqdm.auto import tqdm
 
+    from .api import in_lambda_environment
+
     folder = Path(folder)
     isolated = (folder / "numpy").is_dir() and (folder / "onnxruntime").is_dir()
     with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp:
         event_path = Path(tmp) / "event.json"
         event_path.write_text(json.dumps(image_event(image)))
-        child_env = {**os.environ, "INFERENCE_THREADS": "1", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                     **(env or {})}
+        child_env = {**os.environ, **in_lambda_environment(), "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
         argv = [python or sys.executable]
         if isolated:
             layer = layer_stand_in(Path(tmp) / "layer")

@@ -290,3 +290,47 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
         assert [s.name for s in services.list_services() if s.name.startswith("bench-")] == []
     finally:
         services.stop_service(api.LAMBDA_GATEWAY_SERVICE)
+
+
+@pytest.mark.parametrize("env, expected", [
+    # Lambda: one vCPU per 1,769 MB (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html)
+    ({"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, 1),
+    ({"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3537"}, 1),
+    ({"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3538"}, 2),
+    ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "10240"}, 5),  # unset is auto; capped at the cores seen below
+    ({"INFERENCE_THREADS": "3", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, 3),  # a number wins
+])
+def test_the_functions_threads_follow_its_memory_size(local_package, monkeypatch, env, expected):
+    """The template says ``INFERENCE_THREADS: auto``: the session gets a thread per whole vCPU the memory buys, so
+    a function given 3,538 MB or more uses its second vCPU and one below it does not oversubscribe its share."""
+    import os
+
+    monkeypatch.delenv("INFERENCE_THREADS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    module = api.load_handler(Path(local_package.path) / "handler_onnx.py")
+    if "INFERENCE_THREADS" not in env or env["INFERENCE_THREADS"] == "auto":
+        expected = min(expected, os.cpu_count() or 1)
+    assert module.THREADS == expected
+    assert module.MODEL["session"].get_session_options().intra_op_num_threads == expected
+
+
+@pytest.mark.parametrize("value", ["two", "-1"])
+def test_a_bad_thread_count_fails_the_init_and_says_what_to_give(local_package, monkeypatch, value):
+    monkeypatch.setenv("INFERENCE_THREADS", value)
+    with pytest.raises(RuntimeError, match="INFERENCE_THREADS"):
+        api.load_handler(Path(local_package.path) / "handler_onnx.py")
+
+
+def test_the_local_lambda_gateway_and_cold_starts_get_the_templates_memory():
+    import re
+
+    template = (api.REPO_ROOT / "lambda" / "template.yaml").read_text()
+    block = re.search(r"(?ms)^  InLambdaMemorySize:\n(.*?)\n  \w", template).group(1)
+    assert int(re.search(r"Default:\s*(\d+)", block).group(1)) == api.IN_LAMBDA_MEMORY_MB
+    assert api.in_lambda_environment() == {"INFERENCE_THREADS": "auto",
+                                           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(api.IN_LAMBDA_MEMORY_MB)}
+    with pytest.raises(ValueError, match="128 to 10,240"):
+        api.in_lambda_environment(20000)
+    assert cli.main(["api", "start", "--mode", "endpoint", "--endpoint-url", "http://127.0.0.1:1",
+                     "--memory-mb", "2048"]) == 2
