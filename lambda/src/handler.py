@@ -70,6 +70,8 @@ IMAGE_SIGNATURES = (
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
     (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),  # little-endian TIFF; the model's presets.IMAGE_FORMATS reads it, as the endpoint does
+    (b"MM\x00*", "image/tiff"),  # big-endian
 )
 ENDPOINT_TYPES = {"image/jpeg": "image/jpeg", "image/png": "image/png"}  # others go as application/x-image
 USAGE = 'Send {"url": "https://..."} or {"image": "<base64>"}'
@@ -184,7 +186,8 @@ def parse_body(event: dict) -> dict:
     if len(body) > MAX_REQUEST_BYTES:
         raise ApiError(413, f"The request is larger than {MAX_REQUEST_BYTES} bytes")
     try:
-        data = json.loads(body, parse_int=_json_int)
+        # strict=False: a string may hold raw line breaks, as `base64 FILE` (76-column lines) pasted into JSON does
+        data = json.loads(body, parse_int=_json_int, strict=False)
     except RecursionError:
         raise ApiError(400, "The JSON is nested too deeply") from None
     except (ValueError, TypeError):  # JSONDecodeError is a ValueError
@@ -201,7 +204,7 @@ def sniff_image(data: bytes) -> str:
             return kind
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    raise ApiError(415, "That is not an image (JPEG, PNG, GIF, BMP or WebP)")
+    raise ApiError(415, "That is not an image (JPEG, PNG, GIF, BMP, WebP or TIFF)")
 
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")

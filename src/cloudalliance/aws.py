@@ -259,25 +259,26 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
     return rows
 
 
-def _quota_values(session) -> tuple[dict[str, float], str]:
-    """Quota name -> value for service code "sagemaker": the account's applied values, else AWS's defaults."""
+def _quota_values(session) -> dict[str, tuple[float, str]]:
+    """Quota name -> (value, source) for service code "sagemaker": AWS's defaults, with the account's applied values
+    on top. ListServiceQuotas leaves out a quota whose applied value is not available
+    (https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_ListServiceQuotas.html), so the
+    applied list alone can miss the very instance types a run needs."""
     sq = session.client("service-quotas", config=_one_try())
-    for method, source in (("list_service_quotas", "applied"), ("list_aws_default_service_quotas", "AWS default")):
+    values: dict[str, tuple[float, str]] = {}
+    for method, source in (("list_aws_default_service_quotas", "AWS default"), ("list_service_quotas", "applied")):
         try:
-            values: dict[str, float] = {}
             for page in sq.get_paginator(method).paginate(ServiceCode="sagemaker"):
                 for q in page.get("Quotas", []):
-                    values[q["QuotaName"]] = q.get("Value", 0.0)
-            if values:
-                return values, source
-        except Exception:  # noqa: BLE001 - AccessDenied or an API the emulator lacks: try the next
+                    values[q["QuotaName"]] = (q.get("Value", 0.0), source)
+        except Exception:  # noqa: BLE001 - AccessDenied or an API the emulator lacks: the other list may do
             continue
-    return {}, ""
+    return values
 
 
 def _quota_checks(session, needs: Mapping[str, int]) -> list[Check]:
     """``needs``: quota name (e.g. "ml.m5.xlarge for training job usage") -> instances the run uses at once."""
-    values, source = _quota_values(session)
+    values = _quota_values(session)
     rows = []
     for name, need in needs.items():
         if name not in values:
@@ -285,7 +286,7 @@ def _quota_checks(session, needs: Mapping[str, int]) -> list[Check]:
             rows.append(Check(f"quota {name}", "warn", f"{why}; a new account often has 0: check the console "
                               f"before the run (need {need})"))
             continue
-        have = values[name]
+        have, source = values[name]
         note = "" if source == "applied" else " (AWS default; your account's value may differ)"
         rows.append(Check(f"quota {name}", "ok" if have >= need else "fail",
                           f"{have:g} available, {need} needed{note}" + ("" if have >= need else
@@ -293,7 +294,11 @@ def _quota_checks(session, needs: Mapping[str, int]) -> list[Check]:
     return rows
 
 
-def _endpoint_check(session, endpoint: str, run_id: str) -> Check:
+def _endpoint_check(session, endpoint: str, run_id: str) -> tuple[Check, str]:
+    """The endpoint-name row, and the instance type of the course's endpoint of that name when it is live: an
+    update then runs a second fleet beside the first until it is InService ("UpdateEndpoint ... deploys the
+    EndpointConfig ... to a new fleet of instances ... then deletes the old instances",
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html)."""
     from botocore.exceptions import ClientError
 
     sm = session.client("sagemaker")
@@ -303,14 +308,22 @@ def _endpoint_check(session, endpoint: str, run_id: str) -> Check:
         # DescribeEndpoint says "Could not find endpoint" as a ValidationException; anything else (AccessDenied,
         # throttling) tells nothing about the name
         if _error_code(exc) == "ValidationException" and "could not find" in str(exc).lower():
-            return Check("endpoint name", "ok", f"{endpoint} is free")
-        return Check("endpoint name", "warn", f"could not check {endpoint} ({_short(exc)})")
+            return Check("endpoint name", "ok", f"{endpoint} is free"), ""
+        return Check("endpoint name", "warn", f"could not check {endpoint} ({_short(exc)})"), ""
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["EndpointArn"]).get("Tags", [])}
-    if RUN_TAG in tags:
-        return Check("endpoint name", "ok", f"{endpoint} exists (run {tags[RUN_TAG]}, {desc['EndpointStatus']}): "
-                     "notebook 05 updates it in place")
-    return Check("endpoint name", "fail", f"{endpoint} exists and was not created by the course: "
-                 "choose another ENDPOINT_NAME")
+    if RUN_TAG not in tags:
+        return Check("endpoint name", "fail", f"{endpoint} exists and was not created by the course: "
+                     "choose another ENDPOINT_NAME"), ""
+    live = ""
+    if desc.get("EndpointStatus") == "InService":
+        try:
+            config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+            live = next((v.get("InstanceType") or "" for v in config.get("ProductionVariants", [])), "")
+        except ClientError:
+            live = ""
+    return Check("endpoint name", "ok", f"{endpoint} exists (run {tags[RUN_TAG]}, {desc['EndpointStatus']}): "
+                 "notebook 05 updates it in place" + (f", with a second {live} beside the live one until the new "
+                                                      "one is InService" if live else "")), live
 
 
 def _stack_check(session, stack: str) -> Check:
@@ -318,8 +331,12 @@ def _stack_check(session, stack: str) -> Check:
 
     try:
         found = session.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
-    except ClientError:
-        return Check("stack name", "ok", f"{stack} is free")
+    except ClientError as exc:
+        # a missing stack is a ValidationError "Stack with id X does not exist"; AccessDenied or throttling says
+        # nothing about the name
+        if _error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+            return Check("stack name", "ok", f"{stack} is free")
+        return Check("stack name", "warn", f"could not check {stack} ({_short(exc)})")
     tags = {t["Key"]: t["Value"] for t in found.get("Tags", [])}
     if RUN_TAG in tags:
         return Check("stack name", "ok", f"{stack} exists ({found['StackStatus']}): `sam deploy` updates it")
@@ -360,12 +377,17 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
         count = int(params.get("INSTANCE_COUNT") or 1)
         for instance in training_instances(params):
             needs[f"{instance} for training job usage"] = count
+    endpoint_row = None
     if want("endpoint"):
+        endpoint_row, live = _endpoint_check(session, params.get("ENDPOINT_NAME") or "cloudalliance",
+                                             params.get("RUN_ID", ""))
         if (params.get("ENDPOINT_KIND") or "realtime") != "serverless":  # serverless endpoints use no instance
-            needs[f"{params.get('HOSTING_INSTANCE_TYPE') or 'ml.m5.large'} for endpoint usage"] = 1
+            hosting = params.get("HOSTING_INSTANCE_TYPE") or "ml.m5.large"
+            # an update of a live endpoint runs the new instance beside the old one
+            needs[f"{hosting} for endpoint usage"] = 2 if live == hosting else 1
     rows += _quota_checks(session, needs) if needs else []
-    if want("endpoint"):
-        rows.append(_endpoint_check(session, params.get("ENDPOINT_NAME") or "cloudalliance", params.get("RUN_ID", "")))
+    if endpoint_row is not None:
+        rows.append(endpoint_row)
     if want("api"):
         rows.append(_stack_check(session, params.get("STACK_NAME") or "cloudalliance"))
         from .lambda_package import SAM_DIR
@@ -460,8 +482,18 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
     if not session.region_name:
         raise AwsError("No AWS region: pass --region or set AWS_DEFAULT_REGION")
     sm = session.client("sagemaker")
-    removed: dict[str, list[str]] = {"endpoint": [], "endpoint_config": [], "model": [], "stack": [], "s3": []}
+    removed: dict[str, list[str]] = {"training_job": [], "endpoint": [], "endpoint_config": [], "model": [],
+                                     "stack": [], "s3": []}
     others: list[str] = []
+    # a job whose notebook died mid-wait bills until MaxRuntimeInSeconds: stop the run's running ones first
+    for job in _paged(sm, "list_training_jobs", "TrainingJobSummaries", StatusEquals="InProgress"):
+        if _tagged(sm, job["TrainingJobArn"], run_id):
+            try:
+                sm.stop_training_job(TrainingJobName=job["TrainingJobName"])
+                removed["training_job"].append(f"{job['TrainingJobName']} (stopped)")
+            except ClientError as exc:  # it ended between the list and the stop
+                if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                    raise
     for ep in _paged(sm, "list_endpoints", "Endpoints"):
         tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=ep["EndpointArn"]).get("Tags", [])}
         if tags.get(RUN_TAG) == run_id:
@@ -488,6 +520,7 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
         if tags.get(RUN_TAG) == run_id and stack.get("StackStatus") != "DELETE_COMPLETE":
             cfn.delete_stack(StackName=stack["StackName"])
             removed["stack"].append(stack["StackName"])
+    not_removed: list[str] = []
     if delete_data:
         if not bucket:
             raise AwsError("--delete-data needs the bucket (--bucket or BUCKET in --params)")
@@ -496,12 +529,21 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
             prefix = prefix.strip("/") + "/"
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                failed = []
                 for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
-                if keys:
-                    removed["s3"].append(f"s3://{bucket}/{prefix} ({len(keys)} objects)")
+                    reply = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+                    # HTTP 200 with the keys it could not delete in Errors (e.g. AccessDenied): not removed
+                    failed += reply.get("Errors", [])
+                if len(keys) > len(failed):
+                    removed["s3"].append(f"s3://{bucket}/{prefix} ({len(keys) - len(failed)} objects)")
+                if failed:
+                    codes = sorted({e.get("Code", "?") for e in failed})
+                    not_removed.append(f"s3://{bucket}/{prefix}: {len(failed)} objects ({', '.join(codes)}), "
+                                       f"e.g. {failed[0].get('Key')}")
     if others:
         removed["other_runs_endpoints_still_billing"] = others
+    if not_removed:
+        removed["not_removed"] = not_removed
     if wait and removed["stack"]:
         try:
             for name in removed["stack"]:
@@ -519,8 +561,11 @@ def data_prefixes(prefix: str, run_id: str) -> list[str]:
 def format_removed(removed: Mapping[str, list[str]]) -> str:
     others = removed.get("other_runs_endpoints_still_billing", [])
     lines = [f"removed {kind.replace('_', ' ')}: {name}" for kind, names in removed.items() for name in names
-             if kind != "other_runs_endpoints_still_billing"]
+             if kind not in ("other_runs_endpoints_still_billing", "not_removed")]
     text = "\n".join(lines) or "nothing to remove"
+    if removed.get("not_removed"):
+        text += "\nNOT removed (delete them in the console, or give the caller s3:DeleteObject):\n" + "\n".join(
+            f"  {o}" for o in removed["not_removed"])
     if others:
         text += "\nstill running (the course's, another run's; it bills by the hour):\n" + "\n".join(
             f"  endpoint {o}" for o in others)

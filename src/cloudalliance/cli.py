@@ -575,7 +575,7 @@ def cmd_aws_cleanup(args: argparse.Namespace) -> int:
         _print_json(removed)
     else:
         print(aws.format_removed(removed))
-    return 0
+    return 1 if removed.get("not_removed") else 0
 
 
 def cmd_records(args: argparse.Namespace) -> int:

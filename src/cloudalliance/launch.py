@@ -307,15 +307,70 @@ def processes_per_job(instance_type: str, instance_count: int = 1) -> int:
 
 
 def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None = None, wait: bool = True,
-                             logs: bool = True) -> str:
-    """Start the job (File input mode) and return its name."""
+                             logs: bool = True, sagemaker_client=None) -> str:
+    """Start the job (File input mode) and return its name.
+
+    With ``wait``, the job is never left billing behind a failure of the wait itself. The SDK's
+    ``TrainingJob.wait`` raises ``FailedStatusError`` for a failed job (the name is returned, so the caller reads
+    its ``FailureReason``); any other error while following the logs (e.g. a role without ``logs:GetLogEvents``)
+    falls back to waiting without them; an interrupt (the notebook's stop button) or an error that persists stops
+    the job with ``StopTrainingJob`` before it is raised. A rerun resumes from the job's S3 checkpoints.
+    """
     from sagemaker.core.training.configs import InputData
 
     channels = [InputData(channel_name="train", data_source=train_s3_uri)]
     if test_s3_uri:
         channels.append(InputData(channel_name="test", data_source=test_s3_uri))
-    trainer.train(input_data_config=channels, wait=wait, logs=logs)
+    try:
+        trainer.train(input_data_config=channels, wait=wait, logs=logs)
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the job must not bill on unwatched
+        job = getattr(trainer, "_latest_training_job", None)
+        name = getattr(job, "training_job_name", None)
+        if not wait or not isinstance(name, str):
+            raise  # nothing was started, or the caller did not ask to wait
+        if _ended_failed(exc):
+            return name
+        if logs and isinstance(exc, Exception):
+            print(f"[train] following {name}'s logs failed ({type(exc).__name__}: {exc}); waiting without them",
+                  file=sys.stderr)
+            try:
+                job.wait(logs=False)
+                return name
+            except BaseException as again:  # noqa: BLE001
+                if _ended_failed(again):
+                    return name
+                exc = again
+        client = sagemaker_client or getattr(getattr(trainer, "sagemaker_session", None), "sagemaker_client", None)
+        if stop_training_job(name, client):
+            print(f"[train] stopped training job {name} so that it does not bill on unwatched; a rerun resumes from "
+                  "its checkpoints", file=sys.stderr)
+        if isinstance(exc, Exception):
+            raise LaunchError(f"waiting for training job {name} failed ({type(exc).__name__}: {exc}); it was "
+                              "stopped: run the cell again to resume from its checkpoints") from exc
+        raise exc  # an interrupt stays one
     return trainer._latest_training_job.training_job_name
+
+
+def _ended_failed(exc: BaseException) -> bool:
+    """The SDK's ``FailedStatusError`` (sagemaker.core.utils.exceptions): the job reached ``Failed`` by itself."""
+    return type(exc).__name__ == "FailedStatusError"
+
+
+def stop_training_job(job_name: str, sagemaker_client) -> bool:
+    """``StopTrainingJob`` when the job is still ``InProgress``; True when it was asked to stop. Errors are
+    reported, not raised: this runs while another error is on its way out."""
+    if sagemaker_client is None:
+        return False
+    try:
+        status = sagemaker_client.describe_training_job(TrainingJobName=job_name)["TrainingJobStatus"]
+        if status != "InProgress":
+            return False
+        sagemaker_client.stop_training_job(TrainingJobName=job_name)
+        return True
+    except Exception as exc:  # noqa: BLE001
+        print(f"[train] could not stop training job {job_name} ({type(exc).__name__}: {exc}): stop it in the "
+              f"console or with `aws sagemaker stop-training-job --training-job-name {job_name}`", file=sys.stderr)
+        return False
 
 
 def describe_training_job(job_name: str, sagemaker_client) -> dict[str, Any]:
@@ -379,9 +434,11 @@ def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type
                                    use_spot=use_spot, output_path=output_path, checkpoint_s3_uri=checkpoint_s3_uri,
                                    boto_session=boto_session, run_id=run_id, staging_s3_uri=staging_s3_uri)
     t0 = time.perf_counter()
-    job_name = start_sagemaker_training(trainer, train_s3_uri, test_s3_uri, wait=True, logs=logs)
+    sagemaker_client = boto_session.client("sagemaker")
+    job_name = start_sagemaker_training(trainer, train_s3_uri, test_s3_uri, wait=True, logs=logs,
+                                        sagemaker_client=sagemaker_client)
     wall = time.perf_counter() - t0
-    info = describe_training_job(job_name, boto_session.client("sagemaker"))
+    info = describe_training_job(job_name, sagemaker_client)
     if info["status"] != "Completed":
         raise LaunchError(f"training job {job_name} ended {info['status']}: {info['failure_reason']}")
     folder = fetch_model_artifact(boto_session.client("s3"), info["model_artifact"], model_dir)

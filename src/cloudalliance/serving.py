@@ -169,10 +169,6 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
     app = services.create_json_app(f"local SageMaker-style endpoint {endpoint_name}")
     stats = {"invocations": 0, "errors": 0, "workers": workers}
 
-    def error(status: int, message: str, close: bool = False) -> Response:
-        stats["errors"] += 1
-        return services.json_error(status, message, close=close)
-
     def infer(body: bytes, content_type: str, accept: str) -> tuple[int, str]:
         try:
             data = handlers.input_fn(body, content_type)
@@ -183,19 +179,24 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
         except Exception as exc:  # noqa: BLE001 - a model failure is a 500 with a short reason
             return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
 
-    async def invoke(request: Request) -> Response:
+    async def answer(request: Request) -> tuple[int, str] | services.BodyError:
+        """The container's (status, body), or the BodyError that refused the request before it got there."""
         try:
             body = await services.read_body(request, limit)
         except services.BodyError as exc:
-            return error(exc.status, exc.message, close=True)
+            stats["errors"] += 1
+            return exc
         content_type = request.headers.get("content-type", "")
         accept = request.headers.get("accept", "application/json")
         status, payload = await asyncio.get_running_loop().run_in_executor(pool, infer, body, content_type, accept)
-        if status == 200:
-            stats["invocations"] += 1
-        else:
-            stats["errors"] += 1
-        return Response(payload, status_code=status, media_type="application/json")
+        stats["invocations" if status == 200 else "errors"] += 1
+        return status, payload
+
+    async def invoke(request: Request) -> Response:
+        result = await answer(request)
+        if isinstance(result, services.BodyError):
+            return services.json_error(result.status, result.message, close=True)
+        return Response(result[1], status_code=result[0], media_type="application/json")
 
     @app.get("/ping")
     async def ping() -> Response:
@@ -205,11 +206,39 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
 
     @app.post("/endpoints/{name}/invocations")
     async def named(name: str, request: Request) -> Response:
+        """The sagemaker-runtime API in front of the container: its errors as InvokeEndpoint's, so botocore raises
+        ``client.exceptions.ValidationError`` / ``ModelError`` here as on AWS."""
         if name != endpoint_name:
-            return error(404, f"Endpoint {name} not found; this server serves {endpoint_name}")
-        return await invoke(request)
+            stats["errors"] += 1
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {LOCAL_ACCOUNT} not found.")
+        result = await answer(request)
+        if isinstance(result, services.BodyError):  # refused before the container saw it
+            return runtime_error(result.status, "ValidationError", result.message, close=True)
+        status, original = result
+        if status == 200:
+            return Response(original, status_code=200, media_type="application/json")
+        return runtime_error(424, "ModelError", f"Received client error ({status}) from primary with "
+                             f"message \"{original}\". See the endpoint's log for more information.",
+                             OriginalStatusCode=status, OriginalMessage=original,
+                             LogStreamArn=f"arn:aws:logs:local:{LOCAL_ACCOUNT}:log-group:/aws/sagemaker/Endpoints/"
+                                          f"{endpoint_name}")
 
     return app
+
+
+LOCAL_ACCOUNT = "000000000000"
+
+
+def runtime_error(status: int, code: str, message: str, close: bool = False, **members: Any):
+    """An InvokeEndpoint error as sagemaker-runtime sends it (rest-json): the code in ``x-amzn-ErrorType``, the
+    error shape's members in the body (botocore/data/sagemaker-runtime/2017-05-13/service-2.json: ``ModelError``
+    is HTTP 424 with ``Message``, ``OriginalStatusCode``, ``OriginalMessage``, ``LogStreamArn``; an unknown
+    endpoint is a 400 ``ValidationError``). ``error`` carries the message too, as every local server's errors do."""
+    from fastapi import Response
+
+    headers = {"x-amzn-ErrorType": code, **({"Connection": "close"} if close else {})}
+    body = {"__type": code, "Message": message, "error": message, **members}
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _ping(url: str) -> bool:
@@ -357,11 +386,26 @@ SERVING_PACKAGES = ("onnxruntime", "pillow")
 
 
 def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
-    """Put ``model.tar.gz`` at ``s3_uri`` (a key ending in .tar.gz, or a prefix)."""
+    """Put ``model.tar.gz`` at ``s3_uri``: that key when it ends in .tar.gz, else ``<prefix>/<digest>/model.tar.gz``.
+
+    The digest (the first 16 hex digits of the file's SHA-256) gives every artifact a key of its own, so a second
+    deploy never overwrites the object the live model points at. During an update, and after a rollback, the old
+    fleet keeps serving, and an instance it replaces loads the ModelDataUrl again: under one shared key it would
+    load the new artifact. The same artifact gets the same key, so a rerun uploads it to where it already is.
+    """
+    import hashlib
+
     from .storage import S3Location
 
     loc = S3Location.parse(s3_uri)
-    key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key("model.tar.gz")
+    if loc.prefix.endswith(".tar.gz"):
+        key = loc.prefix
+    else:
+        digest = hashlib.sha256()
+        with open(artifact, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        key = loc.key(f"{digest.hexdigest()[:16]}/model.tar.gz")
     s3_client.upload_file(str(artifact), loc.bucket, key)
     return f"s3://{loc.bucket}/{key}"
 

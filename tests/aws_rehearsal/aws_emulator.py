@@ -424,7 +424,8 @@ class Emulator:
             return 400, {"Content-Type": "application/json", "x-amzn-ErrorType": "ValidationError"}, json.dumps(
                 {"__type": "ValidationError", "message": msg}).encode()
         keep = {k: v for k, v in headers.items() if k.lower() in ("content-type", "accept")}
-        req = urllib.request.Request(f"{ep.url}/endpoints/{name}/invocations", data=body, method="POST", headers=keep)
+        # the container behind the endpoint: its own status and body, which SageMaker wraps as below
+        req = urllib.request.Request(f"{ep.url}/invocations", data=body, method="POST", headers=keep)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.status, {"Content-Type": resp.headers.get("Content-Type", "application/json"),

@@ -72,6 +72,28 @@ def test_boto3_runtime_client_against_the_local_endpoint(endpoint, artifact):
     assert got == list(expected)
 
 
+def test_boto3_gets_invoke_endpoints_own_errors(endpoint, artifact):
+    """What InvokeEndpoint raises on AWS (botocore/data/sagemaker-runtime/2017-05-13/service-2.json): an unknown
+    endpoint is ``ValidationError``; a container that refuses the input is ``ModelError`` (HTTP 424) carrying the
+    container's status and body in ``OriginalStatusCode`` / ``OriginalMessage``. Code written against the local
+    endpoint then catches the same exceptions on AWS."""
+    client = serving.runtime_client(endpoint.endpoint_url)
+    jpeg = artifact[2][0].read_bytes()
+    with pytest.raises(client.exceptions.ValidationError, match="Endpoint nope of account .* not found"):
+        client.invoke_endpoint(EndpointName="nope", Body=jpeg, ContentType="image/jpeg")
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        client.invoke_endpoint(EndpointName="course-test", Body=b"hello", ContentType="text/csv")
+    reply = caught.value.response
+    assert reply["ResponseMetadata"]["HTTPStatusCode"] == 424 and reply["OriginalStatusCode"] == 415
+    assert "error" in json.loads(reply["OriginalMessage"]) and "(415)" in reply["Error"]["Message"]
+    assert reply["LogStreamArn"].startswith("arn:aws:logs:")
+    # and the forwarding handler's answer to it is the API's 415, as for AWS's ModelError
+    sys.path.insert(0, str(api.REPO_ROOT / "lambda" / "src"))
+    import handler
+
+    assert handler.endpoint_error(caught.value, 5.0).status == 415
+
+
 def test_endpoint_refuses_bad_requests(endpoint):
     import urllib.error
     import urllib.request
@@ -88,7 +110,8 @@ def test_endpoint_refuses_bad_requests(endpoint):
     assert post("/invocations", b"hello", "text/plain")[0] == 415
     status, body = post("/invocations", b"not an image at all", "image/jpeg")
     assert status == 415 and "not an image" in body["error"]
-    assert post("/endpoints/other/invocations", b"x", "image/jpeg")[0] == 404
+    status, body = post("/endpoints/other/invocations", b"x", "image/jpeg")
+    assert status == 400 and "not found" in body["error"]  # InvokeEndpoint's ValidationError, as on AWS
     with urllib.request.urlopen(endpoint.endpoint_url + "/ping", timeout=5) as r:
         assert json.loads(r.read())["status"] == "ok"
 

@@ -337,3 +337,77 @@ def test_quotas_value_against_need_from_list_service_quotas():
     assert "0 available, 2 needed" in rows["quota ml.m5.xlarge for training job usage"].detail
     assert rows["quota ml.m5.large for endpoint usage"].status == "ok"
     assert rows["quota ml.p5.48xlarge for training job usage"].status == "warn"
+
+
+class _WithQuotas:
+    """The emulator's session, but Service Quotas (which moto lacks) from a Stubber: each call checked against
+    botocore's service-quotas model. ListServiceQuotas leaves out quotas without an applied value (its API
+    reference), so the defaults list must fill them in."""
+
+    def __init__(self, session, defaults, applied):
+        import boto3
+        from botocore.stub import Stubber
+
+        self._session = session
+        self.quotas = boto3.client("service-quotas", region_name="us-east-1")
+        self.stub = Stubber(self.quotas)
+        for method, values in (("list_aws_default_service_quotas", defaults), ("list_service_quotas", applied)):
+            self.stub.add_response(method, {"Quotas": [{"QuotaName": n, "Value": v} for n, v in values.items()]},
+                                   {"ServiceCode": "sagemaker"})
+        self.stub.activate()
+
+    def client(self, name, **kwargs):
+        return self.quotas if name == "service-quotas" else self._session.client(name, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def test_quota_for_an_update_counts_the_second_fleet_and_defaults_fill_what_applied_leaves_out(aws):
+    """UpdateEndpoint deploys the new config on a new fleet, then deletes the old instances (its API reference):
+    a rerun of notebook 05 on a live ml.m5.large endpoint needs 2 of them at once, a quota of 1 fails."""
+    from cloudalliance import aws as backend
+
+    role = _role(aws)
+    sm = aws.client("sagemaker")
+    tags = [{"Key": backend.RUN_TAG, "Value": "r1"}]
+    sm.create_model(ModelName="m1", ExecutionRoleArn=role, PrimaryContainer={"Image": "img"}, Tags=tags)
+    sm.create_endpoint_config(EndpointConfigName="c1", Tags=tags, ProductionVariants=[
+        {"VariantName": "v", "ModelName": "m1", "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName="cloudalliance", EndpointConfigName="c1", Tags=tags)
+    params = {"REGION": "us-east-1", "BUCKET": "course-data", "ROLE_ARN": role, "INSTANCE_TYPES": ["ml.m5.xlarge"],
+              "HOSTING_INSTANCE_TYPE": "ml.m5.large", "RUN_ID": "r1"}
+    session = _WithQuotas(aws, defaults={"ml.m5.large for endpoint usage": 1.0,
+                                         "ml.m5.xlarge for training job usage": 2.0},
+                          applied={"ml.m5.large for endpoint usage": 1.0})
+    rows = {r.check: r for r in backend.preflight(params, ("training", "endpoint"), session=session)}
+    session.stub.assert_no_pending_responses()
+    endpoint_quota = rows["quota ml.m5.large for endpoint usage"]
+    assert endpoint_quota.status == "fail" and "2 needed" in endpoint_quota.detail, endpoint_quota
+    assert "second ml.m5.large" in rows["endpoint name"].detail
+    training = rows["quota ml.m5.xlarge for training job usage"]  # not in the applied list: AWS's default
+    assert training.status == "ok" and "AWS default" in training.detail, training
+    # another hosting type for the update: the live fleet holds its own type's quota, the new one needs 1
+    session = _WithQuotas(aws, defaults={"ml.c5.large for endpoint usage": 1.0}, applied={})
+    rows = {r.check: r for r in backend.preflight({**params, "HOSTING_INSTANCE_TYPE": "ml.c5.large"}, ("endpoint",),
+                                                  session=session)}
+    assert rows["quota ml.c5.large for endpoint usage"].status == "ok"
+
+
+def test_a_stack_check_that_is_denied_is_not_called_free(aws):
+    from botocore.stub import Stubber
+
+    from cloudalliance import aws as backend
+
+    assert backend._stack_check(aws, "cloudalliance").detail == "cloudalliance is free"  # moto: does not exist
+    cfn = aws.client("cloudformation")
+    stub = Stubber(cfn)
+    stub.add_client_error("describe_stacks", "AccessDenied", "not authorized to perform cloudformation:DescribeStacks")
+    stub.activate()
+
+    class Denied:
+        def client(self, name, **kwargs):
+            return cfn
+
+    check = backend._stack_check(Denied(), "cloudalliance")
+    assert check.status == "warn" and "could not check" in check.detail

@@ -83,7 +83,8 @@ class _FakeSageMaker:
 
 
 def test_an_endpoint_check_that_is_denied_is_not_called_free():
-    check = aws._endpoint_check(_Session(sagemaker=_FakeSageMaker("AccessDeniedException")), "cloudalliance", "r1")
+    check, live = aws._endpoint_check(_Session(sagemaker=_FakeSageMaker("AccessDeniedException")), "cloudalliance", "r1")
+    assert live == ""
     assert check.status == "warn" and "could not check" in check.detail
 
 
@@ -104,3 +105,64 @@ def test_region_from_the_params_is_the_default_for_the_sdks_own_clients(tmp_path
 
 def test_the_serving_requirements_leave_the_containers_numpy_alone():
     assert "numpy" not in serving.SERVING_PACKAGES and "onnxruntime" in serving.SERVING_PACKAGES
+
+
+class _StubbedSession:
+    """A boto3 session whose clients are real botocore clients behind Stubbers: each call and its parameters
+    are checked against the service's model, and each reply is one AWS documents."""
+
+    region_name = "us-east-1"
+
+    def __init__(self):
+        import boto3
+        from botocore.stub import Stubber
+
+        self.clients, self.stubs = {}, {}
+        for name in ("sagemaker", "cloudformation", "s3"):
+            client = boto3.client(name, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+            self.clients[name], self.stubs[name] = client, Stubber(client)
+            self.stubs[name].activate()
+
+    def get_credentials(self):
+        return object()
+
+    def client(self, name):
+        return self.clients[name]
+
+
+def test_cleanup_stops_the_runs_running_training_job_and_reports_objects_it_could_not_delete(capsys):
+    """A notebook that died mid-wait leaves its job billing until MaxRuntimeInSeconds: cleanup stops the run's
+    InProgress jobs (ListTrainingJobs StatusEquals, StopTrainingJob). DeleteObjects answers HTTP 200 with the
+    keys it did not delete in ``Errors``: those are reported as not removed, and the command exits 1."""
+    from cloudalliance import cli
+
+    session = _StubbedSession()
+    sm, cfn, s3 = (session.stubs[n] for n in ("sagemaker", "cloudformation", "s3"))
+    mine = "arn:aws:sagemaker:us-east-1:1:training-job/mine"
+    sm.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": "mine", "TrainingJobArn": mine, "CreationTime": "2026-12-02T00:00:00Z",
+         "TrainingJobStatus": "InProgress"},
+        {"TrainingJobName": "theirs", "TrainingJobArn": mine.replace("mine", "theirs"),
+         "CreationTime": "2026-12-02T00:00:00Z", "TrainingJobStatus": "InProgress"}]}, {"StatusEquals": "InProgress"})
+    sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "run1"}]}, {"ResourceArn": mine})
+    sm.add_response("stop_training_job", {}, {"TrainingJobName": "mine"})
+    sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "run2"}]},
+                    {"ResourceArn": mine.replace("mine", "theirs")})
+    for method, key in (("list_endpoints", "Endpoints"), ("list_endpoint_configs", "EndpointConfigs"),
+                        ("list_models", "Models")):
+        sm.add_response(method, {key: []}, {})
+    cfn.add_response("describe_stacks", {"Stacks": []}, {})
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": "models/run1/a"}, {"Key": "models/run1/b"}],
+                                        "IsTruncated": False}, {"Bucket": "course-data", "Prefix": "models/run1/"})
+    s3.add_response("delete_objects", {"Errors": [{"Key": "models/run1/b", "Code": "AccessDenied",
+                                                   "Message": "Access Denied"}]},
+                    {"Bucket": "course-data", "Delete": {"Objects": [{"Key": "models/run1/a"}, {"Key": "models/run1/b"}],
+                                                         "Quiet": True}})
+    removed = aws.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True)
+    for stub in session.stubs.values():
+        stub.assert_no_pending_responses()
+    assert removed["training_job"] == ["mine (stopped)"]
+    assert removed["s3"] == ["s3://course-data/models/run1/ (1 objects)"]
+    assert removed["not_removed"] == ["s3://course-data/models/run1/: 1 objects (AccessDenied), e.g. models/run1/b"]
+    text = aws.format_removed(removed)
+    assert "removed training job: mine (stopped)" in text and "NOT removed" in text

@@ -343,3 +343,33 @@ def test_fuzzed_bodies_and_images_get_a_4xx(handler):
 def test_targets_are_ascii_what_is_checked_is_what_is_sent(handler, url, host, host_header, path):
     target = handler.Target(url)
     assert (target.host, target.host_header, target.path) == (host, host_header, path)
+
+
+def test_raw_line_breaks_in_the_base64_string_are_taken(handler, jpeg):
+    """`base64 FILE` wraps at 76 columns; pasted between quotes, the JSON string holds raw newlines, which
+    json.loads refuses unless strict=False."""
+    wrapped = base64.encodebytes(jpeg).decode()  # 76-column lines, as GNU base64 writes them
+    assert "\n" in wrapped.strip()
+    raw = ('{"image": "' + wrapped + '"}').encode()
+    with pytest.raises(ValueError):
+        json.loads(raw)  # what the handler parsed with before
+    status, reply = call_raw(handler, raw)
+    assert status == 200, reply
+
+
+def test_a_tiff_is_an_image_as_the_model_reads_it(handler):
+    import io
+
+    from PIL import Image
+
+    from cloudalliance.presets import IMAGE_FORMATS
+
+    assert "TIFF" in IMAGE_FORMATS
+    for byte_order in ("<", ">"):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 24), (10, 120, 30)).save(buf, "TIFF", tiffinfo={}, **(
+            {} if byte_order == "<" else {"big_endian": True}))
+        data = buf.getvalue()
+        assert handler.sniff_image(data) == "image/tiff", data[:4]
+        status, reply = call(handler, {"image": base64.b64encode(data).decode()})
+        assert status == 200, reply

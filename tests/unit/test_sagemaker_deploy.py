@@ -6,6 +6,8 @@ those empty fields from moto's replies. Everything else goes through the real
 request models.
 """
 
+import re
+
 import pytest
 
 moto = pytest.importorskip("moto")
@@ -38,7 +40,7 @@ def test_model_builder_deploys_the_artifact_and_cleanup_deletes_everything(aws, 
     artifact = tmp_path / "model.tar.gz"
     artifact.write_bytes(b"stand-in archive")
     uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
-    assert uri == "s3://course-data/models/run1/model.tar.gz"
+    assert re.fullmatch(r"s3://course-data/models/run1/[0-9a-f]{16}/model\.tar\.gz", uri), uri
     endpoint = serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False)
     assert endpoint.endpoint_name == "course-ep"
     sm = aws.client("sagemaker")
@@ -125,3 +127,20 @@ def test_serverless_limits_are_checked_before_anything_is_created(aws, memory, c
                                  wait=False, kind="serverless", serverless_memory_mb=memory,
                                  serverless_max_concurrency=concurrency)
     assert aws.client("sagemaker").list_models()["Models"] == []
+
+
+def test_each_artifact_gets_its_own_key_so_the_live_model_keeps_its_own(aws, tmp_path):
+    """A second deploy must not overwrite the object the live model (and a rollback) points at."""
+    from cloudalliance import serving
+
+    s3 = aws.client("s3")
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    first.write_bytes(b"first model")
+    second.write_bytes(b"second model")
+    uri1 = serving.upload_artifact(s3, first, "s3://course-data/models/run1")
+    uri2 = serving.upload_artifact(s3, second, "s3://course-data/models/run1")
+    assert uri1 != uri2 and serving.upload_artifact(s3, first, "s3://course-data/models/run1") == uri1
+    key1 = uri1.split("/", 3)[3]
+    assert s3.get_object(Bucket="course-data", Key=key1)["Body"].read() == b"first model"
+    assert serving.upload_artifact(s3, first, "s3://course-data/exact/model.tar.gz") == \
+        "s3://course-data/exact/model.tar.gz"  # a key given whole is kept

@@ -60,6 +60,7 @@ def test_describe_reads_timings_and_billable_seconds():
     import datetime as dt
 
     import boto3
+    import boto3
     from botocore.stub import Stubber
 
     client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
@@ -95,3 +96,97 @@ def test_aws_backend_needs_a_role(tmp_path):
     with pytest.raises(launch.LaunchError, match="needs ROLE_ARN"):
         launch.train_instance("aws", "ml.m5.xlarge", open_run("r", tmp_path), tmp_path, {},
                               location="s3://b/p", role="")
+
+
+class _Job:
+    """What ``ModelTrainer.train`` leaves in ``_latest_training_job``: a name and ``wait``."""
+
+    def __init__(self, name, wait_errors=()):
+        self.training_job_name = name
+        self.waits = []
+        self._errors = list(wait_errors)
+
+    def wait(self, logs=False):
+        self.waits.append(logs)
+        if self._errors:
+            raise self._errors.pop(0)
+
+
+class _Trainer:
+    """A ModelTrainer whose job was created and whose ``wait(logs=True)`` then raised ``error``."""
+
+    def __init__(self, error, job=None):
+        self.error, self._latest_training_job = error, job
+
+    def train(self, input_data_config, wait, logs):
+        if self._latest_training_job is not None:
+            self._latest_training_job.waits.append(logs)
+        raise self.error
+
+
+def _stubbed_sagemaker(stops: bool):
+    """A real botocore client with a Stubber: every call is checked against SageMaker's service model."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(client)
+    if stops:
+        stub.add_response("describe_training_job", {
+            "TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/job-1",
+            "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training", "ModelArtifacts": {"S3ModelArtifacts": ""},
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ResourceConfig": {
+                "InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 10800}, "CreationTime": "2026-12-02T00:00:00Z"},
+            {"TrainingJobName": "job-1"})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
+    stub.activate()
+    return client, stub
+
+
+def test_an_interrupted_wait_stops_the_job_before_the_interrupt_goes_on(capsys):
+    """The notebook's stop button mid-wait: ``TrainingJob.wait`` (sagemaker/core/resources.py) does not stop
+    the job, which would bill up to MaxRuntimeInSeconds. StopTrainingJob is called, then the interrupt raised."""
+    from cloudalliance import launch
+
+    client, stub = _stubbed_sagemaker(stops=True)
+    with pytest.raises(KeyboardInterrupt):
+        launch.start_sagemaker_training(_Trainer(KeyboardInterrupt(), _Job("job-1")), "s3://b/train",
+                                        sagemaker_client=client)
+    stub.assert_no_pending_responses()
+    assert "stopped training job job-1" in capsys.readouterr().err
+
+
+def test_a_log_error_waits_on_without_logs_and_a_lasting_one_stops_the_job(capsys):
+    from botocore.exceptions import ClientError
+
+    from cloudalliance import launch
+
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no logs:GetLogEvents"}}, "GetLogEvents")
+    client, stub = _stubbed_sagemaker(stops=False)
+    job = _Job("job-1")
+    assert launch.start_sagemaker_training(_Trainer(denied, job), "s3://b/train", sagemaker_client=client) == "job-1"
+    assert job.waits == [True, False], "followed with logs, then waited without them"
+    stub.assert_no_pending_responses()  # the job was fine: not stopped
+    assert "waiting without them" in capsys.readouterr().err
+
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "DescribeTrainingJob")
+    client, stub = _stubbed_sagemaker(stops=True)
+    with pytest.raises(launch.LaunchError, match="job-1.*stopped"):
+        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1", [throttled])), "s3://b/train",
+                                        sagemaker_client=client)
+    stub.assert_no_pending_responses()
+
+
+def test_a_failed_job_is_returned_for_its_reason_and_a_failed_create_raises_as_is():
+    from sagemaker.core.utils.exceptions import FailedStatusError
+
+    from cloudalliance import launch
+
+    client, stub = _stubbed_sagemaker(stops=False)
+    failed = FailedStatusError(resource_type="TrainingJob", status="Failed", reason="AlgorithmError: boom")
+    assert launch.start_sagemaker_training(_Trainer(failed, _Job("job-1")), "s3://b/train",
+                                           sagemaker_client=client) == "job-1"
+    with pytest.raises(ValueError, match="bad request"):  # no job was created: nothing to stop
+        launch.start_sagemaker_training(_Trainer(ValueError("bad request")), "s3://b/train", sagemaker_client=client)
+    stub.assert_no_pending_responses()
