@@ -658,6 +658,11 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
         message = str(error.get("Message", "")).lower()
         if code == "ValidationError" and ("not found" in message or "could not find" in message):
             return ApiError(503, "The model endpoint does not exist (yet)")
+        if code == "ValidationError" and "oversize body" in message:
+            # Serverless Inference takes at most 4 MB: "Request <id> has oversize body."
+            # (https://github.com/aws/sagemaker-python-sdk/issues/4271)
+            return ApiError(413, "The image is too large for the model endpoint (Serverless Inference takes at "
+                                 "most 4 MB)")
         if code == "ModelError" or original is not None:
             if str(original) in ("413", "415", "400", "422"):
                 return model_refused(original)

@@ -462,7 +462,8 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         if "Could not find" not in str(exc) and "ValidationException" not in str(exc):
             raise
         previous = None
-    if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting"):
+    if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting",
+                                                               "RollingBack"):
         raise ServingError(f"Endpoint {endpoint_name} is {previous['EndpointStatus']}: wait for it, then run again")
     from . import prices
 
@@ -480,18 +481,17 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
             old_models = [v["ModelName"] for v in
                           sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]
             sm.delete_endpoint(EndpointName=endpoint_name)
-            sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint_name,
-                                                    WaiterConfig={"Delay": 10, "MaxAttempts": 60})
+            wait_endpoint_deleted(sm, endpoint_name)
             sm.delete_endpoint_config(EndpointConfigName=old_config)
             for model in old_models:
                 sm.delete_model(ModelName=model)
             previous = None
-    if previous is not None and previous["EndpointStatus"] == "Failed":
-        # Failed: "Endpoint could not be created, updated, or re-scaled" (API_EndpointSummary, EndpointStatus):
-        # nothing to keep serving, so it is replaced -- deleted, then created afresh below; its old config and
-        # model stay tagged for cleanup
+    if previous is not None and previous["EndpointStatus"] in ("Failed", "OutOfService"):
+        # Failed: "Endpoint could not be created, updated, or re-scaled"; OutOfService: "not available to take
+        # incoming requests" (API_EndpointSummary, EndpointStatus): nothing to keep serving, so it is replaced --
+        # deleted, then created afresh below; its old config and model stay tagged for cleanup
         sm.delete_endpoint(EndpointName=endpoint_name)
-        sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint_name, WaiterConfig={"Delay": 10, "MaxAttempts": 60})
+        wait_endpoint_deleted(sm, endpoint_name)
         previous = None
     # names: at most 63 characters, [a-zA-Z0-9-]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
@@ -579,6 +579,26 @@ def delete_sagemaker_endpoint(endpoint_name: str, sagemaker_client) -> dict[str,
         sagemaker_client.delete_model(ModelName=variant["ModelName"])
         deleted["model"].append(variant["ModelName"])
     return deleted
+
+
+def wait_endpoint_deleted(sm, endpoint_name: str, timeout_s: float = 600.0, poll_s: float = 10.0) -> None:
+    """Poll DescribeEndpoint until the endpoint is gone. Not botocore's ``endpoint_deleted`` waiter: it fails on
+    ``EndpointStatus == "Failed"`` (botocore/data/sagemaker/2017-07-24/waiters-2.json, EndpointDeleted), which is
+    what a Failed endpoint still says for a moment after DeleteEndpoint."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointStatus"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ValidationException":
+                return  # "Could not find endpoint"
+            raise
+        if time.monotonic() > deadline:
+            raise ServingError(f"Endpoint {endpoint_name} is still {status} {timeout_s:.0f} s after it was deleted; "
+                               "run again once it is gone")
+        time.sleep(poll_s)
 
 
 def deployment_record(name: str, backend: str, instance: str, timings: dict[str, float], sizes: dict[str, Any],

@@ -244,6 +244,8 @@ class _Runtime(http.server.BaseHTTPRequestHandler):
                         OriginalMessage="cannot decode", LogStreamArn="arn:aws:logs:x")
         elif mode == "not-found":
             self._error(400, "ValidationError", message="Endpoint test-endpoint of account 000000000000 not found.")
+        elif mode == "oversize":  # Serverless Inference over its 4 MB (aws/sagemaker-python-sdk#4271)
+            self._error(400, "ValidationError", message="Request 3f2c1e0a-1b2c-4d5e-8f90-123456789abc has oversize body.")
         elif mode == "throttled":
             self._error(400, "ThrottlingException", message="Rate exceeded")
         elif mode == "not-ready":
@@ -311,6 +313,7 @@ def test_a_hung_endpoint_is_a_504_within_the_budget(handler, runtime, image_body
     ("model-413", 413, "too large"),
     ("model-500", 502, "model failed"),
     ("not-found", 503, "does not exist"),
+    ("oversize", 413, "at most 4 MB"),
     ("throttled", 503, "try again"),
     ("not-ready", 503, "try again"),
     ("internal", 502, "InternalFailure"),

@@ -144,3 +144,31 @@ def test_each_artifact_gets_its_own_key_so_the_live_model_keeps_its_own(aws, tmp
     assert s3.get_object(Bucket="course-data", Key=key1)["Body"].read() == b"first model"
     assert serving.upload_artifact(s3, first, "s3://course-data/exact/model.tar.gz") == \
         "s3://course-data/exact/model.tar.gz"  # a key given whole is kept
+
+
+def test_a_failed_endpoint_being_deleted_is_waited_out_where_botocores_waiter_gives_up():
+    """Right after DeleteEndpoint a Failed endpoint still describes as Failed; botocore's EndpointDeleted waiter
+    treats that as a failure (waiters-2.json), so the replacement of a Failed endpoint polls on its own."""
+    import boto3
+    from botocore.exceptions import WaiterError
+    from botocore.stub import Stubber
+
+    from cloudalliance import serving
+
+    def stubbed():
+        client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+        stub = Stubber(client)
+        stub.add_response("describe_endpoint", {
+            "EndpointName": "ep", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/ep", "EndpointStatus": "Failed",
+            "CreationTime": "2026-12-02T00:00:00Z", "LastModifiedTime": "2026-12-02T00:00:00Z"}, {"EndpointName": "ep"})
+        stub.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint \"ep\".",
+                              expected_params={"EndpointName": "ep"})
+        stub.activate()
+        return client, stub
+
+    client, _ = stubbed()
+    with pytest.raises(WaiterError, match="Failed"):
+        client.get_waiter("endpoint_deleted").wait(EndpointName="ep", WaiterConfig={"Delay": 0, "MaxAttempts": 2})
+    client, stub = stubbed()
+    serving.wait_endpoint_deleted(client, "ep", poll_s=0)
+    stub.assert_no_pending_responses()
