@@ -576,8 +576,6 @@ def api_record(latency: LatencyResult, backend: str, api_url: str, hosting_insta
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    import uvicorn
-
     p = argparse.ArgumentParser(prog="cloudalliance.api")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gateway", help="serve the local API gateway")
@@ -586,8 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--workers", type=int, default=GATEWAY_WORKERS, help="concurrent handler calls")
     g.add_argument("--follow-service", default="", help="a local service whose URL the handler's endpoint follows")
     args = p.parse_args(argv)
-    uvicorn.run(create_gateway_app(args.handler, args.workers, args.follow_service), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+    services.serve(create_gateway_app(args.handler, args.workers, args.follow_service), args.port)
     return 0
 
 

@@ -338,6 +338,79 @@ def body_deadline_s() -> float:
     return float(os.environ.get(BODY_DEADLINE_ENV) or DEFAULT_BODY_DEADLINE_S)
 
 
+HEADER_DEADLINE_ENV = "CLOUDALLIANCE_HEADER_DEADLINE_S"
+DEFAULT_HEADER_DEADLINE_S = 10.0
+
+
+def header_deadline_s() -> float:
+    """How long a server waits for a request's line and headers: ``$CLOUDALLIANCE_HEADER_DEADLINE_S`` or 10 s."""
+    return float(os.environ.get(HEADER_DEADLINE_ENV) or DEFAULT_HEADER_DEADLINE_S)
+
+
+def _raw_json_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+def http_protocol():
+    """uvicorn's h11 protocol with a deadline on each request's line and headers, and its own 400 in JSON.
+
+    uvicorn times a body only through the app (``read_body``'s deadline) and an idle keep-alive connection
+    (``timeout_keep_alive``); headers sent a byte at a time keep a connection open for ever. Here the clock starts
+    when the connection opens and again when a response is complete, and a request whose headers are not all in
+    by :func:`header_deadline_s` gets ``408 {"error"}`` and the connection closed. The 400 uvicorn sends for a
+    request h11 cannot parse (a bad request line or Content-Length) is ``{"error"}`` JSON like every other error.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer = None
+
+        def _arm_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            if not self.transport.is_closing():
+                # a new RequestResponseCycle is what h11 makes once a request's headers are complete
+                self._header_timer = self.loop.call_later(header_deadline_s(), self._header_deadline, self.cycle)
+
+        def _header_deadline(self, cycle_when_armed) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.cycle is not cycle_when_armed:
+                return
+            self._unset_keepalive_if_required()
+            self.transport.write(_raw_json_response(408, "Request Timeout", "The request's headers did not arrive "
+                                                    f"within {header_deadline_s():g} s"))
+            self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            self._arm_header_deadline()  # before: the base class may start a pipelined request's cycle at once
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(_raw_json_response(400, "Bad Request", f"{msg}: not a valid HTTP/1.1 request"))
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def serve(app, port: int, host: str = "127.0.0.1") -> None:
+    """Run ``app`` with uvicorn as every local server does: quiet, no access log, :func:`http_protocol`."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=http_protocol())
+
+
 def cpu_count() -> int:
     """The cores this process may run on (its affinity mask, not the machine's count)."""
     try:

@@ -617,8 +617,6 @@ def deployment_record(name: str, backend: str, instance: str, timings: dict[str,
 def serve_main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    import uvicorn
-
     p = argparse.ArgumentParser(prog="cloudalliance.serving", description="Serve an unpacked model artifact.")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--name", default="cloudalliance")
@@ -630,7 +628,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     # ONNX Runtime's threads per inference: the cores shared by the concurrent inferences (inference.py reads it)
     os.environ.setdefault("INFERENCE_THREADS", str(max(1, services.cpu_count() // workers)))
     app = create_endpoint_app(args.model_dir, args.name, workers)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    services.serve(app, args.port, args.host)
     return 0
 
 

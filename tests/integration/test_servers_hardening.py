@@ -151,13 +151,16 @@ def health_times(url: str, seconds: float, interval: float = 0.02, max_calls: in
 
 @pytest.fixture(scope="module")
 def short_body_deadline():
-    old = os.environ.get(services.BODY_DEADLINE_ENV)
-    os.environ[services.BODY_DEADLINE_ENV] = str(BODY_DEADLINE_S)  # the servers started below inherit it
+    """The body and header deadlines at BODY_DEADLINE_S for the servers started below (they inherit them)."""
+    names = (services.BODY_DEADLINE_ENV, services.HEADER_DEADLINE_ENV)
+    old = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(BODY_DEADLINE_S) for name in names})
     yield BODY_DEADLINE_S
-    if old is None:
-        os.environ.pop(services.BODY_DEADLINE_ENV, None)
-    else:
-        os.environ[services.BODY_DEADLINE_ENV] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +344,78 @@ def test_a_trickled_body_is_408_after_the_body_deadline(which, gateway, endpoint
         assert short_body_deadline - 0.5 < took < short_body_deadline + 3
     finally:
         conn.close()
+
+
+def _trickle_headers(url: str, path: str, seconds: float) -> tuple[bytes, float]:
+    """A request line and headers sent a byte every 0.2 s (never finished); what came back and when."""
+    import socket
+
+    u = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=5)
+    sock.settimeout(0.2)
+    t0 = time.perf_counter()
+    reply = b""
+    try:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+        while time.perf_counter() - t0 < seconds:
+            try:
+                sock.send(b"a")
+            except OSError:  # closed by the server
+                break
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            reply += chunk
+        return reply, time.perf_counter() - t0
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("which", ["gateway", "endpoint"])
+def test_headers_sent_a_byte_at_a_time_are_408_after_the_header_deadline(which, gateway, endpoint,
+                                                                          short_body_deadline):
+    """uvicorn times bodies (through the app) and idle keep-alive connections, not headers that trickle in:
+    services.http_protocol closes them after the header deadline, with the API's JSON."""
+    info = current_endpoint() if which == "endpoint" else gateway
+    reply, took = _trickle_headers(info.endpoint_url, "/invocations" if which == "endpoint" else api.ROUTE,
+                                   short_body_deadline + 6)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert "headers did not arrive" in json.loads(body)["error"]
+    assert short_body_deadline - 0.5 < took < short_body_deadline + 2, took
+    assert call(info.endpoint_url, "GET", "/ping" if which == "endpoint" else "/health").status == 200
+
+
+def test_a_kept_alive_connection_is_not_cut_by_the_header_deadline(gateway, short_body_deadline):
+    """Requests on one connection with pauses between them; an answer that takes long (the stopped endpoint
+    below, 28 s) is not cut either: its headers were in."""
+    u = urllib.parse.urlsplit(gateway.endpoint_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    try:
+        for pause in (0.0, short_body_deadline / 2, short_body_deadline / 2):  # 3 requests, one connection
+            time.sleep(pause)
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+    finally:
+        conn.close()
+
+
+def test_a_request_http_cannot_parse_gets_the_apis_json_400(gateway):
+    import socket
+
+    u = urllib.parse.urlsplit(gateway.endpoint_url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower()
+    assert "not a valid HTTP/1.1 request" in json.loads(body)["error"]
 
 
 # --------------------------------------------------------------------------- images
