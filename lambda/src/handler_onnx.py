@@ -107,7 +107,7 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - as the endpoint's own failure: a 502 with the kind, no traceback
         request_side.logger.exception("the model failed")
         raise request_side.ApiError(502, f"The model failed ({type(exc).__name__})") from None
-    return json.loads(inference.output_fn(prediction, "application/json"))
+    return json.loads(inference.output_fn(prediction, "application/json")[0])
 
 
 lambda_handler = request_side.make_handler(predict)

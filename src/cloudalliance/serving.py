@@ -173,7 +173,7 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
         try:
             data = handlers.input_fn(body, content_type)
             prediction = handlers.predict_fn(data, model)
-            return 200, handlers.output_fn(prediction, accept)
+            return 200, handlers.output_fn(prediction, accept)[0]  # (body, content type)
         except handlers.UnsupportedInput as exc:
             return getattr(exc, "status", 415), json.dumps({"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - a model failure is a 500 with a short reason

@@ -48,7 +48,9 @@ def test_handlers_in_process(artifact, tmp_path):
     root = serving.unpack_artifact(artifact[0], tmp_path / "unpacked")
     h = serving.load_handlers(root)
     model = h.model_fn(str(root))
-    body = h.output_fn(h.predict_fn(h.input_fn(artifact[2][0].read_bytes(), "image/jpeg"), model), "application/json")
+    body, content_type = h.output_fn(h.predict_fn(h.input_fn(artifact[2][0].read_bytes(), "image/jpeg"), model),
+                                     "application/json")
+    assert content_type == "application/json"
     reply = json.loads(body)
     assert reply["label"] in reply["probabilities"] and abs(sum(reply["probabilities"].values()) - 1) < 1e-3
     with pytest.raises(h.UnsupportedInput, match="not supported"):

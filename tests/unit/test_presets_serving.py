@@ -11,6 +11,7 @@ import importlib.util
 import io
 import shutil
 import struct
+import json
 import sys
 import zlib
 from pathlib import Path
@@ -45,17 +46,18 @@ def load_inference(tmp_path: Path, name: str):
 class _Context:
     """The model server's request context, as much of it as ``Transformer.transform`` reads."""
 
-    def __init__(self, content_type: str):
+    def __init__(self, content_type: str, accept: str = "application/json"):
         self.system_properties = {"model_dir": "/opt/ml/model"}
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        headers = {"Content-Type": content_type, "Accept": accept}
         self.request_processor = [SimpleNamespace(get_request_properties=lambda: headers)]
         self.status = (200, "")
+        self.content_type = None
 
     def set_response_status(self, code, phrase):
         self.status = (code, phrase)
 
     def set_response_content_type(self, idx, value):
-        pass
+        self.content_type = value
 
 
 @pytest.fixture
@@ -103,3 +105,30 @@ def test_without_the_toolkit_the_error_is_a_plain_value_error(tmp_path, monkeypa
     with pytest.raises(module.UnsupportedInput) as info:
         module.predict_fn(bomb_png(), {"preprocess": Preprocess(size=48)})
     assert info.value.status == 413 and "12000x12000" in str(info.value)
+
+
+@pytest.mark.parametrize("accept, status, content_type", [
+    ("application/json", 200, "application/json"),
+    ("*/*", 200, "application/json"),
+    ("text/html, application/json;q=0.9", 200, "application/json"),
+    ("text/csv", 406, None),
+])
+def test_the_toolkit_labels_the_answer_json_and_refuses_an_accept_without_it(transformer_for, tmp_path, accept,
+                                                                            status, content_type):
+    """sagemaker_inference's Transformer.transform labels the response with the request's Accept unless output_fn
+    returns (body, content type): JSON must not go out as text/csv."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    module = load_inference(tmp_path, "inference_accept")
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), (20, 140, 40)).save(buf, "JPEG")
+    transformer = transformer_for(module)
+    transformer._model["session"] = SimpleNamespace(run=lambda _, feeds: [np.array([[2.0, 0.5]], np.float32)])
+    ctx = _Context("image/jpeg", accept)
+    reply = transformer.transform([{"body": buf.getvalue()}], ctx)
+    assert ctx.status[0] == status, ctx.status
+    if status == 200:
+        assert ctx.content_type == content_type and json.loads(reply[0])["label"] == "a"

@@ -110,11 +110,21 @@ def predict_fn(input_data, model):
     return {"probabilities": probs / probs.sum(axis=1, keepdims=True), "classes": model["classes"]}
 
 
+JSON_ACCEPTS = ("application/json", "application/*", "*/*", "")
+
+
 def output_fn(prediction, accept="application/json"):
-    """JSON: label, confidence and every class's probability (the first image of a batch)."""
+    """``(JSON, "application/json")``: label, confidence and every class's probability (the first image of a batch).
+
+    The content type goes with it: the inference toolkit labels the response with ``accept`` unless output_fn
+    returns a tuple (sagemaker_inference/transformer.py, ``transform``: ``response_content_type = accept``), so
+    JSON would go out as whatever the client asked for. An ``Accept`` that admits no JSON is a 406."""
+    wanted = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+    if not any(w in JSON_ACCEPTS for w in wanted):
+        raise UnsupportedInput(f"Accept {accept!r}: this model answers application/json only", 406)
     probs = prediction["probabilities"][0]
     classes = prediction["classes"]
     best = int(probs.argmax())
     body = {"label": classes[best], "confidence": round(float(probs[best]), 6),
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}}
-    return json.dumps(body)
+    return json.dumps(body), "application/json"
