@@ -19,7 +19,7 @@ numpy and Pillow wheels for the Lambda platform side by side; SAM's
 
 Environment:
   MODEL_DIR               the unpacked artifact (default: ``model/`` next to this file)
-  INFERENCE_THREADS       ONNX Runtime threads; ``auto`` (the template's) or unset: one per whole vCPU the
+  INFERENCE_THREADS       ONNX Runtime threads; unset (the template) or ``auto``: one per whole vCPU the
                           function's memory buys (Lambda gives one vCPU per 1,769 MB; at least 1), so a
                           function given more memory also uses the cores it pays for
   ALLOWED_PRIVATE_HOSTS, MAX_IMAGE_BYTES, FETCH_TIMEOUT_S   as for ``handler.py``
@@ -51,7 +51,8 @@ MB_PER_VCPU = 1769
 def inference_threads(env=None) -> int:
     """ONNX Runtime's thread count: ``INFERENCE_THREADS`` when it is a number (0: ONNX Runtime's default), else
     the whole vCPUs that ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` (set by Lambda) buys, at least 1 and at most the
-    cores this process sees; outside Lambda, without that variable, 0."""
+    cores this process sees; outside Lambda, without that variable, 0. (The local gateway passes the same count
+    as a number: ``cloudalliance.api.in_lambda_environment``.)"""
     env = os.environ if env is None else env
     given = (env.get("INFERENCE_THREADS") or "auto").strip().lower()
     if given != "auto":
@@ -66,7 +67,11 @@ def inference_threads(env=None) -> int:
         memory_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""))
     except ValueError:
         return 0
-    return max(1, min(memory_mb // MB_PER_VCPU, os.cpu_count() or 1))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(memory_mb // MB_PER_VCPU, cores))
 
 
 def _load_inference(model_dir: str):
@@ -107,7 +112,9 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - as the endpoint's own failure: a 502 with the kind, no traceback
         request_side.logger.exception("the model failed")
         raise request_side.ApiError(502, f"The model failed ({type(exc).__name__})") from None
-    return json.loads(inference.output_fn(prediction, "application/json")[0])
+    answer = inference.output_fn(prediction, "application/json")
+    # (body, content type); an artifact built before output_fn said its content type returns the body alone
+    return json.loads(answer[0] if isinstance(answer, tuple) else answer)
 
 
 lambda_handler = request_side.make_handler(predict)

@@ -245,12 +245,17 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
                                   healthy=lambda: _answers(url + "/health"), env=env, timeout=timeout)
 
 
+LAMBDA_MB_PER_VCPU = 1769  # "At 1,769 MB, a function has the equivalent of one vCPU" (Lambda's configuration-memory)
+
+
 def in_lambda_environment(memory_mb: int = IN_LAMBDA_MEMORY_MB) -> dict[str, str]:
-    """What the model-in-Lambda function's threads follow: the template's ``INFERENCE_THREADS: auto`` and the
-    memory size Lambda puts in ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``."""
+    """What Lambda tells the model-in-Lambda function of its size (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``) and the
+    ONNX Runtime threads ``handler_onnx.inference_threads`` derives from it (a whole vCPU each, at least 1). The
+    count is given as a number, so a package built before the handler derived it runs the same."""
     if not 128 <= int(memory_mb) <= 10240:
         raise ValueError(f"memory size {memory_mb} MB: Lambda takes 128 to 10,240 MB")
-    return {"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(int(memory_mb))}
+    threads = max(1, min(int(memory_mb) // LAMBDA_MB_PER_VCPU, services.cpu_count()))
+    return {"INFERENCE_THREADS": str(threads), "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(int(memory_mb))}
 
 
 def _local_package_handler(package: str | os.PathLike | None) -> Path:

@@ -173,7 +173,9 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
         try:
             data = handlers.input_fn(body, content_type)
             prediction = handlers.predict_fn(data, model)
-            return 200, handlers.output_fn(prediction, accept)[0]  # (body, content type)
+            answer = handlers.output_fn(prediction, accept)
+            # (body, content type); an artifact built before output_fn said its content type returns the body alone
+            return 200, answer[0] if isinstance(answer, tuple) else answer
         except handlers.UnsupportedInput as exc:
             return getattr(exc, "status", 415), json.dumps({"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - a model failure is a 500 with a short reason

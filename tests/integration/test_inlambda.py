@@ -292,6 +292,16 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
         services.stop_service(api.LAMBDA_GATEWAY_SERVICE)
 
 
+def test_the_gateways_thread_count_is_the_handlers_rule(local_package, monkeypatch):
+    """The local gateway passes the count as a number (an older package's inference.py reads only numbers);
+    it is the one handler_onnx derives in Lambda."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+    module = api.load_handler(Path(local_package.path) / "handler_onnx.py")
+    for memory in (128, 1024, 1769, 3538, 5307, 10240):
+        assert api.in_lambda_environment(memory)["INFERENCE_THREADS"] == str(module.inference_threads(
+            {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory)})), memory
+
+
 @pytest.mark.parametrize("env, expected", [
     # Lambda: one vCPU per 1,769 MB (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html)
     ({"INFERENCE_THREADS": "auto", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, 1),
@@ -328,9 +338,28 @@ def test_the_local_lambda_gateway_and_cold_starts_get_the_templates_memory():
     template = (api.REPO_ROOT / "lambda" / "template.yaml").read_text()
     block = re.search(r"(?ms)^  InLambdaMemorySize:\n(.*?)\n  \w", template).group(1)
     assert int(re.search(r"Default:\s*(\d+)", block).group(1)) == api.IN_LAMBDA_MEMORY_MB
-    assert api.in_lambda_environment() == {"INFERENCE_THREADS": "auto",
+    assert api.in_lambda_environment() == {"INFERENCE_THREADS": "1",
                                            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(api.IN_LAMBDA_MEMORY_MB)}
     with pytest.raises(ValueError, match="128 to 10,240"):
         api.in_lambda_environment(20000)
     assert cli.main(["api", "start", "--mode", "endpoint", "--endpoint-url", "http://127.0.0.1:1",
                      "--memory-mb", "2048"]) == 2
+
+
+def test_a_package_of_an_older_artifact_still_answers(local_package, tiny_artifact, tmp_path):
+    """Artifacts built before output_fn returned (body, content type) return the body alone: the handler and the
+    local endpoint take both."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(local_package.path, old)
+    code = old / "model" / "code" / "inference.py"
+    text = code.read_text()
+    assert 'return json.dumps(body), "application/json"' in text
+    code.write_text(text.replace('return json.dumps(body), "application/json"', "return json.dumps(body)"))
+    module = api.load_handler(old / "handler_onnx.py")
+    image = base64.b64encode(tiny_artifact[1][0].read_bytes()).decode()
+    event = api.http_api_event("POST", "/predict", {"content-type": "application/json"},
+                               json.dumps({"image": image}).encode())
+    reply = module.lambda_handler(event, api.LocalContext())
+    assert reply["statusCode"] == 200 and json.loads(reply["body"])["label"], reply
