@@ -174,6 +174,11 @@ def parse_body(event: dict) -> dict:
         raise ApiError(400, 'Send a JSON body: {"url": "https://..."} or {"image": "<base64>"}')
     if not isinstance(body, str):
         raise ApiError(400, "The body is not text")
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # API Gateway hands the body over as sent; a compressed body is bytes, not JSON
+        raise ApiError(415, f"Content-Encoding {encoding} is not supported: send the JSON uncompressed")
     if len(body) > MAX_REQUEST_BYTES * 4 // 3 + 4:
         raise ApiError(413, f"The request is larger than {MAX_REQUEST_BYTES} bytes")
     if event.get("isBase64Encoded"):
@@ -185,6 +190,7 @@ def parse_body(event: dict) -> dict:
             raise ApiError(400, "The body is not UTF-8 JSON") from None
     if len(body) > MAX_REQUEST_BYTES:
         raise ApiError(413, f"The request is larger than {MAX_REQUEST_BYTES} bytes")
+    body = body.removeprefix("\ufeff")  # a byte-order mark, as editors on Windows save JSON files (curl -d @file)
     try:
         # strict=False: a string may hold raw line breaks, as `base64 FILE` (76-column lines) pasted into JSON does
         data = json.loads(body, parse_int=_json_int, strict=False)

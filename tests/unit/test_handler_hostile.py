@@ -373,3 +373,15 @@ def test_a_tiff_is_an_image_as_the_model_reads_it(handler):
         assert handler.sniff_image(data) == "image/tiff", data[:4]
         status, reply = call(handler, {"image": base64.b64encode(data).decode()})
         assert status == 200, reply
+
+
+def test_a_byte_order_mark_is_taken_and_a_compressed_body_is_a_415(handler, jpeg):
+    body = json.dumps({"image": base64.b64encode(jpeg).decode()})
+    status, reply = call_raw(handler, ("\ufeff" + body).encode("utf-8"))  # a JSON file saved with a BOM
+    assert status == 200, reply
+    import gzip
+
+    event = http_api_event("POST", "/predict", {"content-type": "application/json", "Content-Encoding": "gzip"},
+                           gzip.compress(body.encode()))
+    reply = handler.lambda_handler(event, LocalContext())
+    assert reply["statusCode"] == 415 and "Content-Encoding gzip" in json.loads(reply["body"])["error"], reply
