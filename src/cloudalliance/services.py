@@ -347,6 +347,9 @@ def header_deadline_s() -> float:
     return float(os.environ.get(HEADER_DEADLINE_ENV) or DEFAULT_HEADER_DEADLINE_S)
 
 
+LINGER_S = 2.0  # how long a connection answered early stays half-open for the client to read the answer
+
+
 def _raw_json_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
@@ -374,14 +377,25 @@ def http_protocol():
                 # a new RequestResponseCycle is what h11 makes once a request's headers are complete
                 self._header_timer = self.loop.call_later(header_deadline_s(), self._header_deadline, self.cycle)
 
+        _timed_out = False
+
         def _header_deadline(self, cycle_when_armed) -> None:
             self._header_timer = None
             if self.transport.is_closing() or self.cycle is not cycle_when_armed:
                 return
             self._unset_keepalive_if_required()
+            self._timed_out = True
             self.transport.write(_raw_json_response(408, "Request Timeout", "The request's headers did not arrive "
                                                     f"within {header_deadline_s():g} s"))
-            self.transport.close()
+            # Half-close and linger before closing: closing a socket with unread input (the client is still
+            # sending) makes the kernel send a reset, which can destroy the 408 before the client reads it.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._timed_out:  # after the 408, what still trickles in is dropped
+                super().data_received(data)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)

@@ -366,6 +366,8 @@ def _trickle_headers(url: str, path: str, seconds: float) -> tuple[bytes, float]
                 chunk = sock.recv(4096)
             except socket.timeout:
                 continue
+            except ConnectionResetError:  # after the answer: the server closed with our bytes unread
+                break
             if not chunk:
                 break
             reply += chunk
