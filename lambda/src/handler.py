@@ -174,7 +174,8 @@ def parse_body(event: dict) -> dict:
         raise ApiError(400, 'Send a JSON body: {"url": "https://..."} or {"image": "<base64>"}')
     if not isinstance(body, str):
         raise ApiError(400, "The body is not text")
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    given = event.get("headers")
+    headers = {str(k).lower(): str(v) for k, v in given.items() if v is not None} if isinstance(given, dict) else {}
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         # API Gateway hands the body over as sent; a compressed body is bytes, not JSON

@@ -485,15 +485,20 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
     removed: dict[str, list[str]] = {"training_job": [], "endpoint": [], "endpoint_config": [], "model": [],
                                      "stack": [], "s3": []}
     others: list[str] = []
-    # a job whose notebook died mid-wait bills until MaxRuntimeInSeconds: stop the run's running ones first
-    for job in _paged(sm, "list_training_jobs", "TrainingJobSummaries", StatusEquals="InProgress"):
-        if _tagged(sm, job["TrainingJobArn"], run_id):
-            try:
-                sm.stop_training_job(TrainingJobName=job["TrainingJobName"])
-                removed["training_job"].append(f"{job['TrainingJobName']} (stopped)")
-            except ClientError as exc:  # it ended between the list and the stop
-                if exc.response.get("Error", {}).get("Code") != "ValidationException":
-                    raise
+    not_removed: list[str] = []
+    # a job whose notebook died mid-wait bills until MaxRuntimeInSeconds: stop the run's running ones first; a
+    # role that may not list or stop jobs must not keep cleanup from the endpoints, which bill by the hour
+    try:
+        for job in _paged(sm, "list_training_jobs", "TrainingJobSummaries", StatusEquals="InProgress"):
+            if _tagged(sm, job["TrainingJobArn"], run_id):
+                try:
+                    sm.stop_training_job(TrainingJobName=job["TrainingJobName"])
+                    removed["training_job"].append(f"{job['TrainingJobName']} (stopped)")
+                except ClientError as exc:  # ValidationException: it ended between the list and the stop
+                    if _error_code(exc) != "ValidationException":
+                        not_removed.append(f"training job {job['TrainingJobName']}: not stopped ({_short(exc)})")
+    except ClientError as exc:
+        not_removed.append(f"training jobs: could not list them ({_short(exc)}); check the console for running ones")
     for ep in _paged(sm, "list_endpoints", "Endpoints"):
         tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=ep["EndpointArn"]).get("Tags", [])}
         if tags.get(RUN_TAG) == run_id:
@@ -520,7 +525,6 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
         if tags.get(RUN_TAG) == run_id and stack.get("StackStatus") != "DELETE_COMPLETE":
             cfn.delete_stack(StackName=stack["StackName"])
             removed["stack"].append(stack["StackName"])
-    not_removed: list[str] = []
     if delete_data:
         if not bucket:
             raise AwsError("--delete-data needs the bucket (--bucket or BUCKET in --params)")
@@ -564,7 +568,7 @@ def format_removed(removed: Mapping[str, list[str]]) -> str:
              if kind not in ("other_runs_endpoints_still_billing", "not_removed")]
     text = "\n".join(lines) or "nothing to remove"
     if removed.get("not_removed"):
-        text += "\nNOT removed (delete them in the console, or give the caller s3:DeleteObject):\n" + "\n".join(
+        text += "\nNOT removed (each says why; finish it in the console or with the permission named):\n" + "\n".join(
             f"  {o}" for o in removed["not_removed"])
     if others:
         text += "\nstill running (the course's, another run's; it bills by the hour):\n" + "\n".join(

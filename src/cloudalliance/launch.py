@@ -307,48 +307,70 @@ def processes_per_job(instance_type: str, instance_count: int = 1) -> int:
 
 
 def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None = None, wait: bool = True,
-                             logs: bool = True, sagemaker_client=None) -> str:
+                             logs: bool = True, sagemaker_client=None, poll_s: float = 30.0,
+                             patience_s: float = 600.0) -> str:
     """Start the job (File input mode) and return its name.
 
     With ``wait``, the job is never left billing behind a failure of the wait itself. The SDK's
     ``TrainingJob.wait`` raises ``FailedStatusError`` for a failed job (the name is returned, so the caller reads
-    its ``FailureReason``); any other error while following the logs (e.g. a role without ``logs:GetLogEvents``)
-    falls back to waiting without them; an interrupt (the notebook's stop button) or an error that persists stops
-    the job with ``StopTrainingJob`` before it is raised. A rerun resumes from the job's S3 checkpoints.
+    its ``FailureReason``); any other error while waiting (a role without ``logs:GetLogEvents``, a throttled or
+    expired ``DescribeTrainingJob`` inside its loop) falls back to polling DescribeTrainingJob without logs, and
+    only errors that last ``patience_s`` stop the job; an interrupt (the notebook's stop button) stops it at once.
+    Stopping is ``StopTrainingJob``; a rerun with a checkpoint location resumes from its checkpoints.
     """
     from sagemaker.core.training.configs import InputData
 
     channels = [InputData(channel_name="train", data_source=train_s3_uri)]
     if test_s3_uri:
         channels.append(InputData(channel_name="test", data_source=test_s3_uri))
+    before = getattr(trainer, "_latest_training_job", None)  # a reused trainer's previous job is not this one
     try:
         trainer.train(input_data_config=channels, wait=wait, logs=logs)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the job must not bill on unwatched
         job = getattr(trainer, "_latest_training_job", None)
-        name = getattr(job, "training_job_name", None)
+        name = getattr(job, "training_job_name", None) if job is not before else None
         if not wait or not isinstance(name, str):
-            raise  # nothing was started, or the caller did not ask to wait
+            raise  # no job of this call was created (or the caller did not ask to wait)
         if _ended_failed(exc):
             return name
-        if logs and isinstance(exc, Exception):
-            print(f"[train] following {name}'s logs failed ({type(exc).__name__}: {exc}); waiting without them",
+        client = sagemaker_client or getattr(getattr(trainer, "sagemaker_session", None), "sagemaker_client", None)
+        if isinstance(exc, Exception) and client is not None:
+            print(f"[train] waiting for {name} failed ({type(exc).__name__}: {exc}); polling its status instead",
                   file=sys.stderr)
             try:
-                job.wait(logs=False)
-                return name
-            except BaseException as again:  # noqa: BLE001
-                if _ended_failed(again):
-                    return name
+                if _poll_until_ended(name, client, poll_s, patience_s) is not None:
+                    return name  # Completed, Stopped or Failed: the caller reads which
+            except BaseException as again:  # noqa: BLE001 - an interrupt while polling
                 exc = again
-        client = sagemaker_client or getattr(getattr(trainer, "sagemaker_session", None), "sagemaker_client", None)
-        if stop_training_job(name, client):
-            print(f"[train] stopped training job {name} so that it does not bill on unwatched; a rerun resumes from "
-                  "its checkpoints", file=sys.stderr)
+        stopped = stop_training_job(name, client)
+        if stopped:
+            print(f"[train] stopped training job {name} so that it does not bill on unwatched", file=sys.stderr)
+        fate = ("it was stopped" if stopped else "it may still be running: check the console or `aws sagemaker "
+                f"describe-training-job --training-job-name {name}`")
         if isinstance(exc, Exception):
-            raise LaunchError(f"waiting for training job {name} failed ({type(exc).__name__}: {exc}); it was "
-                              "stopped: run the cell again to resume from its checkpoints") from exc
+            raise LaunchError(f"waiting for training job {name} failed ({type(exc).__name__}: {exc}); {fate}. "
+                              "Run the cell again to start anew (with a checkpoint location, it resumes)") from exc
         raise exc  # an interrupt stays one
     return trainer._latest_training_job.training_job_name
+
+
+def _poll_until_ended(job_name: str, sagemaker_client, poll_s: float, patience_s: float) -> str | None:
+    """DescribeTrainingJob every ``poll_s`` until the job ends; its final status, or None once describing has
+    failed for ``patience_s`` in a row."""
+    failing_since = None
+    while True:
+        try:
+            status = sagemaker_client.describe_training_job(TrainingJobName=job_name)["TrainingJobStatus"]
+            failing_since = None
+            if status in ("Completed", "Failed", "Stopped"):
+                return status
+        except Exception as exc:  # noqa: BLE001 - throttling, an expired token: tried again until patience_s
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since >= patience_s:
+                print(f"[train] describing {job_name} failed for {patience_s:.0f} s ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
+                return None
+        time.sleep(poll_s)
 
 
 def _ended_failed(exc: BaseException) -> bool:

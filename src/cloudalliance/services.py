@@ -365,37 +365,51 @@ def http_protocol():
     by :func:`header_deadline_s` gets ``408 {"error"}`` and the connection closed. The 400 uvicorn sends for a
     request h11 cannot parse (a bad request line or Content-Length) is ``{"error"}`` JSON like every other error.
     """
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer = None
+        _bytes_since_armed = 0
+        _answered_early = False
 
         def _arm_header_deadline(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
+            self._bytes_since_armed = 0
             if not self.transport.is_closing():
                 # a new RequestResponseCycle is what h11 makes once a request's headers are complete
                 self._header_timer = self.loop.call_later(header_deadline_s(), self._header_deadline, self.cycle)
 
-        _timed_out = False
-
         def _header_deadline(self, cycle_when_armed) -> None:
             self._header_timer = None
             if self.transport.is_closing() or self.cycle is not cycle_when_armed:
-                return
+                return  # a request's headers came in since
             self._unset_keepalive_if_required()
-            self._timed_out = True
-            self.transport.write(_raw_json_response(408, "Request Timeout", "The request's headers did not arrive "
-                                                    f"within {header_deadline_s():g} s"))
-            # Half-close and linger before closing: closing a socket with unread input (the client is still
-            # sending) makes the kernel send a reset, which can destroy the 408 before the client reads it.
+            if self.conn.their_state is not h11.IDLE or not self._bytes_since_armed:
+                # idle since the last answer, or still sending the body of a request already answered: closed
+                # without an answer, as uvicorn's keep-alive timeout does (a pooled client must not read a 408
+                # as the answer to a request it sends next)
+                self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+                return
+            self._answer_and_close(408, "Request Timeout",
+                                   f"The request's headers did not arrive within {header_deadline_s():g} s")
+
+        def _answer_and_close(self, status: int, reason: str, message: str) -> None:
+            """Answer, half-close and linger before closing: closing a socket with unread input (the client is
+            still sending) makes the kernel send a reset, which can destroy the answer before it is read."""
+            self._answered_early = True
+            self.transport.write(_raw_json_response(status, reason, message))
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
 
         def data_received(self, data: bytes) -> None:
-            if not self._timed_out:  # after the 408, what still trickles in is dropped
-                super().data_received(data)
+            if self._answered_early:  # what still trickles in after the answer is dropped
+                return
+            self._bytes_since_armed += len(data)
+            super().data_received(data)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -412,8 +426,10 @@ def http_protocol():
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            self.transport.write(_raw_json_response(400, "Bad Request", f"{msg}: not a valid HTTP/1.1 request"))
-            self.transport.close()
+            if self.conn.our_state is not h11.IDLE:  # an answer was already sent on this request: just close
+                self.transport.close()
+                return
+            self._answer_and_close(400, "Bad Request", f"{msg.rstrip('.')}: not a valid HTTP/1.1 request")
 
     return HeaderDeadlineProtocol
 
@@ -422,7 +438,8 @@ def serve(app, port: int, host: str = "127.0.0.1") -> None:
     """Run ``app`` with uvicorn as every local server does: quiet, no access log, :func:`http_protocol`."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=http_protocol())
+    # ws="none": no WebSocket upgrade hands the connection to another protocol with the header timer still set
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=http_protocol(), ws="none")
 
 
 def cpu_count() -> int:

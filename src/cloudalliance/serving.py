@@ -212,14 +212,16 @@ def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "clou
         ``client.exceptions.ValidationError`` / ``ModelError`` here as on AWS."""
         if name != endpoint_name:
             stats["errors"] += 1
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {LOCAL_ACCOUNT} not found.")
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {LOCAL_ACCOUNT} not found.",
+                                 close=True)  # its body is left unread: the connection must not be reused
         result = await answer(request)
         if isinstance(result, services.BodyError):  # refused before the container saw it
             return runtime_error(result.status, "ValidationError", result.message, close=True)
         status, original = result
         if status == 200:
             return Response(original, status_code=200, media_type="application/json")
-        return runtime_error(424, "ModelError", f"Received client error ({status}) from primary with "
+        side = "client" if status < 500 else "server"
+        return runtime_error(424, "ModelError", f"Received {side} error ({status}) from primary with "
                              f"message \"{original}\". See the endpoint's log for more information.",
                              OriginalStatusCode=status, OriginalMessage=original,
                              LogStreamArn=f"arn:aws:logs:local:{LOCAL_ACCOUNT}:log-group:/aws/sagemaker/Endpoints/"

@@ -406,6 +406,27 @@ def test_a_kept_alive_connection_is_not_cut_by_the_header_deadline(gateway, shor
         conn.close()
 
 
+def test_an_idle_kept_alive_connection_is_closed_without_an_answer_nobody_asked_for(gateway, short_body_deadline):
+    """A pooled client that sends its next request just as the deadline passes must not read a 408 as its answer:
+    an idle connection is closed silently, as uvicorn's keep-alive timeout closes it."""
+    u = urllib.parse.urlsplit(gateway.endpoint_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=short_body_deadline + 5)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+        t0 = time.perf_counter()
+        rest = b""
+        while chunk := conn.sock.recv(4096):  # the same kept-alive socket; nothing more is sent: the server closes
+            rest += chunk
+        took = time.perf_counter() - t0
+        print(f"idle connection closed after {took:.2f} s")
+        assert rest == b"", rest[:200]
+        assert took < short_body_deadline + 2.5  # ours, before uvicorn's 5 s keep-alive
+    finally:
+        conn.close()
+
+
 def test_a_request_http_cannot_parse_gets_the_apis_json_400(gateway):
     import socket
 

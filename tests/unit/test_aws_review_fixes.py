@@ -166,3 +166,25 @@ def test_cleanup_stops_the_runs_running_training_job_and_reports_objects_it_coul
     assert removed["not_removed"] == ["s3://course-data/models/run1/: 1 objects (AccessDenied), e.g. models/run1/b"]
     text = aws.format_removed(removed)
     assert "removed training job: mine (stopped)" in text and "NOT removed" in text
+
+
+def test_a_role_that_may_not_list_training_jobs_still_gets_its_endpoints_removed():
+    session = _StubbedSession()
+    sm, cfn = session.stubs["sagemaker"], session.stubs["cloudformation"]
+    sm.add_client_error("list_training_jobs", "AccessDeniedException", "not authorized to perform "
+                        "sagemaker:ListTrainingJobs", expected_params={"StatusEquals": "InProgress"})
+    arn = "arn:aws:sagemaker:us-east-1:1:endpoint/course-ep"
+    sm.add_response("list_endpoints", {"Endpoints": [{"EndpointName": "course-ep", "EndpointArn": arn,
+                                                      "CreationTime": "2026-12-02T00:00:00Z",
+                                                      "LastModifiedTime": "2026-12-02T00:00:00Z",
+                                                      "EndpointStatus": "InService"}]}, {})
+    sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "run1"}]}, {"ResourceArn": arn})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "course-ep"})
+    sm.add_response("list_endpoint_configs", {"EndpointConfigs": []}, {})
+    sm.add_response("list_models", {"Models": []}, {})
+    cfn.add_response("describe_stacks", {"Stacks": []}, {})
+    removed = aws.cleanup("run1", session=session)
+    for stub in session.stubs.values():
+        stub.assert_no_pending_responses()
+    assert removed["endpoint"] == ["course-ep"]
+    assert removed["not_removed"][0].startswith("training jobs: could not list them")

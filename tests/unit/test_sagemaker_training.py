@@ -99,47 +99,51 @@ def test_aws_backend_needs_a_role(tmp_path):
 
 
 class _Job:
-    """What ``ModelTrainer.train`` leaves in ``_latest_training_job``: a name and ``wait``."""
+    """What ``ModelTrainer.train`` leaves in ``_latest_training_job``: its name is what is read."""
 
-    def __init__(self, name, wait_errors=()):
+    def __init__(self, name):
         self.training_job_name = name
-        self.waits = []
-        self._errors = list(wait_errors)
-
-    def wait(self, logs=False):
-        self.waits.append(logs)
-        if self._errors:
-            raise self._errors.pop(0)
 
 
 class _Trainer:
-    """A ModelTrainer whose job was created and whose ``wait(logs=True)`` then raised ``error``."""
+    """A ModelTrainer whose ``train`` created ``job`` (as ``_latest_training_job``, model_trainer.py sets it after
+    TrainingJob.create) and whose wait then raised ``error``; without ``job``, the create itself raised."""
+
+    _latest_training_job = None
 
     def __init__(self, error, job=None):
-        self.error, self._latest_training_job = error, job
+        self.error, self._job = error, job
 
     def train(self, input_data_config, wait, logs):
-        if self._latest_training_job is not None:
-            self._latest_training_job.waits.append(logs)
+        if self._job is not None:
+            self._latest_training_job = self._job
         raise self.error
 
 
-def _stubbed_sagemaker(stops: bool):
-    """A real botocore client with a Stubber: every call is checked against SageMaker's service model."""
+_DESCRIBED = {"TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/job-1",
+              "SecondaryStatus": "Training", "ModelArtifacts": {"S3ModelArtifacts": ""},
+              "AlgorithmSpecification": {"TrainingInputMode": "File"},
+              "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
+              "StoppingCondition": {"MaxRuntimeInSeconds": 10800}, "CreationTime": "2026-12-02T00:00:00Z"}
+
+
+def _stubbed_sagemaker(*replies):
+    """A real botocore client with a Stubber: every call is checked against SageMaker's service model.
+    ``replies``: job statuses for DescribeTrainingJob, "throttled" for its error, "stop" for StopTrainingJob."""
     import boto3
     from botocore.stub import Stubber
 
     client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
-    if stops:
-        stub.add_response("describe_training_job", {
-            "TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/job-1",
-            "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training", "ModelArtifacts": {"S3ModelArtifacts": ""},
-            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ResourceConfig": {
-                "InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 10800}, "CreationTime": "2026-12-02T00:00:00Z"},
-            {"TrainingJobName": "job-1"})
-        stub.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
+    for reply in replies:
+        if reply == "stop":
+            stub.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
+        elif reply == "throttled":
+            stub.add_client_error("describe_training_job", "ThrottlingException", "Rate exceeded",
+                                  expected_params={"TrainingJobName": "job-1"})
+        else:
+            stub.add_response("describe_training_job", {**_DESCRIBED, "TrainingJobStatus": reply},
+                              {"TrainingJobName": "job-1"})
     stub.activate()
     return client, stub
 
@@ -149,7 +153,7 @@ def test_an_interrupted_wait_stops_the_job_before_the_interrupt_goes_on(capsys):
     the job, which would bill up to MaxRuntimeInSeconds. StopTrainingJob is called, then the interrupt raised."""
     from cloudalliance import launch
 
-    client, stub = _stubbed_sagemaker(stops=True)
+    client, stub = _stubbed_sagemaker("InProgress", "stop")
     with pytest.raises(KeyboardInterrupt):
         launch.start_sagemaker_training(_Trainer(KeyboardInterrupt(), _Job("job-1")), "s3://b/train",
                                         sagemaker_client=client)
@@ -157,25 +161,30 @@ def test_an_interrupted_wait_stops_the_job_before_the_interrupt_goes_on(capsys):
     assert "stopped training job job-1" in capsys.readouterr().err
 
 
-def test_a_log_error_waits_on_without_logs_and_a_lasting_one_stops_the_job(capsys):
+def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
+    """``TrainingJob.wait`` refreshes with nothing around it (resources.py), so one throttled describe or a
+    log-read denial raises out of it: the job is then followed by DescribeTrainingJob, which may fail a while."""
     from botocore.exceptions import ClientError
 
     from cloudalliance import launch
 
     denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no logs:GetLogEvents"}}, "GetLogEvents")
-    client, stub = _stubbed_sagemaker(stops=False)
-    job = _Job("job-1")
-    assert launch.start_sagemaker_training(_Trainer(denied, job), "s3://b/train", sagemaker_client=client) == "job-1"
-    assert job.waits == [True, False], "followed with logs, then waited without them"
-    stub.assert_no_pending_responses()  # the job was fine: not stopped
-    assert "waiting without them" in capsys.readouterr().err
+    client, stub = _stubbed_sagemaker("InProgress", "throttled", "InProgress", "Completed")
+    assert launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+                                           poll_s=0, patience_s=60) == "job-1"
+    stub.assert_no_pending_responses()  # followed to Completed, never stopped
+    assert "polling its status instead" in capsys.readouterr().err
 
-    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "DescribeTrainingJob")
-    client, stub = _stubbed_sagemaker(stops=True)
-    with pytest.raises(launch.LaunchError, match="job-1.*stopped"):
-        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1", [throttled])), "s3://b/train",
-                                        sagemaker_client=client)
+    client, stub = _stubbed_sagemaker("throttled", "InProgress", "stop")  # describing keeps failing: stopped
+    with pytest.raises(launch.LaunchError, match="job-1.*it was stopped"):
+        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+                                        poll_s=0, patience_s=0)
     stub.assert_no_pending_responses()
+
+    client, stub = _stubbed_sagemaker("throttled", "throttled")  # and the stop's own describe fails too
+    with pytest.raises(launch.LaunchError, match="may still be running"):
+        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+                                        poll_s=0, patience_s=0)
 
 
 def test_a_failed_job_is_returned_for_its_reason_and_a_failed_create_raises_as_is():
@@ -183,10 +192,15 @@ def test_a_failed_job_is_returned_for_its_reason_and_a_failed_create_raises_as_i
 
     from cloudalliance import launch
 
-    client, stub = _stubbed_sagemaker(stops=False)
+    client, stub = _stubbed_sagemaker()
     failed = FailedStatusError(resource_type="TrainingJob", status="Failed", reason="AlgorithmError: boom")
     assert launch.start_sagemaker_training(_Trainer(failed, _Job("job-1")), "s3://b/train",
                                            sagemaker_client=client) == "job-1"
     with pytest.raises(ValueError, match="bad request"):  # no job was created: nothing to stop
         launch.start_sagemaker_training(_Trainer(ValueError("bad request")), "s3://b/train", sagemaker_client=client)
+
+    reused = _Trainer(ValueError("bad request"))  # it ran a job before; this call's create failed
+    reused._latest_training_job = _Job("old-job")
+    with pytest.raises(ValueError, match="bad request"):
+        launch.start_sagemaker_training(reused, "s3://b/train", sagemaker_client=client)
     stub.assert_no_pending_responses()
