@@ -45,7 +45,9 @@ from typing import Any
 
 AUTH_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 ACCOUNT_ID = "123456789012"  # moto's default account (moto/core/models.py DEFAULT_ACCOUNT_ID)
-DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for endpoint usage": 1.0}
+# 2 endpoint instances: the second pass updates the live endpoint, and UpdateEndpoint runs the new fleet beside
+# the old one until it is InService (API_UpdateEndpoint), which the preflight counts
+DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for endpoint usage": 2.0}
 INVOKE_PATH = re.compile(r"^/endpoints/([^/?]+)/invocations(?:\?.*)?$")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
                "expect", "content-length"}
