@@ -197,7 +197,8 @@ def _write_zip(folder: Path, zip_path: Path, exclude: set[str] = frozenset()) ->
     return zip_path.stat().st_size
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, hex, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -287,7 +288,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         # no build time and no local path: the same artifact gives the same package, byte for byte
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
                     "handler": HANDLER, "packages": packages, "artifact": artifact.name,
-                    "artifact_sha256": _sha256(artifact), "bytecode": compiled}
+                    "artifact_sha256": file_sha256(artifact), "bytecode": compiled}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]

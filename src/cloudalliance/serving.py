@@ -397,19 +397,11 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
     fleet keeps serving, and an instance it replaces loads the ModelDataUrl again: under one shared key it would
     load the new artifact. The same artifact gets the same key, so a rerun uploads it to where it already is.
     """
-    import hashlib
-
+    from .lambda_package import file_sha256
     from .storage import S3Location
 
     loc = S3Location.parse(s3_uri)
-    if loc.prefix.endswith(".tar.gz"):
-        key = loc.prefix
-    else:
-        digest = hashlib.sha256()
-        with open(artifact, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        key = loc.key(f"{digest.hexdigest()[:16]}/model.tar.gz")
+    key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key(f"{file_sha256(artifact)[:16]}/model.tar.gz")
     s3_client.upload_file(str(artifact), loc.bucket, key)
     return f"s3://{loc.bucket}/{key}"
 
