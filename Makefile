@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install --progress-bar off -q -c requirements/constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# make course DATA=/path/to/intel runs it on the real images (any layout the loader takes; relative paths from here)
 course: $(STAMP)
-	$(BIN)/cloudalliance course run --params $(PARAMS)
+	$(BIN)/cloudalliance course run --params $(PARAMS) $(if $(DATA),--set DATA_SOURCE=$(DATA),)
 
 # Unit and integration tests (real SeaweedFS, real HTTP servers) and every notebook under nbval.
 test: $(STAMP)

@@ -211,7 +211,7 @@ def _answers(url: str) -> bool:
 def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
                         handler_path: str | os.PathLike | None = None, timeout: float = 60.0, mode: str = "endpoint",
                         package: str | os.PathLike | None = None, service: str | None = None,
-                        memory_mb: int = IN_LAMBDA_MEMORY_MB) -> services.ServiceInfo:
+                        memory_mb: int = IN_LAMBDA_MEMORY_MB, port: int | None = None) -> services.ServiceInfo:
     """Start the gateway (a uvicorn process) in front of the handler of ``mode``.
 
     ``endpoint``: ``lambda/src/handler.py``, whose endpoint is ``endpoint_url``; when that is the running local
@@ -220,11 +220,12 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudallia
     --platform local``), with the model inside the function and no endpoint; its service is ``gateway-lambda``,
     so both modes can run side by side (``service`` names it otherwise: a benchmark's own gateways leave the
     user's running). ``memory_mb`` is that function's memory size, as Lambda tells it
-    (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): ONNX Runtime gets a thread per whole vCPU it buys.
+    (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): ONNX Runtime gets a thread per whole vCPU it buys. ``port``: a fixed
+    one (default: any free port).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    port = services.free_port()
+    port = port or services.free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"ALLOWED_PRIVATE_HOSTS": allowed_private_hosts, "POWERTOOLS_SERVICE_NAME": "cloudalliance-predict",
            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING")}
@@ -276,9 +277,9 @@ def _local_package_handler(package: str | os.PathLike | None) -> Path:
     return package / "handler_onnx.py"
 
 
-def start_image_server(folder: str | os.PathLike, timeout: float = 30.0) -> services.ServiceInfo:
+def start_image_server(folder: str | os.PathLike, timeout: float = 30.0, port: int | None = None) -> services.ServiceInfo:
     """Serve ``folder`` over HTTP on 127.0.0.1 (for the ``{"url"}`` path in the local course)."""
-    port = services.free_port()
+    port = port or services.free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)]
     return services.start_service(IMAGES_SERVICE, argv, ports={"http": port}, endpoint_url=url,
@@ -449,6 +450,63 @@ def postman_collection(api_url: str, image_url: str, example_image: str | os.Pat
             "variable": [{"key": "baseUrl", "value": base_url, "type": "string"},
                          {"key": "imageUrl", "value": image_url, "type": "string"}],
             "item": items}
+
+
+# --------------------------------------------------------------------------- a run's API, served again
+
+POSTMAN_PORTS = {"api": 8780, "images": 8781}  # where the saved collection's baseUrl and imageUrl point
+POSTMAN_IMAGE = "example.jpg"
+
+
+def postman_defaults() -> tuple[str, str]:
+    """The saved collection's ``baseUrl`` and ``imageUrl``: what ``cloudalliance api start --run <id>`` serves."""
+    return f"http://127.0.0.1:{POSTMAN_PORTS['api']}", f"http://127.0.0.1:{POSTMAN_PORTS['images']}/{POSTMAN_IMAGE}"
+
+
+def write_postman_collection(run, url_image: str | os.PathLike, example_image: str | os.PathLike) -> Path:
+    """``runs/<id>/postman_collection.json``, whose requests still work after the run has ended.
+
+    The run's own servers are gone then, so the collection points at :func:`postman_defaults`, which
+    :func:`serve_run` (``cloudalliance api start --run <id>``) serves again: the run's model behind the gateway,
+    and ``url_image`` (copied into ``runs/<id>/postman/``) as the image to fetch.
+    """
+    import shutil
+
+    folder = run.path / "postman"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(url_image, folder / POSTMAN_IMAGE)
+    base_url, image_url = postman_defaults()
+    return run.save_json("postman_collection.json", postman_collection(base_url + ROUTE, image_url, example_image))
+
+
+def serve_run(run, endpoint_name: str = "cloudalliance") -> dict[str, str]:
+    """A finished run's API, up again for Postman, newman or curl: the local endpoint with the run's artifact,
+    the gateway on port 8780 and the collection's image on 8781 (other free ports where those are taken; then
+    ``newman_command`` names them). Returns the URLs and the collection's path."""
+    from .serving import artifact_path, ensure_local_endpoint
+
+    artifact, images = artifact_path(run), run.path / "postman"
+    if not artifact.is_file():
+        raise FileNotFoundError(f"Run {run.run_id} has no model artifact ({artifact}): run notebook 05 first")
+    if not (images / POSTMAN_IMAGE).is_file():
+        raise FileNotFoundError(f"Run {run.run_id} has no Postman collection yet: run notebook 06 first")
+    for name in (GATEWAY_SERVICE, IMAGES_SERVICE):  # the ports they hold may be the ones wanted below
+        if services.running(name) is not None:
+            services.stop_service(name)
+    endpoint = ensure_local_endpoint(artifact, endpoint_name)
+    api_port, image_port = (p if services.port_is_free(p) else None for p in POSTMAN_PORTS.values())
+    gateway = start_local_gateway(endpoint.endpoint_url, endpoint_name, allowed_private_hosts="127.0.0.1", port=api_port)
+    server = start_image_server(images, port=image_port)
+    return {"api_url": gateway.endpoint_url + ROUTE, "base_url": gateway.endpoint_url,
+            "image_url": f"{server.endpoint_url}/{POSTMAN_IMAGE}", "collection": str(run.path / "postman_collection.json")}
+
+
+def newman_command(served: dict[str, str], newman: str = ".tools/node/node_modules/.bin/newman") -> str:
+    """The ``newman run`` line for :func:`serve_run`'s URLs: ``--env-var`` only where a port had to change."""
+    base_url, image_url = postman_defaults()
+    extra = [f"--env-var baseUrl={served['base_url']}" if served["base_url"] != base_url else "",
+             f"--env-var imageUrl={served['image_url']}" if served["image_url"] != image_url else ""]
+    return " ".join([newman, "run", served["collection"], *filter(None, extra)])
 
 
 # --------------------------------------------------------------------------- newman (Postman's CLI runner)

@@ -292,6 +292,9 @@ def cmd_endpoint_delete(args: argparse.Namespace) -> int:
 def cmd_api_start(args: argparse.Namespace) -> int:
     from .api import IN_LAMBDA_MEMORY_MB, ROUTE, in_lambda_environment, start_local_gateway
 
+    if args.run:
+        return _serve_run(args)
+
     memory_mb = args.memory_mb or IN_LAMBDA_MEMORY_MB
     if args.memory_mb and args.mode != "lambda":
         raise ValueError("--memory-mb is the model-in-Lambda function's: use it with --mode lambda")
@@ -314,6 +317,23 @@ def cmd_api_start(args: argparse.Namespace) -> int:
         _print_json({"api_url": url, "mode": args.mode, "pid": info.pid, "log_file": info.log_file})
     else:
         print(f"API ({args.mode} mode) at {url}  (curl -X POST {url} -d '{{\"url\": \"https://...\"}}')")
+    return 0
+
+
+def _serve_run(args: argparse.Namespace) -> int:
+    from .api import curl_command, newman_command, serve_run
+    from .runs import RunContext
+
+    if not (Path(args.runs_dir) / args.run / "records").is_dir():
+        raise FileNotFoundError(f"No run {args.run!r} in {args.runs_dir} (cloudalliance records list shows the runs)")
+    served = serve_run(RunContext(args.run, args.runs_dir), args.name)
+    if args.json:
+        _print_json(served)
+    else:
+        print(f"API of run {args.run} at {served['api_url']}")
+        print(f"  curl:   {curl_command(served['api_url'], served['image_url'])}")
+        print(f"  newman: {newman_command(served)}   (make newman installs it)")
+        print("  stop:   make stop")
     return 0
 
 
@@ -518,7 +538,10 @@ def cmd_course_run(args: argparse.Namespace) -> int:
     from .course import run_course
 
     t0 = time.perf_counter()
-    result = run_course(args.params, run_id=args.run_id, only=args.only, log_output=args.verbose)
+    from .course import parse_overrides
+
+    result = run_course(args.params, run_id=args.run_id, only=args.only, log_output=args.verbose,
+                        overrides=parse_overrides(args.set))
     print(f"[course] {len(result.results)} notebooks passed in {time.perf_counter() - t0:.1f} s")
     print(f"[course] run folder: {result.run.path}")
     print(f"[course] report:     {result.report}")
@@ -738,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params/local.yaml")
     p.add_argument("--run-id")
     p.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a notebook parameter for this run, e.g. --set DATA_SOURCE=/data/intel (relative paths "
+                        "are taken from the current folder); repeat for several")
     p.add_argument("--verbose", action="store_true", help="show the notebooks' output as they run")
     p.set_defaults(func=cmd_course_run)
 
@@ -787,6 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("api", help="the local API gateway in front of lambda/src/handler.py").add_subparsers(
         dest="action", required=True)
     p = gateway.add_parser("start", help="start the gateway and leave it running")
+    p.add_argument("--run", help="serve a finished run's model again (its endpoint, the gateway on port 8780, the "
+                                 "Postman collection's image on 8781) and print the curl and newman lines")
+    p.add_argument("--runs-dir", default="runs", help="with --run: the folder that holds the runs")
     p.add_argument("--mode", choices=["endpoint", "lambda"], default="endpoint",
                    help="endpoint: lambda/src/handler.py forwards to the endpoint; lambda: the model inside the function")
     p.add_argument("--endpoint-url", help="endpoint mode: the local endpoint (cloudalliance endpoint start)")

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import html
+import json
 import os
 import re
 import time
@@ -162,6 +163,25 @@ def default_kernel() -> str:
     return "python3"
 
 
+def kernel_manager_class():
+    """The kernels' manager: local sockets (IPC transport) instead of TCP ports on 127.0.0.1.
+
+    A kernel on TCP without CurveZMQ keys warns "Kernel is running over TCP without encryption" (ipykernel's
+    ``IPKernelApp.init_sockets``), because any user of the machine could connect to its ports. IPC sockets are
+    files under Jupyter's runtime folder, readable by their owner only: nothing to warn about. (Windows has no
+    IPC transport; there the default stays.)
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "tcp" if os.name == "nt" else "ipc"
+
+    return IPCKernelManager
+
+
 @contextlib.contextmanager
 def _environment(**env: str) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in env}
@@ -201,7 +221,37 @@ def _describe_failure(exc: Exception, job: Job, output: Path) -> str:
                 break
     except (OSError, ValueError):
         pass
-    return f"{job.notebook} failed at {where}: {ename}: {evalue}. Executed notebook: {output}"
+    message = f"{ename}: {evalue}" if evalue else ename
+    return f"{job.notebook} failed at {where}: {message.rstrip('.')}. Executed notebook: {output}"
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["DATA_SOURCE=/data/intel", "EPOCHS=5"]`` (``course run --set``) as parameters; values read as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not _PARAM_RE.match(name.strip()):
+            raise ValueError(f"--set {pair!r}: write NAME=VALUE with an UPPER_CASE name, e.g. --set DATA_SOURCE=/data/intel")
+        try:
+            out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[name.strip()] = value
+    return out
+
+
+PATH_PARAMETERS = ("DATA_SOURCE",)  # relative paths in these are taken from where the command runs
+
+
+def resolve_paths(parameters: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Parameters with relative folder paths made absolute from ``base`` (where ``make course`` or
+    ``cloudalliance course run`` was started), since the notebooks run with ``notebooks/`` as their folder."""
+    out = dict(parameters)
+    for name in PATH_PARAMETERS:
+        value = out.get(name)
+        if isinstance(value, str) and value and value != "synthetic" and "://" not in value:
+            path = Path(value).expanduser()
+            out[name] = str(path if path.is_absolute() else (base / path).resolve())
+    return out
 
 
 def run_course(
@@ -210,12 +260,19 @@ def run_course(
     only: list[str] | None = None,
     notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR,
     log_output: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> CourseResult:
-    """Run the course's notebooks in order; raise :class:`CourseError` naming the failing cell."""
+    """Run the course's notebooks in order; raise :class:`CourseError` naming the failing cell.
+
+    ``overrides`` replace the parameter file's ``parameters`` (``course run --set NAME=VALUE``); relative
+    paths in ``DATA_SOURCE`` are taken from the current folder. With ``only``, the report still shows every
+    notebook's latest result in this run folder.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     doc = load_params(params_path)
+    doc["parameters"] = resolve_paths({**(doc.get("parameters") or {}), **(overrides or {})}, Path.cwd())
     notebooks_dir = Path(notebooks_dir).resolve()
     runs_dir = Path(doc.get("runs_dir") or "runs")
     if not runs_dir.is_absolute():
@@ -250,6 +307,7 @@ def run_course(
                         parameters=job.parameters,
                         cwd=str(notebooks_dir),
                         kernel_name=doc.get("kernel") or default_kernel(),
+                        kernel_manager_class=kernel_manager_class(),
                         progress_bar=False,
                         log_output=log_output,
                     )
@@ -267,11 +325,29 @@ def run_course(
             stopped = services.stop_all()
             if stopped:
                 print(f"[course] stopped local services: {', '.join(stopped)}", flush=True)
-    report = write_report(run, results, Path(params_path))
+    report = write_report(run, remember_results(run, results), Path(params_path))
     course = CourseResult(run, results, report)
     if failure:
         raise CourseError(f"{failure}\nReport: {report}")
     return course
+
+
+def remember_results(run: RunContext, results: list[JobResult]) -> list[JobResult]:
+    """Every notebook's latest result in this run folder (``course.json``): a rerun with ``--only`` updates
+    the notebooks it ran and keeps the others' results, so the report never hides an earlier failure."""
+    path = run.path / "course.json"
+    try:
+        earlier = {r["job"]["output"]: r for r in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = {}
+    merged = {out: JobResult(Job(**r["job"]), r["status"], r.get("seconds", 0.0), r.get("error", ""))
+              for out, r in earlier.items()}
+    for r in results:
+        if r.status != "not run" or r.job.output not in merged:
+            merged[r.job.output] = r
+    ordered = sorted(merged.values(), key=lambda r: r.job.output)
+    path.write_text(json.dumps([dataclasses.asdict(r) for r in ordered], indent=2, default=str) + "\n")
+    return ordered
 
 
 def _summary_markdown(run: RunContext, results: list[JobResult], params_path: Path) -> str:

@@ -110,17 +110,110 @@ def generate_synthetic(
 
 
 def prepare_dataset(source: str, dest: str | os.PathLike, spec: SyntheticSpec | None = None,
-                    progress: bool = True) -> Path:
-    """The data set's root folder: ``source`` is ``"synthetic"`` or a Kaggle-layout folder."""
+                    progress: bool = True, test_fraction: float = 0.15, seed: int = 0) -> Path:
+    """The data set's root folder in Kaggle's layout, whatever layout ``source`` has.
+
+    ``source`` is ``"synthetic"`` (generated into ``dest``) or a folder in any layout the loader takes:
+    Kaggle's (``seg_train/seg_train/<class>``, ``seg_test/…``, ``seg_pred/…``, nested or not), ``seg_train``
+    alone, class folders directly, or ``train/`` + ``test/`` (``cloudalliance data split``, linked or copied).
+    A complete Kaggle folder is used as it is. Any other is laid out in ``dest`` as Kaggle's layout of links
+    to the original files, so every later stage (upload, training channels, evaluation) sees one layout;
+    with no test split, a stratified ``test_fraction`` of every class is held out (fixed by ``seed``).
+    ``dest/layout.json`` says what was done; :func:`layout_note` prints it.
+    """
     if source == "synthetic":
         return generate_synthetic(dest, spec, progress=progress)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"Data folder {root} does not exist. Pass a Kaggle-layout folder "
-            "(seg_train/seg_train/<class>/*.jpg), 'synthetic', or run `cloudalliance data fetch`."
+            f"Data folder {root} does not exist. Pass a folder of the Intel images "
+            "(seg_train/seg_train/<class>/*.jpg, or class folders), 'synthetic', or run `cloudalliance data fetch`."
         )
-    return root
+    if (root / "seg_train" / "seg_train").is_dir() and (root / "seg_test" / "seg_test").is_dir():
+        return root
+    return link_kaggle_layout(root, Path(dest), test_fraction, seed)
+
+
+def find_splits(root: str | os.PathLike) -> dict[str, Path]:
+    """The folders of the splits a data set has: ``{"train": …, "test": …, "pred": …}`` (those present).
+
+    Class folders directly under ``root`` (or under a single split folder given as ``root``) are ``train``.
+    """
+    found = {}
+    for split in SPLITS:
+        try:
+            found[split] = resolve_split(root, split)
+        except DataError:
+            continue
+    if "train" not in found:
+        folder = resolve_split(root)
+        if any(p.is_dir() for p in _visible(folder.iterdir())):
+            found["train"] = folder
+    return found
+
+
+def link_kaggle_layout(source: Path, dest: Path, test_fraction: float = 0.15, seed: int = 0) -> Path:
+    """``dest`` as Kaggle's layout of links to ``source``'s images (see :func:`prepare_dataset`).
+
+    The same source, fraction and seed give the same links, so a rerun finds them in place; ``dest`` is
+    rebuilt only when it was laid out from something else.
+    """
+    import shutil
+
+    splits = find_splits(source)
+    if "train" not in splits:
+        raise DataError(f"No training images under {source}: expected seg_train/seg_train/<class>/*.jpg, "
+                        "train/<class>/*.jpg or class folders directly.")
+    wanted = {"source": str(source.resolve()), "test_fraction": test_fraction, "seed": seed}
+    done = dest / "layout.json"
+    if done.is_file():
+        if {k: v for k, v in json.loads(done.read_text()).items() if k in wanted} == wanted:
+            return dest
+        shutil.rmtree(dest)
+    elif dest.exists():
+        if any(dest.iterdir()) and not (dest / "synthetic.json").is_file():
+            raise DataError(f"{dest} exists and holds other files; remove it or choose another run id.")
+        shutil.rmtree(dest)  # empty, or the synthetic set an earlier notebook of this run generated there
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    train = load_image_folder(splits["train"])
+    if not train.classes:
+        raise DataError(f"{splits['train']} has images but no class folders; training needs <class>/*.jpg.")
+    plan: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
+    if "test" in splits:
+        test = load_image_folder(splits["test"], classes=train.classes)
+        plan["train"] = [(f, train.classes[l]) for f, l in zip(train.files, train.labels)]
+        plan["test"] = [(f, test.classes[l]) for f, l in zip(test.files, test.labels)]
+        note = f"train and test as found in {source}"
+    else:
+        keep, held = stratified_split(train.labels, test_fraction, seed)
+        plan["train"] = [(train.files[i], train.classes[train.labels[i]]) for i in keep]
+        plan["test"] = [(train.files[i], train.classes[train.labels[i]]) for i in held]
+        note = (f"no test split in {source}: {len(held)} images ({test_fraction:.0%} of each class, seed {seed}) "
+                "held out as the test split, never trained on")
+    if "pred" in splits:
+        pred = load_image_folder(splits["pred"])
+        plan["pred"] = [(f, "") for f in pred.files]
+    else:
+        note += "; no seg_pred folder (notebook 04 skips the unlabeled predictions)"
+    partial = dest.with_name(f".{dest.name}.partial")  # laid out beside, then renamed: a crash leaves no half
+    shutil.rmtree(partial, ignore_errors=True)
+    for split, files in plan.items():
+        folder = partial / f"seg_{split}" / f"seg_{split}"
+        for path, cls in files:
+            link = folder / cls / path.name if cls else folder / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():  # the same name twice in one class (nested folders): the first one
+                link.symlink_to(path.resolve())
+    counts = {split: len(files) for split, files in plan.items()}
+    (partial / "layout.json").write_text(json.dumps({**wanted, "counts": counts, "note": note}, indent=2) + "\n")
+    os.replace(partial, dest)
+    return dest
+
+
+def layout_note(root: str | os.PathLike) -> str:
+    """What :func:`prepare_dataset` did to lay the data out (empty for a Kaggle folder used as it is)."""
+    path = Path(root) / "layout.json"
+    return json.loads(path.read_text()).get("note", "") if path.is_file() else ""
 
 
 def shard_files(folder: str | os.PathLike) -> list[Path]:
@@ -579,9 +672,9 @@ def fetch_dataset(dest: str | os.PathLike | None = None) -> Path:
         raise DataError(
             "Kaggle is not reachable from this machine, so the real data set cannot be downloaded here. "
             f"Download '{KAGGLE_DATASET}' on a machine with internet (kagglehub or the Kaggle web page), "
-            "copy the unpacked folder here and pass it as the data source "
-            "(DATA_SOURCE in the notebooks, data.source in params/*.yaml); "
-            "or keep the embedded synthetic data set (DATA_SOURCE='synthetic')."
+            "copy the unpacked folder here and run the course on it: make course DATA=/path/to/intel "
+            "(or DATA_SOURCE under parameters in params/*.yaml, or in a notebook's parameters cell). "
+            "Without it the course runs on its synthetic scenes (DATA_SOURCE: synthetic)."
         )
     try:
         import kagglehub

@@ -21,7 +21,11 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0/n and n/n the bound is exactly 0 or 1 in exact arithmetic; in floating point centre -/+ half
+    # lands a few ulps off (0.9999999999999998), so the ends are written as what they are.
+    low = 0.0 if correct == 0 else max(0.0, min(p, centre - half))
+    high = 1.0 if correct == total else min(1.0, max(p, centre + half))
+    return low, high
 
 
 def format_accuracy(correct: int, total: int) -> str:

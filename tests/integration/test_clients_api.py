@@ -257,3 +257,39 @@ def test_load_runs_inside_a_running_event_loop():
         server.shutdown()
         server.server_close()
     assert level.requests == 10 and level.ok == 5
+
+
+def test_a_runs_saved_collection_works_after_the_run_through_api_start(artifact, newman, tmp_path, capsys):
+    """The collection a run writes points at 8780/8781, which `cloudalliance api start --run <id>` serves again
+    (the run's own servers are gone by then); the printed newman line runs every request and test script."""
+    import shlex
+
+    from cloudalliance.runs import open_run
+
+    run = open_run("served", tmp_path / "runs", "local")
+    (run.path / "artifacts").mkdir()
+    shutil.copyfile(artifact[0], serving.artifact_path(run))
+    path = api.write_postman_collection(run, artifact[1][0], artifact[1][1])
+    saved = json.loads(path.read_text())
+    assert {v["key"]: v["value"] for v in saved["variable"]} == dict(zip(("baseUrl", "imageUrl"), api.postman_defaults()))
+    try:
+        assert cli.main(["api", "start", "--run", "served", "--runs-dir", str(tmp_path / "runs")]) == 0
+        printed = capsys.readouterr().out
+        line = next(l for l in printed.splitlines() if "newman:" in l).split("newman:", 1)[1].split("(make")[0]
+        argv = shlex.split(line)
+        argv[0] = str(newman)
+        report = tmp_path / "report.json"
+        proc = subprocess.run([*argv, "--reporters", "cli,json", "--reporter-json-export", str(report)],
+                              capture_output=True, text=True, timeout=180)
+        stats = json.loads(report.read_text())["run"]["stats"]
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert stats["requests"]["failed"] == 0 and stats["assertions"]["failed"] == 0, stats
+        assert stats["requests"]["total"] == 7
+    finally:
+        services.stop_service(api.GATEWAY_SERVICE)
+        services.stop_service(api.IMAGES_SERVICE)
+        serving.stop_local_endpoint()
+
+
+def test_api_start_run_names_what_is_missing(tmp_path):
+    assert cli.main(["api", "start", "--run", "nothing", "--runs-dir", str(tmp_path)]) == 2

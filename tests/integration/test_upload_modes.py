@@ -193,3 +193,26 @@ def test_server_stopped_mid_upload_then_restarted(tmp_path, monkeypatch):
         assert verify_upload(src, loc, client).ok
     finally:
         storage.stop_local_s3()
+
+
+@pytest.mark.parametrize("engine", ["s5cmd", "boto3"])
+def test_shards_of_linked_files_carry_the_files_bytes(s3, bucket, synthetic_root, tmp_path, engine):
+    """`data split` links files: a shard must hold each file's bytes (GNU tar --dereference), not a link to a
+    path that only exists on this machine."""
+    import tarfile
+
+    from cloudalliance.data import split_folder
+
+    linked = tmp_path / "linked"
+    split_folder(synthetic_root / "seg_train", linked, test_fraction=0.3)
+    assert any(p.is_symlink() for p in linked.rglob("*.jpg"))
+    loc = S3Location(bucket, f"linked-{engine}")
+    result = upload_folder(linked, loc, s3, mode="shards", engine=engine, progress=False)
+    assert result.uploaded_bytes >= result.bytes > 50_000 and verify_upload(linked, loc, s3).ok
+    shard = tmp_path / "shard.tar"
+    s3.download_file(bucket, loc.key(storage.read_manifest(s3, loc)["shards"][0]["name"]), str(shard))
+    with tarfile.open(shard) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+        assert members and all(m.isfile() for m in members), [(m.name, m.type) for m in members[:3]]
+        for m in members:
+            assert m.size == (linked / m.name).stat().st_size, m.name

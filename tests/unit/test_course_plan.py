@@ -70,3 +70,32 @@ def test_params_file_errors(tmp_path, text, message):
 def test_shipped_params_files_plan_cleanly(name):
     jobs = plan(load_params(REPO / "params" / name))
     assert [j.notebook for j in jobs][:2] == ["01_data_exploration.ipynb", "02_s3_upload.ipynb"]
+
+
+def test_set_overrides_and_relative_data_paths_are_taken_from_where_the_command_runs(tmp_path):
+    from cloudalliance.course import parse_overrides, resolve_paths
+
+    got = parse_overrides(["DATA_SOURCE=../shared/data/intel", "EPOCHS=5", "COMPARE_TOOLS=[shards]"])
+    assert got == {"DATA_SOURCE": "../shared/data/intel", "EPOCHS": 5, "COMPARE_TOOLS": ["shards"]}
+    resolved = resolve_paths(got, tmp_path / "repo")
+    assert resolved["DATA_SOURCE"] == str((tmp_path / "shared" / "data" / "intel").resolve())
+    assert resolve_paths({"DATA_SOURCE": "synthetic"}, tmp_path) == {"DATA_SOURCE": "synthetic"}
+    assert resolve_paths({"DATA_SOURCE": "/abs/intel"}, tmp_path) == {"DATA_SOURCE": "/abs/intel"}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_overrides(["data_source"])
+
+
+def test_a_partial_rerun_keeps_every_notebooks_latest_result_in_the_report(tmp_path):
+    from cloudalliance import course
+    from cloudalliance.runs import open_run
+
+    run = open_run("r", tmp_path, "local")
+    job = lambda name: course.Job(f"{name}.ipynb", f"{name}.ipynb", {})  # noqa: E731
+    first = [course.JobResult(job("01_a"), "passed", 1.0), course.JobResult(job("04_d"), "failed", 2.0, "boom"),
+             course.JobResult(job("05_e"), "not run")]
+    assert [r.status for r in course.remember_results(run, first)] == ["passed", "failed", "not run"]
+    again = [course.JobResult(job("05_e"), "passed", 3.0)]  # course run --only 05
+    merged = course.remember_results(run, again)
+    assert [(r.job.output, r.status) for r in merged] == [("01_a.ipynb", "passed"), ("04_d.ipynb", "failed"),
+                                                        ("05_e.ipynb", "passed")]
+    assert merged[1].error == "boom"

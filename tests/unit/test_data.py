@@ -143,3 +143,28 @@ def test_prepare_training_data_splits_and_decodes_each_size_once(synthetic_root)
     capped = prepare_training_data(synthetic_root, synthetic_root, [32], max_train_images=10, progress=False)
     assert len(capped.train_labels) == 10 and len(capped.val_labels) == 3 * len(CLASSES)
     assert capped.validation.startswith("test channel")
+
+
+def test_a_folder_without_a_test_split_is_laid_out_once_with_a_stratified_held_out_split(synthetic_root, tmp_path):
+    from cloudalliance.data import DataError, layout_note, prepare_dataset
+
+    only_train = tmp_path / "download"
+    shutil.copytree(synthetic_root / "seg_train", only_train / "seg_train")
+    dest = tmp_path / "run" / "intel"
+    root = prepare_dataset(str(only_train), dest, test_fraction=0.25, seed=1)
+    assert root == dest and "held out" in layout_note(root) and "no seg_pred" in layout_note(root)
+    train = {(p.parent.name, p.name) for p in (root / "seg_train" / "seg_train").rglob("*") if p.is_symlink()}
+    test = {(p.parent.name, p.name) for p in (root / "seg_test" / "seg_test").rglob("*") if p.is_symlink()}
+    assert train and test and not train & test
+    assert len(train) + len(test) == sum(1 for p in (only_train / "seg_train").rglob("*") if p.is_file())
+    stamp = (root / "layout.json").stat().st_mtime_ns
+    assert prepare_dataset(str(only_train), dest, test_fraction=0.25, seed=1) == dest
+    assert (root / "layout.json").stat().st_mtime_ns == stamp, "a rerun reuses the links"
+    prepare_dataset(str(only_train), dest, test_fraction=0.5, seed=1)
+    assert len(list((root / "seg_test" / "seg_test").rglob("*.jpg"))) > len({n for n in test if n[1].endswith(".jpg")})
+    foreign = tmp_path / "foreign"
+    (foreign / "notes").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds other files"):
+        prepare_dataset(str(only_train), foreign)
+    # a complete Kaggle folder is used as it is
+    assert prepare_dataset(str(synthetic_root), tmp_path / "unused") == synthetic_root

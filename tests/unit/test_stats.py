@@ -38,3 +38,25 @@ def test_format_names_the_counts():
     text = format_accuracy(1229, 1311)
     assert text.startswith("0.9375 (95 % CI 0.92") and "1229/1311" in text
     assert not math.isnan(float(text.split()[0]))
+
+
+# Every n up to 10,000 at both ends, and every k in between for samples of n: the ends are exact (a notebook's
+# `low <= accuracy <= high` must hold at 100 % and 0 %), and k/n always lies inside its own interval.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def test_ends_are_exact_for_every_n_up_to_10000():
+    for n in range(1, 10_001):
+        low0, high0 = wilson_interval(0, n)
+        lown, highn = wilson_interval(n, n)
+        assert low0 == 0.0 and highn == 1.0, (n, low0, highn)
+        assert 0.0 < high0 < 1.0 and 0.0 < lown < 1.0, (n, high0, lown)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.integers(min_value=1, max_value=10_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_the_observed_accuracy_lies_inside_its_interval(kn):
+    k, n = kn
+    low, high = wilson_interval(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
+    assert low < high

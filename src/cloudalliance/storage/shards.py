@@ -156,7 +156,7 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
         listing = scratch / f".{name}.list"
         listing.write_bytes(b"\0".join(p.encode() for p, _ in members) + b"\0")
         proc = subprocess.run([tar, "--format=gnu", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
-                               "--mode=u=rw,go=r", "--no-recursion", "-C", str(root), "-cf", str(scratch / name),
+                               "--mode=u=rw,go=r", "--no-recursion", "--dereference", "--hard-dereference", "-C", str(root), "-cf", str(scratch / name),
                                "--null", "-T", str(listing)], capture_output=True, text=True)
         listing.unlink()
         if proc.returncode != 0:
