@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 # make course DATA=/path/to/intel runs it on the real images (any layout the loader takes; relative paths from here)
 course: $(STAMP)
-	$(BIN)/cloudalliance course run --params $(PARAMS) $(if $(DATA),--set DATA_SOURCE=$(DATA),)
+	$(BIN)/cloudalliance course run --params $(PARAMS) $(if $(DATA),--set "DATA_SOURCE=$(DATA)",)
 
 # Unit and integration tests (real SeaweedFS, real HTTP servers) and every notebook under nbval.
 test: $(STAMP)

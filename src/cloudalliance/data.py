@@ -287,19 +287,19 @@ def resolve_split(root: str | os.PathLike, split: str | None = None) -> Path:
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"Data folder {root} does not exist")
+        raise DataError(f"Data folder {root} does not exist.")
     if not root.is_dir():
-        raise DataError(f"{root} is a file; give the folder that holds the class folders")
+        raise DataError(f"{root} is a file; give the folder that holds the class folders.")
     if split is not None:
         if split not in SPLITS:
-            raise DataError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+            raise DataError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
         for candidate in (root / f"seg_{split}" / f"seg_{split}", root / f"seg_{split}", root / split):
             if candidate.is_dir():
                 root = candidate
                 break
         else:
             raise DataError(
-                f"No {split} split under {root}: looked for seg_{split}/seg_{split}, seg_{split} and {split}"
+                f"No {split} split under {root}: looked for seg_{split}/seg_{split}, seg_{split} and {split}."
             )
     # doubly nested: seg_train/seg_train
     subdirs = [p for p in _visible(root.iterdir()) if p.is_dir()]
@@ -317,7 +317,7 @@ def load_image_folder(path: str | os.PathLike, split: str | None = None,
     if not class_dirs:
         images = [p for p in entries if p.is_file() and _is_image(p)]
         if not images:
-            raise DataError(f"{root} has no class folders and no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{root} has no class folders and no images ({', '.join(IMAGE_EXTENSIONS)}).")
         return ImageFolder(root, [], images, [-1] * len(images),
                            ignored=[p for p in entries if p.is_file() and not _is_image(p)])
     names = [p.name for p in class_dirs]
@@ -326,7 +326,7 @@ def load_image_folder(path: str | os.PathLike, split: str | None = None,
     else:
         unknown = sorted(set(names) - set(classes))
         if unknown:
-            raise DataError(f"{root} has class folders {unknown} that are not among: {', '.join(classes)}")
+            raise DataError(f"{root} has class folders {unknown} that are not among: {', '.join(classes)}.")
     files, labels, ignored = [], [], []
     for label, cls in enumerate(classes):
         folder = root / cls
@@ -341,7 +341,7 @@ def load_image_folder(path: str | os.PathLike, split: str | None = None,
             else:
                 ignored.append(p)
     if not files:
-        raise DataError(f"{root} has class folders but no images in them")
+        raise DataError(f"{root} has class folders but no images in them.")
     return ImageFolder(root, list(classes), files, labels, ignored)
 
 
@@ -465,8 +465,8 @@ def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"Data folder {root} does not exist" if not root.exists()
-                        else f"{root} is a file; give the data set's folder")
+        raise DataError(f"Data folder {root} does not exist." if not root.exists()
+                        else f"{root} is a file; give the data set's folder.")
     reports = {}
     for split in splits:
         try:
@@ -482,7 +482,7 @@ def validate_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", 
     if not reports:
         raise DataError(
             f"No split found under {root}; expected seg_train/seg_train/<class>/*.jpg "
-            "(or seg_test, seg_pred), or class folders directly"
+            "(or seg_test, seg_pred), or class folders directly."
         )
     return reports
 
@@ -527,10 +527,10 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
     import shutil
 
     if not 0.0 < test_fraction < 1.0:
-        raise DataError("test fraction must be between 0 and 1")
+        raise DataError("The test fraction must be between 0 and 1.")
     folder = load_image_folder(src, "train" if (Path(src) / "seg_train").is_dir() else None)
     if not folder.classes:
-        raise DataError(f"{folder.root} has no class folders to split")
+        raise DataError(f"{folder.root} has no class folders to split.")
     train_idx, test_idx = stratified_split(folder.labels, test_fraction, seed)
     dest = Path(dest)
     counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
