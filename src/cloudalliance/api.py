@@ -142,9 +142,7 @@ def create_gateway_app(handler_path: str | os.PathLike = DEFAULT_HANDLER, worker
         info = services.running(follow_service) if follow_service else None
         if info is None or info.endpoint_url == os.environ.get("SAGEMAKER_RUNTIME_URL"):
             return False
-        os.environ["SAGEMAKER_RUNTIME_URL"] = info.endpoint_url  # the handler reads it on every call
-        if getattr(handler, "_CLIENT", None) is not None:  # a handler that caches one client for one URL
-            handler._CLIENT = None
+        os.environ["SAGEMAKER_RUNTIME_URL"] = info.endpoint_url  # read on every call; clients are cached per URL
         return True
 
     def call(event: dict[str, Any], context: LocalContext) -> dict[str, Any]:
@@ -618,12 +616,12 @@ def measure_latency(api_url: str, payloads: Sequence[dict[str, Any]], requests: 
 def api_record(latency: LatencyResult, backend: str, api_url: str, hosting_instance: str = "ml.m5.large",
                lambda_memory_mb: int = 512):
     """The api stage's record: latency percentiles and what 1,000 predictions cost on AWS."""
-    from . import bench, prices
+    from . import prices
     from .records import Record
 
     d = latency.to_dict()
     mean_s = d["mean_ms"] / 1000 if latency.seconds else 0.0
-    per_1000 = bench.cost_per_1000_predictions(mean_s, prices.HOSTING_PER_HOUR[hosting_instance], lambda_memory_mb)
+    per_1000 = prices.cost_per_1000_predictions(mean_s, prices.HOSTING_PER_HOUR[hosting_instance], lambda_memory_mb)
     return Record(
         stage="api", name="predict", backend=backend, instance="local gateway" if backend == "local" else "API Gateway",
         timings={"latencies_ms": [round(1000 * t, 3) for t in latency.seconds], "total_s": round(sum(latency.seconds), 3)},

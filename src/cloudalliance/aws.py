@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 
 RUN_TAG = "cloudalliance:run-id"
 ENDPOINT_TAG = "cloudalliance:endpoint"
+SAM_DIR = Path(__file__).resolve().parents[2] / ".tools" / "sam"  # `make sam` installs the SAM CLI here
 # SageMaker notebook instances and Studio write this file (sagemaker-core
 # sagemaker/core/helper/session_helper.py:317, Session.get_caller_identity_arn reads it)
 NOTEBOOK_METADATA_FILE = "/opt/ml/metadata/resource-metadata.json"
@@ -390,8 +391,6 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
         rows.append(endpoint_row)
     if want("api"):
         rows.append(_stack_check(session, params.get("STACK_NAME") or "cloudalliance"))
-        from .lambda_package import SAM_DIR
-
         sam = shutil.which("sam") or (str(SAM_DIR / "bin" / "sam") if (SAM_DIR / "bin" / "sam").is_file() else None)
         rows.append(Check("SAM CLI", "ok" if sam else "warn", sam or "`sam` not found: notebook 06 needs the API "
                           "deployed with it (`make sam` installs aws-sam-cli into .tools/sam, its own environment; "

@@ -152,16 +152,6 @@ def figure_latency(run):
     return fig
 
 
-def cost_per_1000_predictions(mean_latency_s: float, hosting_price_per_hour: float, lambda_memory_mb: int = 512) -> dict[str, float]:
-    """What 1,000 sequential predictions cost on AWS: endpoint time + Lambda + API Gateway requests."""
-    endpoint = hosting_price_per_hour / 3600.0 * mean_latency_s * 1000
-    lam = (mean_latency_s * lambda_memory_mb / 1024.0 * prices.LAMBDA_PER_GB_SECOND * 1000
-           + prices.LAMBDA_PER_MILLION_REQUESTS / 1000)
-    gateway = prices.HTTP_API_PER_MILLION_REQUESTS / 1000
-    return {"endpoint_usd": endpoint, "lambda_usd": lam, "api_gateway_usd": gateway,
-            "total_usd": endpoint + lam + gateway}
-
-
 def summary_table(run):
     """One row per measured step: what, where, seconds, throughput, accuracy, cost."""
     import pandas as pd

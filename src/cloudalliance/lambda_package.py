@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -39,6 +38,8 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from .aws import SAM_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = REPO_ROOT / "lambda"
@@ -197,15 +198,6 @@ def _write_zip(folder: Path, zip_path: Path, exclude: set[str] = frozenset()) ->
     return zip_path.stat().st_size
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The file's SHA-256, hex, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_out(out: Path) -> None:
     """``out`` may be replaced only when it is missing, empty, or a package this command built."""
     if out.exists() and not out.is_dir():
@@ -248,7 +240,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
     Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
     package needs an ``out`` of its own.
     """
-    from .serving import ServingError, unpack_artifact
+    from .serving import ServingError, sha256_of, unpack_artifact
 
     started = time.perf_counter()
     artifact = Path(artifact)
@@ -288,7 +280,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         # no build time and no local path: the same artifact gives the same package, byte for byte
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
                     "handler": HANDLER, "packages": packages, "artifact": artifact.name,
-                    "artifact_sha256": file_sha256(artifact), "bytecode": compiled}
+                    "artifact_sha256": sha256_of(artifact), "bytecode": compiled}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]
@@ -596,7 +588,6 @@ def modes_table(records) -> list[dict[str, Any]]:
 # (https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html).
 
 SAM_CLI_VERSION = "1.170.0"
-SAM_DIR = REPO_ROOT / ".tools" / "sam"
 
 
 def ensure_sam(prefix: str | os.PathLike = SAM_DIR, version: str = SAM_CLI_VERSION, timeout: float = 900.0) -> Path:

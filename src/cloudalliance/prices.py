@@ -120,3 +120,13 @@ def estimate_run(training: list[tuple[str, int]], training_minutes: float, hosti
                               + requests / 1e6 * (LAMBDA_PER_MILLION_REQUESTS + HTTP_API_PER_MILLION_REQUESTS), 6),
                  "price_per_hour": None})
     return rows
+
+
+def cost_per_1000_predictions(mean_latency_s: float, hosting_price_per_hour: float, lambda_memory_mb: int = 512) -> dict[str, float]:
+    """What 1,000 sequential predictions cost on AWS: endpoint time + Lambda + API Gateway requests."""
+    endpoint = hosting_price_per_hour / 3600.0 * mean_latency_s * 1000
+    lam = (mean_latency_s * lambda_memory_mb / 1024.0 * LAMBDA_PER_GB_SECOND * 1000
+           + LAMBDA_PER_MILLION_REQUESTS / 1000)
+    gateway = HTTP_API_PER_MILLION_REQUESTS / 1000
+    return {"endpoint_usd": endpoint, "lambda_usd": lam, "api_gateway_usd": gateway,
+            "total_usd": endpoint + lam + gateway}

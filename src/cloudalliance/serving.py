@@ -15,6 +15,7 @@ SageMaker Runtime path, so boto3's ``sagemaker-runtime`` client with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -389,6 +390,12 @@ PY_VERSION = "py312"
 SERVING_PACKAGES = ("onnxruntime", "pillow")
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    """A file's SHA-256 (hex): an artifact's identity in its S3 key and in a Lambda package's manifest."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
     """Put ``model.tar.gz`` at ``s3_uri``: that key when it ends in .tar.gz, else ``<prefix>/<digest>/model.tar.gz``.
 
@@ -397,11 +404,10 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
     fleet keeps serving, and an instance it replaces loads the ModelDataUrl again: under one shared key it would
     load the new artifact. The same artifact gets the same key, so a rerun uploads it to where it already is.
     """
-    from .lambda_package import file_sha256
     from .storage import S3Location
 
     loc = S3Location.parse(s3_uri)
-    key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key(f"{file_sha256(artifact)[:16]}/model.tar.gz")
+    key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key(f"{sha256_of(artifact)[:16]}/model.tar.gz")
     s3_client.upload_file(str(artifact), loc.bucket, key)
     return f"s3://{loc.bucket}/{key}"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cloudalliance import bench
+from cloudalliance import bench, prices
 from cloudalliance.api import LatencyResult, api_record
 from cloudalliance.records import Record
 from cloudalliance.runs import open_run
@@ -13,7 +13,7 @@ def test_reduction_vs_slowest():
 
 
 def test_cost_per_1000_predictions():
-    cost = bench.cost_per_1000_predictions(0.1, 0.115, lambda_memory_mb=1024)
+    cost = prices.cost_per_1000_predictions(0.1, 0.115, lambda_memory_mb=1024)
     assert cost["endpoint_usd"] == pytest.approx(0.115 / 3600 * 100)
     assert cost["lambda_usd"] == pytest.approx(0.1 * 0.0000166667 * 1000 + 0.0002)
     assert cost["api_gateway_usd"] == pytest.approx(0.001)

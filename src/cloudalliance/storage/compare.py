@@ -54,6 +54,17 @@ def _files_only_tools_send(root: Path, kept: list) -> list[str]:
                   if p not in paths)
 
 
+def sent_the_data(client, tool: str, location: S3Location, nbytes: int) -> dict:
+    """What ``tool`` left under ``location``, checked to hold at least the files' ``nbytes``: a time counts only if
+    the data went (a tar of links, for one, is small and fast and sends nothing)."""
+    landed = list_objects(client, location)
+    stored = sum(size for size, _ in landed.values())
+    if stored < nbytes:
+        raise StorageError(f"{tool} left {stored:,} bytes under {location.uri} for {nbytes:,} bytes of files: it "
+                           "did not send the files' data (links stored as links?), so its time is not reported")
+    return landed
+
+
 def _timed_tool(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -95,22 +106,13 @@ def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "
     runs: dict[str, list[UploadResult]] = {}
     notes: list[str] = []
 
-    def sent_the_data(tool: str, location: S3Location) -> dict:
-        """What landed, checked to hold at least the files' bytes: a time is a measurement only if the data went."""
-        landed = list_objects(client, location)
-        stored = sum(size for size, _ in landed.values())
-        if stored < nbytes:
-            raise StorageError(f"{tool} left {stored:,} bytes under {location.uri} for {nbytes:,} bytes of files: it "
-                               "did not send the files' data (links stored as links?), so its time is not reported")
-        return landed
-
     def once(tool: str) -> UploadResult | None:
         location = S3Location(bucket, f"{prefix}/{tool}")
         delete_prefix(client, location)
         if tool in ("objects", "shards"):
             r = upload_folder(root, location, client, mode=tool, workers=workers, shard_mb=shard_mb, progress=progress)
             r.mode = tool
-            sent_the_data(tool, location)
+            sent_the_data(client, tool, location, nbytes)
             return r
         if tool == "aws-s3-sync":
             aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
@@ -125,7 +127,7 @@ def compare_uploads(src: str | os.PathLike, bucket: str, client, prefix: str = "
                 return None
             argv = [binary, *s5cmd_endpoint_args(client), "cp", f"{root}/*", f"{location.uri}/"]
         seconds = _timed_tool(argv, env)
-        landed = len(sent_the_data(tool, location))
+        landed = len(sent_the_data(client, tool, location, nbytes))
         return UploadResult(source=str(root), location=location.uri, mode=tool, workers=0, files=files,
                             bytes=nbytes, uploaded=landed, skipped=0, uploaded_bytes=nbytes, seconds=seconds,
                             scan_seconds=0.0, engine=tool)
