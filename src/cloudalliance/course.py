@@ -163,13 +163,16 @@ def default_kernel() -> str:
     return "python3"
 
 
-def kernel_manager_class():
-    """The kernels' manager: local sockets (IPC transport) instead of TCP ports on 127.0.0.1.
+def kernel_manager_class(output: Any = None):
+    """The kernels' manager: local sockets (IPC transport) instead of TCP ports on 127.0.0.1, and the kernel
+    process's own output (``output``, an open file) kept out of the course's terminal.
 
     A kernel on TCP without CurveZMQ keys warns "Kernel is running over TCP without encryption" (ipykernel's
     ``IPKernelApp.init_sockets``), because any user of the machine could connect to its ports. IPC sockets are
     files under Jupyter's runtime folder, readable by their owner only: nothing to warn about. (Windows has no
-    IPC transport; there the default stays.)
+    IPC transport; there the default stays.) What the notebook's cells print reaches the executed notebook
+    either way; ``output`` takes what the kernel process and its children write to their terminal (a training
+    subprocess's progress bars), which would otherwise flood the course's log.
     """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
@@ -178,6 +181,12 @@ def kernel_manager_class():
         @default("transport")
         def _default_transport(self) -> str:
             return "tcp" if os.name == "nt" else "ipc"
+
+        async def start_kernel(self, **kw: Any) -> None:  # the keywords reach subprocess.Popen
+            if output is not None:
+                kw.setdefault("stdout", output)
+                kw.setdefault("stderr", output)
+            await super().start_kernel(**kw)
 
     return IPCKernelManager
 
@@ -300,24 +309,28 @@ def run_course(
                 output = out_dir / job.output
                 print(f"[course] {job.output} ...", flush=True)
                 t0 = time.perf_counter()
+                kernel_log = run.path / "logs" / f"kernel-{Path(job.output).stem}.log"
+                kernel_log.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    papermill.execute_notebook(
-                        str(notebooks_dir / job.notebook),
-                        str(output),
-                        parameters=job.parameters,
-                        cwd=str(notebooks_dir),
-                        kernel_name=doc.get("kernel") or default_kernel(),
-                        kernel_manager_class=kernel_manager_class(),
-                        progress_bar=False,
-                        log_output=log_output,
-                    )
+                    with open(kernel_log, "ab") as kernel_output:
+                        papermill.execute_notebook(
+                            str(notebooks_dir / job.notebook),
+                            str(output),
+                            parameters=job.parameters,
+                            cwd=str(notebooks_dir),
+                            kernel_name=doc.get("kernel") or default_kernel(),
+                            kernel_manager_class=kernel_manager_class(None if log_output else kernel_output),
+                            progress_bar=False,
+                            log_output=log_output,
+                        )
                 except PapermillExecutionError as exc:
                     result.status, result.seconds = "failed", time.perf_counter() - t0
                     result.error = failure = _describe_failure(exc, job, output)
                     break
                 except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook, ...
                     result.status, result.seconds = "failed", time.perf_counter() - t0
-                    result.error = failure = f"{job.notebook} could not run: {type(exc).__name__}: {exc}"
+                    result.error = failure = (f"{job.notebook} could not run: {type(exc).__name__}: {exc}. "
+                                              f"The kernel's own output: {kernel_log}")
                     break
                 result.status, result.seconds = "passed", time.perf_counter() - t0
                 print(f"[course] {job.output} passed in {result.seconds:.1f} s", flush=True)
