@@ -324,9 +324,14 @@ def _serve_run(args: argparse.Namespace) -> int:
     from .api import curl_command, newman_command, serve_run
     from .runs import RunContext
 
-    if not (Path(args.runs_dir) / args.run / "records").is_dir():
-        raise FileNotFoundError(f"No run {args.run!r} in {args.runs_dir} (cloudalliance records list shows the runs)")
-    served = serve_run(RunContext(args.run, args.runs_dir), args.name)
+    from .course import REPO_ROOT
+
+    runs_dir = Path(args.runs_dir) if args.runs_dir else REPO_ROOT / "runs"
+    if not (runs_dir / args.run / "records").is_dir():
+        found = sorted(p.parent.name for p in runs_dir.glob("*/records"))[-5:] if runs_dir.is_dir() else []
+        raise FileNotFoundError(f"No run {args.run!r} in {runs_dir}; "
+                                + (f"the latest there: {', '.join(found)}" if found else "it holds no runs"))
+    served = serve_run(RunContext(args.run, runs_dir), args.name)
     if args.json:
         _print_json(served)
     else:
@@ -535,7 +540,14 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
 
 
 def cmd_course_run(args: argparse.Namespace) -> int:
+    import signal
+
     from .course import run_course
+
+    def stop(signum, frame):  # `kill` stops the course like Ctrl-C: its servers are stopped on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
     t0 = time.perf_counter()
     from .course import parse_overrides
@@ -758,9 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
     course = sub.add_parser("course", help="run the notebooks with papermill").add_subparsers(
         dest="action", required=True)
     p = course.add_parser("run", help="run the course's notebooks in order")
-    p.add_argument("--params", default="params/local.yaml")
-    p.add_argument("--run-id")
-    p.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these")
+    p.add_argument("--params", default="params/local.yaml",
+                   help="the parameter file (default: params/local.yaml; params/aws.yaml for a real AWS run)")
+    p.add_argument("--run-id", help="the run's folder under runs/ (default: the file's run_id, else a timestamp); "
+                                    "an existing one is continued")
+    p.add_argument("--only", nargs="+", metavar="PREFIX",
+                   help="run only notebooks whose name starts with these (e.g. --only 05 06); default: all")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a notebook parameter for this run, e.g. --set DATA_SOURCE=/data/intel (relative paths "
                         "are taken from the current folder); repeat for several")
@@ -813,9 +828,10 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("api", help="the local API gateway in front of lambda/src/handler.py").add_subparsers(
         dest="action", required=True)
     p = gateway.add_parser("start", help="start the gateway and leave it running")
-    p.add_argument("--run", help="serve a finished run's model again (its endpoint, the gateway on port 8780, the "
-                                 "Postman collection's image on 8781) and print the curl and newman lines")
-    p.add_argument("--runs-dir", default="runs", help="with --run: the folder that holds the runs")
+    p.add_argument("--run", metavar="RUN_ID", help="serve a finished run's model again (runs/RUN_ID: its endpoint, "
+                                                   "the gateway on port 8780, the Postman collection's image on 8781) "
+                                                   "and print the curl and newman lines")
+    p.add_argument("--runs-dir", help="with --run: the folder that holds the runs (default: the repository's runs/)")
     p.add_argument("--mode", choices=["endpoint", "lambda"], default="endpoint",
                    help="endpoint: lambda/src/handler.py forwards to the endpoint; lambda: the model inside the function")
     p.add_argument("--endpoint-url", help="endpoint mode: the local endpoint (cloudalliance endpoint start)")

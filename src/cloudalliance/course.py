@@ -208,6 +208,17 @@ def _environment(**env: str) -> Iterator[None]:
 _ADDED_BY_PAPERMILL = ("injected-parameters", "papermill-error-cell-tag")
 
 
+def _failing_line(traceback: list[str]) -> str:
+    """The notebook cell's own line that raised, from IPython's traceback (``----> 7 root = ...``)."""
+    for frame in traceback:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", frame)
+        if text.startswith("Cell In["):
+            for line in text.splitlines():
+                if line.startswith("---->"):
+                    return line[5:].strip().split(" ", 1)[-1].strip()
+    return ""
+
+
 def _describe_failure(exc: Exception, job: Job, output: Path) -> str:
     """'<notebook> failed at cell N (In [k]) `first line`: Error: message'.
 
@@ -223,10 +234,12 @@ def _describe_failure(exc: Exception, job: Job, output: Path) -> str:
         cells = [c for c in nbformat.read(output, as_version=4).cells
                  if not set(c.metadata.get("tags", [])) & set(_ADDED_BY_PAPERMILL)]
         for position, cell in enumerate(cells, start=1):
-            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-                first = cell.source.strip().splitlines()[0][:80] if cell.source.strip() else ""
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                line = _failing_line(errors[0].get("traceback", [])) or (
+                    cell.source.strip().splitlines()[0] if cell.source.strip() else "")
                 where = f"cell {position}" + (f" (In [{count}])" if count is not None else "")
-                where += f" `{first}`" if first else ""
+                where += f" `{line[:100]}`" if line else ""
                 break
     except (OSError, ValueError):
         pass
@@ -263,6 +276,21 @@ def resolve_paths(parameters: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def check_overrides(overrides: dict[str, Any], jobs: list[Job], notebooks_dir: Path) -> None:
+    """``--set`` names a parameter some notebook declares, and a ``DATA_SOURCE`` folder exists: a typo must not
+    run the whole course on the synthetic scenes, nor a missing folder create a run."""
+    declared = {name for job in {j.notebook for j in jobs} for name in notebook_parameters(notebooks_dir / job)}
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        raise ValueError(f"--set {', '.join(unknown)}: no notebook of this course has such a parameter; "
+                         f"they have: {', '.join(sorted(declared))}")
+    source = overrides.get("DATA_SOURCE")
+    if isinstance(source, str) and source != "synthetic" and "://" not in source and not (
+            source.strip() and Path(source).expanduser().is_dir()):
+        raise ValueError(f"DATA_SOURCE {source or '(empty)'} is not a folder: give 'synthetic' or the folder of the "
+                         "Intel images (seg_train/seg_train/<class>/*.jpg, train/<class>/*.jpg or class folders).")
+
+
 def run_course(
     params_path: str | os.PathLike,
     run_id: str | None = None,
@@ -286,7 +314,7 @@ def run_course(
     runs_dir = Path(doc.get("runs_dir") or "runs")
     if not runs_dir.is_absolute():
         runs_dir = REPO_ROOT / runs_dir
-    plan(doc, notebooks_dir)  # every mistake in the file is reported before anything is created
+    check_overrides(overrides or {}, plan(doc, notebooks_dir), notebooks_dir)  # before anything is created
     run = open_run(run_id or doc.get("run_id") or new_run_id(), runs_dir, doc.get("backend", "local"))
     jobs = plan(doc, notebooks_dir, run)
     if only:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -123,11 +124,14 @@ def prepare_dataset(source: str, dest: str | os.PathLike, spec: SyntheticSpec | 
     """
     if source == "synthetic":
         return generate_synthetic(dest, spec, progress=progress)
+    if not str(source).strip():
+        raise DataError("DATA_SOURCE is empty: give 'synthetic' or the folder of the Intel images.")
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"Data folder {root} does not exist. Pass a folder of the Intel images "
-            "(seg_train/seg_train/<class>/*.jpg, or class folders), 'synthetic', or run `cloudalliance data fetch`."
+            f"Data folder {root} {'is a file' if root.exists() else 'does not exist'}. Pass a folder of the Intel "
+            "images (seg_train/seg_train/<class>/*.jpg, train/<class>/*.jpg, or class folders directly), "
+            "'synthetic', or run `cloudalliance data fetch`."
         )
     if (root / "seg_train" / "seg_train").is_dir() and (root / "seg_test" / "seg_test").is_dir():
         return root
@@ -155,46 +159,33 @@ def find_splits(root: str | os.PathLike) -> dict[str, Path]:
 def link_kaggle_layout(source: Path, dest: Path, test_fraction: float = 0.15, seed: int = 0) -> Path:
     """``dest`` as Kaggle's layout of links to ``source``'s images (see :func:`prepare_dataset`).
 
-    The same source, fraction and seed give the same links, so a rerun finds them in place; ``dest`` is
-    rebuilt only when it was laid out from something else.
+    The same files, fraction and seed give the same links, so a rerun finds them in place; ``dest`` is laid
+    out again when the source's files changed (added, removed, renamed) or it came from something else.
     """
     import shutil
 
     splits = find_splits(source)
     if "train" not in splits:
-        raise DataError(f"No training images under {source}: expected seg_train/seg_train/<class>/*.jpg, "
+        images = [p for p in _visible(source.iterdir()) if p.is_file() and _is_image(p)]
+        raise DataError(f"{source} holds {len(images)} images but no class folders: put each class's images in a "
+                        "folder named for it (<class>/*.jpg)." if images else
+                        f"No training images under {source}: expected seg_train/seg_train/<class>/*.jpg, "
                         "train/<class>/*.jpg or class folders directly.")
-    wanted = {"source": str(source.resolve()), "test_fraction": test_fraction, "seed": seed}
+    plan, note = _layout_plan(source, splits, test_fraction, seed)
+    digest = hashlib.sha256(json.dumps({k: [str(p) for p, _ in v] for k, v in plan.items()}).encode()).hexdigest()
+    wanted = {"source": str(source.resolve()), "test_fraction": test_fraction, "seed": seed, "files_sha256": digest}
     done = dest / "layout.json"
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"{dest} is a file; the data set is laid out in a folder there.")
     if done.is_file():
         if {k: v for k, v in json.loads(done.read_text()).items() if k in wanted} == wanted:
-            return dest
-        shutil.rmtree(dest)
+            return dest  # the same files, split the same way: the links are in place
+        shutil.rmtree(dest)  # the source's files changed since (or another source): laid out again
     elif dest.exists():
         if any(dest.iterdir()) and not (dest / "synthetic.json").is_file():
-            raise DataError(f"{dest} exists and holds other files; remove it or choose another run id.")
+            raise DataError(f"{dest} exists and holds other files; remove it or lay the data out elsewhere.")
         shutil.rmtree(dest)  # empty, or the synthetic set an earlier notebook of this run generated there
     dest.parent.mkdir(parents=True, exist_ok=True)
-    train = load_image_folder(splits["train"])
-    if not train.classes:
-        raise DataError(f"{splits['train']} has images but no class folders; training needs <class>/*.jpg.")
-    plan: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
-    if "test" in splits:
-        test = load_image_folder(splits["test"], classes=train.classes)
-        plan["train"] = [(f, train.classes[l]) for f, l in zip(train.files, train.labels)]
-        plan["test"] = [(f, test.classes[l]) for f, l in zip(test.files, test.labels)]
-        note = f"train and test as found in {source}"
-    else:
-        keep, held = stratified_split(train.labels, test_fraction, seed)
-        plan["train"] = [(train.files[i], train.classes[train.labels[i]]) for i in keep]
-        plan["test"] = [(train.files[i], train.classes[train.labels[i]]) for i in held]
-        note = (f"no test split in {source}: {len(held)} images ({test_fraction:.0%} of each class, seed {seed}) "
-                "held out as the test split, never trained on")
-    if "pred" in splits:
-        pred = load_image_folder(splits["pred"])
-        plan["pred"] = [(f, "") for f in pred.files]
-    else:
-        note += "; no seg_pred folder (notebook 04 skips the unlabeled predictions)"
     partial = dest.with_name(f".{dest.name}.partial")  # laid out beside, then renamed: a crash leaves no half
     shutil.rmtree(partial, ignore_errors=True)
     for split, files in plan.items():
@@ -208,6 +199,35 @@ def link_kaggle_layout(source: Path, dest: Path, test_fraction: float = 0.15, se
     (partial / "layout.json").write_text(json.dumps({**wanted, "counts": counts, "note": note}, indent=2) + "\n")
     os.replace(partial, dest)
     return dest
+
+
+def _layout_plan(source: Path, splits: dict[str, Path], test_fraction: float, seed: int
+                 ) -> tuple[dict[str, list[tuple[Path, str]]], str]:
+    """``{split: [(file, class)]}`` for :func:`link_kaggle_layout`, and the sentence that says what was done."""
+    train = load_image_folder(splits["train"])
+    if not train.classes:
+        raise DataError(f"{splits['train']} holds images but no class folders: put each class's images in a folder "
+                        "named for it (<class>/*.jpg).")
+    plan: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
+    if "test" in splits:
+        test = load_image_folder(splits["test"], classes=train.classes)
+        plan["train"] = [(f, train.classes[l]) for f, l in zip(train.files, train.labels)]
+        plan["test"] = [(f, test.classes[l]) for f, l in zip(test.files, test.labels)]
+        note = f"train and test as found in {source}"
+    else:
+        keep, held = stratified_split(train.labels, test_fraction, seed)
+        plan["train"] = [(train.files[i], train.classes[train.labels[i]]) for i in keep]
+        plan["test"] = [(train.files[i], train.classes[train.labels[i]]) for i in held]
+        note = (f"no test split in {source}: {len(held)} images ({test_fraction:.0%} of each class, seed {seed}) "
+                "held out as the test split, never trained on")
+        untested = sorted(set(train.classes) - {cls for _, cls in plan["test"]})
+        if untested:
+            note += f"; too few images to hold any out for {', '.join(untested)}"
+    if "pred" in splits:
+        plan["pred"] = [(f, "") for f in load_image_folder(splits["pred"]).files]
+    else:
+        note += "; no seg_pred folder (notebook 04 skips the unlabeled predictions)"
+    return plan, note
 
 
 def layout_note(root: str | os.PathLike) -> str:
@@ -522,7 +542,8 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
     """Split a labeled folder into ``dest/train/<class>`` and ``dest/test/<class>`` (stratified, seeded).
 
     Files are linked (symlinks) unless ``copy``; an existing split of the same
-    files is left as it is, so a rerun changes nothing.
+    files is left as it is, so a rerun changes nothing, and a split made with other
+    settings is replaced whole (a test image never stays behind in train/).
     """
     import shutil
 
@@ -533,6 +554,14 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
         raise DataError(f"{folder.root} has no class folders to split.")
     train_idx, test_idx = stratified_split(folder.labels, test_fraction, seed)
     dest = Path(dest)
+    settings = {"source": str(folder.root), "test_fraction": test_fraction, "seed": seed, "copy": copy}
+    done = dest / "split.json"
+    if done.is_file():
+        if {k: v for k, v in json.loads(done.read_text()).items() if k in settings} != settings:
+            for split in ("train", "test"):  # another split into the same folder: never mix the two
+                shutil.rmtree(dest / split, ignore_errors=True)
+    elif dest.is_dir() and any((dest / split).exists() for split in ("train", "test")):
+        raise DataError(f"{dest} already holds train/ or test/ that `data split` did not make; choose an empty folder.")
     counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
     for split, indices in (("train", train_idx), ("test", test_idx)):
         for i in indices:
@@ -546,8 +575,7 @@ def split_folder(src: str | os.PathLike, dest: str | os.PathLike, test_fraction:
                 else:
                     target.symlink_to(source.resolve())
             counts[split][cls] = counts[split].get(cls, 0) + 1
-    (dest / "split.json").write_text(json.dumps({"source": str(folder.root), "test_fraction": test_fraction,
-                                                 "seed": seed, "counts": counts}, indent=2) + "\n")
+    done.write_text(json.dumps({**settings, "counts": counts}, indent=2) + "\n")
     return counts
 
 

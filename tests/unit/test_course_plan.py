@@ -99,3 +99,23 @@ def test_a_partial_rerun_keeps_every_notebooks_latest_result_in_the_report(tmp_p
     assert [(r.job.output, r.status) for r in merged] == [("01_a.ipynb", "passed"), ("04_d.ipynb", "failed"),
                                                         ("05_e.ipynb", "passed")]
     assert merged[1].error == "boom"
+
+
+def test_an_unknown_set_name_or_a_missing_data_folder_stops_before_a_run_exists(tmp_path):
+    from cloudalliance import cli
+
+    params = tmp_path / "p.yaml"
+    params.write_text(f"runs_dir: {tmp_path / 'runs'}\nnotebooks: [01_data_exploration.ipynb]\n")
+    for bad in ("DATA_SOURSE=/data/intel", "DATA_SOURCE=does/not/exist", "DATA_SOURCE="):
+        assert cli.main(["course", "run", "--params", str(params), "--set", bad]) == 2, bad
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failure_names_the_cells_line_that_raised():
+    from cloudalliance.course import _failing_line
+
+    traceback = ["\x1b[0;31m----\x1b[0m", "DataError   Traceback (most recent call last)",
+                 "Cell \x1b[0;32mIn[3], line 7\x1b[0m\n      5 run = x\n\x1b[0;32m----> 7\x1b[0m root = data.prepare_dataset(A)\n"
+                 "      8 print(root)\n", "File /x/data.py:134, in prepare_dataset()\n--> 134 return y\n"]
+    assert _failing_line(traceback) == "root = data.prepare_dataset(A)"
+    assert _failing_line([]) == ""

@@ -168,3 +168,45 @@ def test_a_folder_without_a_test_split_is_laid_out_once_with_a_stratified_held_o
         prepare_dataset(str(only_train), foreign)
     # a complete Kaggle folder is used as it is
     assert prepare_dataset(str(synthetic_root), tmp_path / "unused") == synthetic_root
+
+
+def test_a_layout_follows_its_source_and_odd_sources_say_what_to_do(synthetic_root, tmp_path):
+    from cloudalliance.data import DataError, prepare_dataset
+
+    src = tmp_path / "flat"
+    shutil.copytree(synthetic_root / "seg_train" / "seg_train", src)
+    dest = tmp_path / "laid" / "intel"
+    prepare_dataset(str(src), dest)
+    before = sum(1 for _ in dest.rglob("*.jpg"))
+    extra = src / "sea" / "added.jpg"
+    shutil.copyfile(next((src / "sea").glob("*.jpg")), extra)
+    prepare_dataset(str(src), dest)
+    assert sum(1 for _ in dest.rglob("*.jpg")) == before + 1, "an added image is laid out on the rerun"
+    extra.unlink()
+    prepare_dataset(str(src), dest)
+    assert all(p.exists() for p in dest.rglob("*.jpg")), "no link to a removed image stays behind"
+
+    with pytest.raises(DataError, match="empty"):
+        prepare_dataset("", tmp_path / "x")
+    with pytest.raises(DataError, match="is a file"):
+        prepare_dataset(str(extra.parent / next((src / "sea").iterdir()).name), tmp_path / "x")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for p in list((src / "forest").glob("*.jpg"))[:3]:
+        shutil.copyfile(p, loose / p.name)
+    with pytest.raises(DataError, match="3 images but no class folders"):
+        prepare_dataset(str(loose), tmp_path / "x")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        prepare_dataset(str(src), tmp_path / "afile")
+
+
+def test_data_split_again_with_other_settings_never_mixes_two_splits(synthetic_root, tmp_path):
+    from cloudalliance.data import split_folder
+
+    out = tmp_path / "split"
+    split_folder(synthetic_root / "seg_train", out, test_fraction=0.3, seed=0)
+    split_folder(synthetic_root / "seg_train", out, test_fraction=0.3, seed=1, copy=True)
+    pairs = lambda split: {(p.parent.name, p.name) for p in (out / split).rglob("*") if p.is_file()}  # noqa: E731
+    assert not pairs("train") & pairs("test")
+    assert not any(p.is_symlink() for p in out.rglob("*")), "--copy over a linked split copies every file"
