@@ -188,17 +188,18 @@ def summary_table(run):
             m = rec.metrics
             cold = f", cold start {m['cold_start_median_ms']:.0f} ms" if "cold_start_median_ms" in m else ""
             rows.append({"step": f"api, {rec.name[len(MODE_PREFIX):]} mode", "instance": rec.instance,
-                         "seconds": round(m.get("warm_p50_ms", np.nan) / 1000, 4),
+                         "seconds": None,
                          "throughput": f"warm p50 {m.get('warm_p50_ms', np.nan):.1f} / p99 "
                                        f"{m.get('warm_p99_ms', np.nan):.1f} ms{cold}", "accuracy": None, "cost $": None})
             continue
         per_1000 = rec.cost.get("per_1000_predictions_usd")
-        rows.append({"step": "api (p50 / p99 ms)", "instance": rec.instance,
-                     "seconds": round(rec.metrics.get("p50_ms", np.nan) / 1000, 4),
+        rows.append({"step": "api (cost per 1,000 predictions)", "instance": rec.instance, "seconds": None,
                      "throughput": f"p50 {rec.metrics.get('p50_ms', np.nan):.1f} / p99 {rec.metrics.get('p99_ms', np.nan):.1f} ms",
                      "accuracy": None, "cost $": per_1000})
     table = pd.DataFrame(rows, columns=["step", "instance", "seconds", "throughput", "accuracy", "cost $"])
-    return table.set_index("step")
+    for column, digits in (("seconds", 1), ("accuracy", 4), ("cost $", 6)):  # rounded to what they mean; blank, not NaN
+        table[column] = [("" if v is None or v != v else round(float(v), digits)) for v in table[column]]
+    return table.set_index("step").rename(columns={"throughput": "throughput or latency"})
 
 
 # --------------------------------------------------------------------------- runs of several machines

@@ -627,9 +627,10 @@ def cmd_records(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_dict() for r in records])
         return 0
+    print(f"{'record':<40} {'backend':<7} {'instance':<16} total s")
     for r in records:
         total = r.timings.get("total_s", "")
-        print(f"{r.filename:<40} {r.backend:<6} {r.instance:<16} {total}")
+        print(f"{r.filename:<40} {r.backend:<7} {r.instance:<16} {total}")
     return 0
 
 
@@ -703,7 +704,12 @@ def _add_training_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudalliance", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cloudalliance", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The course's command line: one subcommand per stage (data, s3, train, endpoint, api, bench, aws), "
+                    "and `course run` for the notebooks.",
+        epilog="Exit codes: 0 done, 1 the work failed (a notebook, a check), 2 bad input or an environment problem "
+               "(with a message that says what to do).")
     parser.add_argument("--version", action="version", version=f"cloudalliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -994,6 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cloudalliance records ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except _known_errors() as exc:
         from .course import CourseError
 

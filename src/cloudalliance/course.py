@@ -411,7 +411,9 @@ def _summary_markdown(run: RunContext, results: list[JobResult], params_path: Pa
         lines += ["", "## Records", "", "| record | backend | instance | total s | key figures |", "|---|---|---|---:|---|"]
         for rec in records:
             total = rec.timings.get("total_s", "")
-            figures = ", ".join(f"{k}={v}" for k, v in list(rec.metrics.items())[:3] if not isinstance(v, dict))
+            numbers = [(k, v) for k, v in rec.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            figures = ", ".join(f"{k} {v:.4g}" for k, v in numbers[:3])
+            total = f"{total:.1f}" if isinstance(total, (int, float)) else total
             lines.append(f"| {rec.filename} | {rec.backend} | {rec.instance} | {total} | {figures} |")
     return "\n".join(lines)
 

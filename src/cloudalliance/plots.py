@@ -104,9 +104,8 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "Le
         epochs = [h["epoch"] for h in history]
         a.plot(epochs, [h.get("val_accuracy", float("nan")) for h in history], marker="o", label=name)
         b.plot(epochs, [h["train_loss"] for h in history], marker="o", label=name)
-    a.set_xlabel("epoch")
+    _epoch_axes(a, b, histories)
     a.set_ylabel("validation accuracy")
-    b.set_xlabel("epoch")
     b.set_ylabel("training loss")
     a.legend()
     a.grid(alpha=0.3)
@@ -114,6 +113,20 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "Le
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _epoch_axes(accuracy_axis, loss_axis, histories: Mapping[str, Sequence[Mapping]]) -> None:
+    """Whole epochs on the x axes; an accuracy axis that shows at least 5 points of range, so a run that sits at
+    99.6-100 % looks flat rather than like a cliff."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (accuracy_axis, loss_axis):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = [h["val_accuracy"] for history in histories.values() for h in history if h.get("val_accuracy") is not None]
+    if values:
+        top = min(1.0, max(values) + 0.01)
+        accuracy_axis.set_ylim(max(0.0, min(min(values) - 0.01, top - 0.05)), top + 0.005)
 
 
 def accuracy_over_time(histories: Mapping[str, Sequence[Mapping]], title: str = "Validation accuracy over time"):
@@ -160,7 +173,7 @@ def image_gallery(items: Sequence[Mapping], columns: int = 6, title: str = "", c
     plt = _plt()
     n = max(1, len(items))
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.15 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.4 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(items):
