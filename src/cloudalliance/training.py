@@ -393,8 +393,10 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
     total_loss, seen, correct = 0.0, 0, 0
     check_steps = {round(len(steps) * i / checks) for i in range(1, checks)} - {0, len(steps)} if on_check else set()
     t0, paused = time.perf_counter(), 0.0
+    # on a terminal the bar redraws every second; into a pipe (a notebook's kernel, a log file) every 30 s, so a
+    # saved notebook or log keeps a few lines of it rather than one fragment per batch
     bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main),
-               mininterval=1.0)
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for step, idx in enumerate(bar, 1):
         xb = augment(torch.from_numpy(images[idx]), gen).div_(255.0)
         xb = normalize(xb, prep).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -412,7 +414,8 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
         correct += int((logits.argmax(1) == yb).sum())
         seen += len(idx)
         rate = seen * dist.world / (time.perf_counter() - t0 - paused)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        refresh=False)  # drawn at the bar's own interval, not once per batch
         if step in check_steps:
             t_check = time.perf_counter()
             on_check(step / len(steps))
