@@ -21,12 +21,20 @@ def _pyproject():
 def _conda_pip():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    return [p for p in pip if not p.startswith("-e")], env
+    return [p for p in pip if not p.startswith("-")], env
 
 
 def test_same_packages_and_versions():
     pip, _ = _conda_pip()
     assert {_name(r): r.replace(" ", "") for r in _pyproject()} == {_name(r): r.replace(" ", "") for r in pip}
+
+
+def test_the_conda_environment_installs_the_tested_versions():
+    """pip takes ``-c FILE`` lines in the requirements file conda writes from the ``pip:`` list, and runs from the
+    environment file's folder, as ``-e .`` there already relies on."""
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "-c requirements/constraints.txt" in pip and (REPO / "requirements" / "constraints.txt").is_file()
 
 
 def test_python_and_torch_pins():
