@@ -383,14 +383,13 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
             try:
                 info = lambda_package.build_package(args.artifact, work / f"package-{arch}", arch=arch)
                 sizes.append(info)
-                print(info.summary())
+                print(info.summary(), file=sys.stderr if args.json else sys.stdout)  # --json: JSON alone on stdout
             except lambda_package.PackageError as exc:
                 print(f"no {arch} package: {exc}", file=sys.stderr)
         local = lambda_package.build_package(args.artifact, work / "package-local", platform_name="local",
                                              make_zip=False)
         cold_pkg, python, described = lambda_package.cold_start_package(args.artifact, work, sizes, local)
-        if not args.json:
-            print(f"cold starts of the model in Lambda: {described}")
+        print(f"cold starts of the model in Lambda: {described}", file=sys.stderr if args.json else sys.stdout)
         was_up = services.running(serving.ENDPOINT_SERVICE) is not None
         endpoint = serving.ensure_local_endpoint(args.artifact, "cloudalliance")
         if not was_up:

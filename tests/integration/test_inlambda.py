@@ -277,9 +277,12 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
     mine = api.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=package.path)
     try:
         records = tmp_path / "records"
+        capsys.readouterr()
         assert cli.main(["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(image),
                          "--runs", "1", "--requests", "3", "--arch", "--out", str(tmp_path / "b"),
-                         "--record-dir", str(records)]) == 0
+                         "--record-dir", str(records), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)  # --json: JSON alone on stdout, for `| jq`
+        assert [row["mode"] for row in rows] == ["endpoint", "lambda"]
         still = services.running(api.LAMBDA_GATEWAY_SERVICE)
         assert still is not None and still.pid == mine.pid
         from cloudalliance.records import load_records
