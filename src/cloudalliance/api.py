@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from fastapi import Request, Response  # module level: FastAPI reads the annotations
 
 from . import services
+from .defaults import ENDPOINT_NAME
 
 GATEWAY_SERVICE = "gateway"
 MODES = ("endpoint", "lambda")  # the forwarding function (handler.py) or the model inside it (handler_onnx.py)
@@ -206,7 +207,7 @@ def _answers(url: str) -> bool:
         return resp.status == 200
 
 
-def start_local_gateway(endpoint_url: str = "", endpoint_name: str = "cloudalliance", allowed_private_hosts: str = "",
+def start_local_gateway(endpoint_url: str = "", endpoint_name: str = ENDPOINT_NAME, allowed_private_hosts: str = "",
                         handler_path: str | os.PathLike | None = None, timeout: float = 60.0, mode: str = "endpoint",
                         package: str | os.PathLike | None = None, service: str | None = None,
                         memory_mb: int = IN_LAMBDA_MEMORY_MB, port: int | None = None) -> services.ServiceInfo:
@@ -477,7 +478,7 @@ def write_postman_collection(run, url_image: str | os.PathLike, example_image: s
     return run.save_json("postman_collection.json", postman_collection(base_url + ROUTE, image_url, example_image))
 
 
-def serve_run(run, endpoint_name: str = "cloudalliance") -> dict[str, str]:
+def serve_run(run, endpoint_name: str = ENDPOINT_NAME) -> dict[str, str]:
     """A finished run's API, up again for Postman, newman or curl: the local endpoint with the run's artifact,
     the gateway on port 8780 and the collection's image on 8781 (other free ports where those are taken; then
     ``newman_command`` names them). Returns the URLs and the collection's path."""

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .defaults import REGION
+
 RUN_TAG = "cloudalliance:run-id"
 ENDPOINT_TAG = "cloudalliance:endpoint"
 SAM_DIR = Path(__file__).resolve().parents[2] / ".tools" / "sam"  # `make sam` installs the SAM CLI here
@@ -159,7 +161,7 @@ def _credentials(session) -> tuple[Check, dict[str, Any] | None]:
     try:
         if session.get_credentials() is None:
             raise NoCredentialsError()
-        ident = session.client("sts", region_name=session.region_name or "us-east-1").get_caller_identity()
+        ident = session.client("sts", region_name=session.region_name or REGION).get_caller_identity()
     except NoCredentialsError:
         return Check("credentials", "fail", CREDENTIALS_HELP), None
     except (ClientError, BotoCoreError) as exc:
@@ -236,7 +238,7 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
                           "(another account's name?): choose another BUCKET or leave it empty for "
                           "sagemaker-<region>-<account>")]
         return [Check("bucket", "warn", f"could not check s3://{bucket} ({_short(exc)})")]
-    where = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"
+    where = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"  # S3 names us-east-1 by no constraint
     rows = [Check("bucket", "ok" if where == region else "warn",
                   f"s3://{bucket} exists in {where}" + ("" if where == region else
                                                           f", not {region}: jobs pay cross-region transfer"))]

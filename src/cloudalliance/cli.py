@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .defaults import ENDPOINT_NAME
 
 
 def _print_json(data: Any) -> None:
@@ -391,14 +392,14 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
         cold_pkg, python, described = lambda_package.cold_start_package(args.artifact, work, sizes, local)
         print(f"cold starts of the model in Lambda: {described}", file=sys.stderr if args.json else sys.stdout)
         was_up = services.running(serving.ENDPOINT_SERVICE) is not None
-        endpoint = serving.ensure_local_endpoint(args.artifact, "cloudalliance")
+        endpoint = serving.ensure_local_endpoint(args.artifact, ENDPOINT_NAME)
         if not was_up:
             started.append(serving.ENDPOINT_SERVICE)
         records = []
         for mode in ("endpoint", "lambda"):
             # its own service names: the gateways a user has running are left alone
             service = f"bench-gateway-{mode}"
-            gateway = api.start_local_gateway(endpoint.endpoint_url, "cloudalliance", mode=mode, package=local.path,
+            gateway = api.start_local_gateway(endpoint.endpoint_url, ENDPOINT_NAME, mode=mode, package=local.path,
                                               service=service)
             started.append(service)
             records.append(lambda_package.measure_mode(
@@ -819,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     p = endpoint.add_parser("start", help="serve model.tar.gz on 127.0.0.1 and leave it running")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--name", default="cloudalliance")
+    p.add_argument("--name", default=ENDPOINT_NAME)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_endpoint_start)
 
@@ -842,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="endpoint mode: the local endpoint (cloudalliance endpoint start)")
     p.add_argument("--package", help="lambda mode: a package built with `lambda package --platform local`")
     p.add_argument("--artifact", help="lambda mode: model.tar.gz, packaged for the local gateway first")
-    p.add_argument("--name", default="cloudalliance", help="endpoint name")
+    p.add_argument("--name", default=ENDPOINT_NAME, help="endpoint name")
     p.add_argument("--allow-private-hosts", default="", help="e.g. 127.0.0.1 to fetch local test images")
     p.add_argument("--memory-mb", type=_positive_int, default=None,
                    help="lambda mode: the function's memory size (default: the template's InLambdaMemorySize, 1024); "

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .aws import SAM_DIR
+from .defaults import ENDPOINT_NAME, REGION
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = REPO_ROOT / "lambda"
@@ -523,7 +524,7 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
 
 def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[str, Any]], runs: int = 10,
                  requests: int = 200, package: str | os.PathLike | None = None, endpoint_url: str = "",
-                 endpoint_name: str = "cloudalliance", packages: Sequence[PackageInfo] = (), backend: str = "local",
+                 endpoint_name: str = ENDPOINT_NAME, packages: Sequence[PackageInfo] = (), backend: str = "local",
                  progress: bool = True, python: str | None = None, cold_start_of: str = ""):
     """One way to serve, measured: ``runs`` cold starts of its function (local only) and ``requests`` warm
     requests through ``api_url``; returns its ``mode-<mode>`` record.
@@ -616,7 +617,7 @@ def sam_validate(template: str | os.PathLike = LAMBDA_DIR / "template.yaml", sam
                  timeout: float = 300.0) -> subprocess.CompletedProcess:
     """``sam validate --lint``: the template through the SAM translator and cfn-lint, no AWS account needed."""
     sam = sam or ensure_sam()
-    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", REGION)}
     return subprocess.run([str(sam), "validate", "--lint", "-t", str(template)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -675,7 +676,7 @@ def build_packages(artifact: str | os.PathLike, folder: str | os.PathLike, arche
 
 def measure_modes(apis: dict[str, str | None], image: bytes, payloads: Sequence[dict[str, Any]], runs: int = 10,
                   requests: int = 200, cold: tuple[Path | None, str | None, str] = (None, None, ""),
-                  endpoint_url: str = "", endpoint_name: str = "cloudalliance", packages: Sequence[PackageInfo] = (),
+                  endpoint_url: str = "", endpoint_name: str = ENDPOINT_NAME, packages: Sequence[PackageInfo] = (),
                   backend: str = "local", progress: bool = False) -> list:
     """:func:`measure_mode` for each mode whose API URL is given (``{"endpoint": url, "lambda": url}``)."""
     package, python, described = cold

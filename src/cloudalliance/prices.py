@@ -8,10 +8,12 @@ pass your own with ``cost(..., price_per_hour=...)``.
 
 from __future__ import annotations
 
+from .defaults import REGION as DEFAULT_REGION
+
 PRICES_DATE = "2026-11-24"
 PRICES_SOURCE = ("https://aws.amazon.com/sagemaker/pricing/ (Training, Real-Time and Serverless Inference), "
                  "https://aws.amazon.com/lambda/pricing/, https://aws.amazon.com/api-gateway/pricing/")
-REGION = "us-east-1"
+REGION = DEFAULT_REGION  # the prices below are this region's
 
 # SageMaker training instances, $/hour
 TRAINING_PER_HOUR = {

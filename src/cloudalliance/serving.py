@@ -33,6 +33,7 @@ import numpy as np
 from fastapi import Request, Response  # module level: FastAPI reads the annotations
 
 from . import services
+from .defaults import ENDPOINT_NAME, REGION
 
 ARTIFACT_FILES = ("model.pt", "labels.json", "preprocess.json", "config.json", "metrics.json")
 CODE_DIR = Path(__file__).resolve().parent / "artifact_code"
@@ -150,7 +151,7 @@ def load_handlers(model_dir: str | os.PathLike):
 # --------------------------------------------------------------------------- local endpoint
 
 
-def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = "cloudalliance",
+def create_endpoint_app(model_dir: str | os.PathLike, endpoint_name: str = ENDPOINT_NAME,
                         workers: int | None = None):
     """A FastAPI app that serves an unpacked artifact through its four handler functions.
 
@@ -287,7 +288,7 @@ def _can_listen(port: int) -> bool:
     return True
 
 
-def start_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "cloudalliance",
+def start_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = ENDPOINT_NAME,
                          threads: int = 0, timeout: float = 120.0, port: int | None = None) -> services.ServiceInfo:
     """Unpack ``artifact`` and serve it on 127.0.0.1 (a uvicorn process), waiting for /ping.
 
@@ -324,7 +325,7 @@ def runtime_client(endpoint_url: str | None = None, region: str | None = None):
     kwargs: dict[str, Any] = {"config": Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=30)}
     if endpoint_url:
         kwargs.update(endpoint_url=endpoint_url, aws_access_key_id="local", aws_secret_access_key="local",
-                      region_name=region or "us-east-1")
+                      region_name=region or REGION)
     else:
         kwargs["region_name"] = region
     return boto3.client("sagemaker-runtime", **kwargs)
@@ -365,7 +366,7 @@ def ensure_artifact(run, data_root: str | os.PathLike, model_instance: str = "",
     return package_model(model_dir, path, check_images=images)
 
 
-def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = "cloudalliance") -> services.ServiceInfo:
+def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = ENDPOINT_NAME) -> services.ServiceInfo:
     """The running local endpoint if it serves this artifact, else a fresh one."""
     info = services.running(ENDPOINT_SERVICE)
     if info is not None:
@@ -413,7 +414,7 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
 
 
 def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m5.large",
-                     endpoint_name: str = "cloudalliance", boto_session=None, region: str | None = None,
+                     endpoint_name: str = ENDPOINT_NAME, boto_session=None, region: str | None = None,
                      wait: bool = True, run_id: str = "", instance_count: int = 1, kind: str = "realtime",
                      serverless_memory_mb: int = 2048, serverless_max_concurrency: int = 5):
     """A real-time (or serverless) endpoint serving the artifact; safe to run again: a rerun updates it in place.
@@ -621,7 +622,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="cloudalliance.serving", description="Serve an unpacked model artifact.")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--name", default="cloudalliance")
+    p.add_argument("--name", default=ENDPOINT_NAME)
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--workers", type=int, default=0, help="concurrent inferences (default: the cores)")

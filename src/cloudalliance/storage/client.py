@@ -11,6 +11,7 @@ from typing import Any
 from .errors import PERMANENT_ERRORS, StorageError, error_code
 from .location import S3Location
 from .server import ensure_local_s3, local_client, local_s3_capacity_problem
+from ..defaults import REGION
 
 
 def create_s3_client(
@@ -85,7 +86,7 @@ def ensure_bucket(client, bucket: str) -> bool:
         raise explain(exc, f"s3://{bucket}") from exc
     region = client.meta.region_name
     kwargs: dict[str, Any] = {"Bucket": bucket}
-    if region and region != "us-east-1":
+    if region and region != REGION:
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
     try:
         client.create_bucket(**kwargs)

@@ -19,6 +19,7 @@ from .errors import PERMANENT_ERRORS, StorageError
 from .location import S3Location
 from .manifest import MANIFEST_NAME, FileEntry
 from .server import local_s3_capacity_problem
+from ..defaults import REGION
 
 
 def s5cmd_binary() -> str | None:
@@ -46,7 +47,7 @@ def s5cmd_env(client) -> dict[str, str]:
         raise StorageError("no AWS credentials found for s5cmd; configure them (aws configure) or use --engine boto3")
     frozen = creds.get_frozen_credentials()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
-           "AWS_REGION": client.meta.region_name or "us-east-1", "AWS_DEFAULT_REGION": client.meta.region_name or "us-east-1"}
+           "AWS_REGION": client.meta.region_name or REGION, "AWS_DEFAULT_REGION": client.meta.region_name or REGION}
     if frozen.token:
         env["AWS_SESSION_TOKEN"] = frozen.token
     return env

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import services
+from ..defaults import REGION
 
 LOCAL_S3_SERVICE = "s3"
 LOCAL_ACCESS_KEY = "cloudalliance"
 LOCAL_SECRET_KEY = "cloudalliance-local-secret"
-LOCAL_REGION = "us-east-1"
+LOCAL_REGION = REGION
 
 
 def local_client(endpoint_url: str, config=None, region: str | None = None, **kwargs: Any):
