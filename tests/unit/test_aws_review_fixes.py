@@ -188,3 +188,34 @@ def test_a_role_that_may_not_list_training_jobs_still_gets_its_endpoints_removed
         stub.assert_no_pending_responses()
     assert removed["endpoint"] == ["course-ep"]
     assert removed["not_removed"][0].startswith("training jobs: could not list them")
+
+
+def test_a_refused_step_of_cleanup_leaves_the_others_to_run_and_is_reported():
+    """ListEndpoints denied and a model whose DeleteModel is refused: the stack and the S3 data still go, and
+    each failure is listed under not_removed (cleanup then exits 1)."""
+    session = _StubbedSession()
+    sm, cfn, s3 = (session.stubs[n] for n in ("sagemaker", "cloudformation", "s3"))
+    sm.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"StatusEquals": "InProgress"})
+    sm.add_client_error("list_endpoints", "AccessDeniedException", "not authorized to perform sagemaker:ListEndpoints",
+                        expected_params={})
+    sm.add_response("list_endpoint_configs", {"EndpointConfigs": []}, {})
+    model_arn = "arn:aws:sagemaker:us-east-1:1:model/course-model"
+    sm.add_response("list_models", {"Models": [{"ModelName": "course-model", "ModelArn": model_arn,
+                                                "CreationTime": "2026-12-02T00:00:00Z"}]}, {})
+    sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "run1"}]}, {"ResourceArn": model_arn})
+    sm.add_client_error("delete_model", "AccessDeniedException", "not authorized to perform sagemaker:DeleteModel",
+                        expected_params={"ModelName": "course-model"})
+    cfn.add_response("describe_stacks", {"Stacks": [{"StackName": "cloudalliance", "CreationTime": "2026-12-02T00:00:00Z",
+                                                     "StackStatus": "CREATE_COMPLETE",
+                                                     "Tags": [{"Key": aws.RUN_TAG, "Value": "run1"}]}]}, {})
+    cfn.add_response("delete_stack", {}, {"StackName": "cloudalliance"})
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": "models/run1/a"}], "IsTruncated": False},
+                    {"Bucket": "course-data", "Prefix": "models/run1/"})
+    s3.add_response("delete_objects", {}, {"Bucket": "course-data",
+                                           "Delete": {"Objects": [{"Key": "models/run1/a"}], "Quiet": True}})
+    removed = aws.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True,
+                          wait=False)
+    for stub in session.stubs.values():
+        stub.assert_no_pending_responses()
+    assert removed["stack"] == ["cloudalliance"] and removed["s3"] == ["s3://course-data/models/run1/ (1 objects)"]
+    assert [line.split(":")[0] for line in removed["not_removed"]] == ["endpoints", "model course-model"]
