@@ -353,8 +353,8 @@ def cmd_lambda_package(args: argparse.Namespace) -> int:
     else:
         print(info.summary())
         if args.platform == "lambda":
-            print(f"deploy: sam deploy --guided -t lambda/template.yaml --parameter-overrides InferenceMode=lambda "
-                  f"Architecture={info.arch}" + ("" if Path(info.path).resolve() == Path("lambda/package").resolve()
+            print(f"deploy: sam deploy --guided -t lambda/template.yaml --stack-name cloudalliance --tags "
+                  f"cloudalliance:run-id=<run-id> --parameter-overrides InferenceMode=lambda Architecture={info.arch}" + ("" if Path(info.path).resolve() == Path("lambda/package").resolve()
                                                  else f"  (after copying {info.path} to lambda/package)"))
     return 0
 

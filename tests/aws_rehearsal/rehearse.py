@@ -250,13 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                 code, output = code or one, output + out
             state = sagemaker_state(emulator)
             left = {k: v for k, v in state.items() if v and k != "training_jobs"}
-            ok = code == 0 and not left and not emulator.endpoints
+            objects_left = s3_state(emulator)
+            ok = code == 0 and not left and not emulator.endpoints and not any(objects_left.values())
             results.append(("cleanup", 0 if ok else (code or 1), time.perf_counter() - t0))
             print(f"[rehearsal] cleanup: {'passed' if ok else 'FAILED'} (exit {code}); left in SageMaker: "
                   f"{left or 'nothing'}; local endpoints still served: {sorted(emulator.endpoints) or 'none'}",
                   flush=True)
             print("\n".join("    | " + line for line in output.strip().splitlines()[-15:]), flush=True)
-            print(f"[rehearsal] S3 objects left after cleanup --delete-data: {s3_state(emulator)}", flush=True)
+            print(f"[rehearsal] S3 objects left after cleanup --delete-data: {objects_left} (0 for the pass to count)",
+                  flush=True)
         else:
             print("[rehearsal] cleanup: SKIPPED -- `cloudalliance aws cleanup` does not exist yet "
                   "(src/cloudalliance/aws.py); the endpoint is left in the emulator only", flush=True)

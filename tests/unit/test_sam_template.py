@@ -138,9 +138,16 @@ def test_lambda_readme_deploys_without_a_build_and_says_how_to_answer_the_prompt
     authentication. Is this okay? [y/N]" unless answered y (samcli guided_context.py, prompt_authorization)."""
     text = LAMBDA_README.read_text()
     blocks = text.split("```")[1::2]  # the commands a reader copies
-    commands = [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("sam ")]
+    commands = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("sam ")]
     assert commands and all(c.startswith(("sam deploy --guided -t lambda/template.yaml", "sam validate", "sam delete"))
                             for c in commands), commands
+    # the stack carries the run's tag, which `aws cleanup --run` looks for, under the name `aws check` looks at
+    from cloudalliance import aws
+
+    deploys = [c for c in commands if c.startswith("sam deploy")]
+    assert deploys and all(f"--tags {aws.RUN_TAG}=<run-id>" in c and "--stack-name cloudalliance" in c
+                           for c in deploys), deploys
     assert "sam build --use-container" in text and "Binary validation" in text  # why not a plain `sam build`
     assert "no authentication. Is this okay?" in text and "Answer `y`" in text
 
