@@ -70,9 +70,9 @@ def test_bench_upload_tools_given_twice_add_up_and_default_to_all():
 
 
 def test_bench_upload_checks_its_folders_before_starting_anything(tmp_path, capsys, monkeypatch):
-    from cloudalliance import cli
+    from cloudalliance.cli import bench  # the command group's module, which makes the client
 
-    monkeypatch.setattr(cli, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
+    monkeypatch.setattr(bench, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["bench", "upload", str(empty)]) == 2
@@ -85,9 +85,9 @@ def test_bench_upload_checks_its_folders_before_starting_anything(tmp_path, caps
 
 
 def test_bench_upload_refuses_files_only_some_tools_send_before_starting_anything(tmp_path, capsys, monkeypatch):
-    from cloudalliance import cli
+    from cloudalliance.cli import bench  # the command group's module, which makes the client
 
-    monkeypatch.setattr(cli, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
+    monkeypatch.setattr(bench, "_client", lambda *a, **k: pytest.fail("a client was made before the checks"))
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "manifest.json").write_text("{}")
     assert main(["bench", "upload", str(tmp_path), "--tools", "s5cmd", "shards"]) == 2
