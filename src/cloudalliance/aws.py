@@ -518,6 +518,16 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
     return removed
 
 
+def stop_training_jobs(run_id: str, session=None, region: str | None = None) -> list[str]:
+    """Stop the run's InProgress training jobs (tagged with its id) and say what happened to each: an interrupted
+    ``course run`` calls it on the way out, since the notebook's own kernel is stopped before it could."""
+    session = session or boto_session(region)
+    removed: dict[str, list[str]] = {"training_job": []}
+    not_removed: list[str] = []
+    _stop_training_jobs(session.client("sagemaker"), run_id, removed, not_removed)
+    return [f"training job {name}" for name in removed["training_job"]] + not_removed
+
+
 def _stop_training_jobs(sm, run_id: str, removed: dict, not_removed: list) -> None:
     """A job whose notebook died mid-wait bills until MaxRuntimeInSeconds: stop the run's running ones."""
     from botocore.exceptions import ClientError

@@ -362,6 +362,10 @@ def run_course(
                     break
                 result.status, result.seconds = "passed", time.perf_counter() - t0
                 print(f"[course] {job.output} passed in {result.seconds:.1f} s", flush=True)
+        except KeyboardInterrupt:
+            if run.backend == "aws":  # Ctrl-C stops the kernel before its own StopTrainingJob: stop the money here
+                _stop_aws_training(run.run_id, doc["parameters"].get("REGION") or None)
+            raise
         finally:
             stopped = services.stop_all()
             if stopped:
@@ -371,6 +375,19 @@ def run_course(
     if failure:
         raise CourseError(f"{failure}\nReport: {report}")
     return course
+
+
+def _stop_aws_training(run_id: str, region: str | None) -> None:
+    """Stop the run's running SageMaker training jobs after an interrupt, saying what happened (never raising: the
+    interrupt is what the user asked for)."""
+    try:
+        from . import aws
+
+        for line in aws.stop_training_jobs(run_id, region=region) or ["no training job of this run was running"]:
+            print(f"[course] interrupted: {line}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - no credentials, no network: say so and what to run
+        print(f"[course] interrupted; could not check for running training jobs ({type(exc).__name__}: {exc}): "
+              f"run `cloudalliance aws cleanup --run {run_id}`", flush=True)
 
 
 def remember_results(run: RunContext, results: list[JobResult]) -> list[JobResult]:

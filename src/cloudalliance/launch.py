@@ -316,7 +316,8 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
     its ``FailureReason``); any other error while waiting (a role without ``logs:GetLogEvents``, a throttled or
     expired ``DescribeTrainingJob`` inside its loop) falls back to polling DescribeTrainingJob without logs, and
     only errors that last ``patience_s`` stop the job; an interrupt (the notebook's stop button) stops it at once.
-    Stopping is ``StopTrainingJob``; a rerun with a checkpoint location resumes from its checkpoints.
+    Stopping is ``StopTrainingJob``. Within a job, a spot interruption resumes from the job's checkpoints; a new
+    job (a rerun of notebook 03) gets its own checkpoint prefix and starts from the beginning, which the error says.
     """
     from sagemaker.core.training.configs import InputData
 
@@ -349,7 +350,8 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
                 f"describe-training-job --training-job-name {name}`")
         if isinstance(exc, Exception):
             raise LaunchError(f"waiting for training job {name} failed ({type(exc).__name__}: {exc}); {fate}. "
-                              "Run the cell again to start anew (with a checkpoint location, it resumes)") from exc
+                              "Running the cell again starts a new job from the beginning: each run of the "
+                              "notebook checkpoints under its own prefix, so it does not resume this one") from exc
         raise exc  # an interrupt stays one
     return trainer._latest_training_job.training_job_name
 

@@ -219,3 +219,36 @@ def test_a_refused_step_of_cleanup_leaves_the_others_to_run_and_is_reported():
         stub.assert_no_pending_responses()
     assert removed["stack"] == ["cloudalliance"] and removed["s3"] == ["s3://course-data/models/run1/ (1 objects)"]
     assert [line.split(":")[0] for line in removed["not_removed"]] == ["endpoints", "model course-model"]
+
+
+def test_an_interrupted_aws_course_run_stops_the_runs_training_jobs(tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches `course run`, not the kernel (its own session), so the notebook's StopTrainingJob never runs:
+    the runner stops the run's InProgress jobs itself on the way out, then lets the interrupt go on."""
+    import papermill
+    import pytest
+    import yaml
+
+    from cloudalliance import course
+
+    session = _StubbedSession()
+    sm = session.stubs["sagemaker"]
+    arn = "arn:aws:sagemaker:us-east-1:1:training-job/job-1"
+    sm.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": "job-1", "TrainingJobArn": arn, "CreationTime": "2026-12-02T00:00:00Z",
+         "TrainingJobStatus": "InProgress"}]}, {"StatusEquals": "InProgress"})
+    sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "r1"}]}, {"ResourceArn": arn})
+    sm.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
+    regions = []
+    monkeypatch.setattr(aws, "boto_session", lambda region=None: regions.append(region) or session)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    params = tmp_path / "aws.yaml"
+    params.write_text(yaml.safe_dump({"backend": "aws", "runs_dir": str(tmp_path / "runs"),
+                                      "parameters": {"REGION": "eu-west-1"}, "notebooks": ["07_benchmarking.ipynb"]}))
+    with pytest.raises(KeyboardInterrupt):
+        course.run_course(params, run_id="r1")
+    sm.assert_no_pending_responses()
+    assert regions == ["eu-west-1"] and "interrupted: training job job-1 (stopped)" in capsys.readouterr().out

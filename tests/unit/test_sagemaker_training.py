@@ -176,7 +176,8 @@ def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
     assert "polling its status instead" in capsys.readouterr().err
 
     client, stub = _stubbed_sagemaker("throttled", "InProgress", "stop")  # describing keeps failing: stopped
-    with pytest.raises(launch.LaunchError, match="job-1.*it was stopped"):
+    # and the message does not promise a resume: a rerun's job has its own checkpoint prefix (train_instance)
+    with pytest.raises(launch.LaunchError, match="job-1.*it was stopped.*starts a new job from the beginning"):
         launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
                                         poll_s=0, patience_s=0)
     stub.assert_no_pending_responses()
