@@ -1,5 +1,6 @@
-"""The aws backend against AWS's own semantics where moto does not model them (IAM's policy simulation,
-SageMaker's blue/green rollback), with small fakes of AWS only; and the region the SDK's own clients use."""
+"""The aws backend's preflight and cleanup against AWS's own semantics where moto does not model them (IAM's policy
+simulation, SageMaker's blue/green rollback, DeleteObjects' partial errors), with botocore's Stubber and small fakes of
+AWS only; the region the SDK's own clients use; and an interrupted course run stopping its training jobs."""
 
 import fnmatch
 import os
