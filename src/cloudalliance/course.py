@@ -305,9 +305,6 @@ def run_course(
     paths in ``DATA_SOURCE`` are taken from the current folder. With ``only``, the report still shows every
     notebook's latest result in this run folder.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     doc = load_params(params_path)
     doc["parameters"] = resolve_paths({**(doc.get("parameters") or {}), **(overrides or {})}, Path.cwd())
     notebooks_dir = Path(notebooks_dir).resolve()
@@ -329,39 +326,11 @@ def run_course(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = run.path / "services"
     results = [JobResult(job, "not run") for job in jobs]
-    failure: str | None = None
     with _environment(**{services.STATE_ENV: str(state)}):
         try:
             for result in results:
-                job = result.job
-                output = out_dir / job.output
-                print(f"[course] {job.output} ...", flush=True)
-                t0 = time.perf_counter()
-                kernel_log = run.path / "logs" / f"kernel-{Path(job.output).stem}.log"
-                kernel_log.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with open(kernel_log, "ab") as kernel_output:
-                        papermill.execute_notebook(
-                            str(notebooks_dir / job.notebook),
-                            str(output),
-                            parameters=job.parameters,
-                            cwd=str(notebooks_dir),
-                            kernel_name=doc.get("kernel") or default_kernel(),
-                            kernel_manager_class=kernel_manager_class(None if log_output else kernel_output),
-                            progress_bar=False,
-                            log_output=log_output,
-                        )
-                except PapermillExecutionError as exc:
-                    result.status, result.seconds = "failed", time.perf_counter() - t0
-                    result.error = failure = _describe_failure(exc, job, output)
+                if not run_notebook(result, run, notebooks_dir, out_dir, doc.get("kernel"), log_output):
                     break
-                except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook, ...
-                    result.status, result.seconds = "failed", time.perf_counter() - t0
-                    result.error = failure = (f"{job.notebook} could not run: {type(exc).__name__}: {exc}. "
-                                              f"The kernel's own output: {kernel_log}")
-                    break
-                result.status, result.seconds = "passed", time.perf_counter() - t0
-                print(f"[course] {job.output} passed in {result.seconds:.1f} s", flush=True)
         except KeyboardInterrupt:
             if run.backend == "aws":  # Ctrl-C stops the kernel before its own StopTrainingJob: stop the money here
                 _stop_aws_training(run.run_id, doc["parameters"].get("REGION") or None)
@@ -370,11 +339,47 @@ def run_course(
             stopped = services.stop_all()
             if stopped:
                 print(f"[course] stopped local services: {', '.join(stopped)}", flush=True)
+    failure = next((r.error for r in results if r.status == "failed"), None)
     report = write_report(run, remember_results(run, results), Path(params_path))
     course = CourseResult(run, results, report)
     if failure:
         raise CourseError(f"{failure}\nReport: {report}")
     return course
+
+
+def run_notebook(result: JobResult, run: RunContext, notebooks_dir: Path, out_dir: Path, kernel: str | None,
+                 log_output: bool = False) -> bool:
+    """Execute one job's notebook with papermill into ``out_dir``; fill in ``result``; True when it passed.
+
+    The kernel's own process output goes to ``runs/<id>/logs/kernel-<notebook>.log`` (see
+    :func:`kernel_manager_class`); what its cells print is in the executed notebook."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    job = result.job
+    output = out_dir / job.output
+    print(f"[course] {job.output} ...", flush=True)
+    t0 = time.perf_counter()
+    kernel_log = run.path / "logs" / f"kernel-{Path(job.output).stem}.log"
+    kernel_log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(kernel_log, "ab") as kernel_output:
+            papermill.execute_notebook(
+                str(notebooks_dir / job.notebook), str(output), parameters=job.parameters, cwd=str(notebooks_dir),
+                kernel_name=kernel or default_kernel(),
+                kernel_manager_class=kernel_manager_class(None if log_output else kernel_output),
+                progress_bar=False, log_output=log_output)
+    except PapermillExecutionError as exc:
+        result.status, result.seconds = "failed", time.perf_counter() - t0
+        result.error = _describe_failure(exc, job, output)
+        return False
+    except Exception as exc:  # noqa: BLE001 - kernel died, bad notebook, ...
+        result.status, result.seconds = "failed", time.perf_counter() - t0
+        result.error = f"{job.notebook} could not run: {type(exc).__name__}: {exc}. The kernel's own output: {kernel_log}"
+        return False
+    result.status, result.seconds = "passed", time.perf_counter() - t0
+    print(f"[course] {job.output} passed in {result.seconds:.1f} s", flush=True)
+    return True
 
 
 def _stop_aws_training(run_id: str, region: str | None) -> None:
