@@ -70,19 +70,6 @@ def test_a_package_without_a_pin_is_an_error(tmp_path):
         launch.pinned_requirements(["no-such-package-here"], constraints)
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    import boto3
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
-        monkeypatch.setenv(key, value)
-    with moto.mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        session.client("s3").create_bucket(Bucket="course-data")
-        yield session
-
-
 def test_instance_count_reaches_the_job_and_gpus_get_torchrun(aws):
     """SDK v3's Torchrun (sagemaker/train/distributed.py:113) with one process per GPU; a CPU type with one
     instance keeps the basic script driver."""

@@ -13,19 +13,6 @@ moto = pytest.importorskip("moto")
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    import boto3
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
-        monkeypatch.setenv(key, value)
-    with moto.mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        session.client("s3").create_bucket(Bucket="course-data")
-        yield session
-
-
 def test_model_trainer_request_shape(aws):
     from cloudalliance import launch
 
@@ -59,7 +46,6 @@ def test_model_trainer_request_shape(aws):
 def test_describe_reads_timings_and_billable_seconds():
     import datetime as dt
 
-    import boto3
     import boto3
     from botocore.stub import Stubber
 
