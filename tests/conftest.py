@@ -12,7 +12,7 @@ SHARED_INTEL = Path(os.environ.get("CLOUDALLIANCE_SHARED_DATA", REPO.parent / "s
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic data set in Kaggle's layout, with problem files in seg_train/buildings."""
-    from cloudalliance.data import SyntheticSpec, generate_synthetic
+    from cloudalliance.data.synthetic import SyntheticSpec, generate_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     return generate_synthetic(root, SyntheticSpec(8, 3, 5, seed=1, problem_files=True), progress=False)
@@ -28,8 +28,9 @@ def shared_intel() -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, synthetic_root):
     """``model.tar.gz`` of a one-epoch model at 48 px, built as the course builds it; and the test images."""
-    from cloudalliance import launch, serving
-    from cloudalliance.data import decode_images
+    from cloudalliance import serving
+    from cloudalliance.training import launch
+    from cloudalliance.data.training_set import decode_images
 
     out = tmp_path_factory.mktemp("tiny-artifact")
     result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",

@@ -148,8 +148,9 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
 
     ``engine``: on a CPU, ``auto`` scores with ONNX Runtime (an export of the same weights, several
     times faster than PyTorch there) where it can; ``torch`` keeps PyTorch; ``onnx`` insists."""
-    from .data import decode_images, load_image_folder, resolve_split, usable_files
-    from .training import predict
+    from .data.training_set import decode_images, usable_files
+    from .data.folders import load_image_folder, resolve_split
+    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -167,7 +168,7 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
     images = decode_images(files, prep.size, workers, progress, "decoding", prep.fit, prep.interpolation)
     decode_seconds = time.perf_counter() - t0
     use_tta = loaded.config.get("tta", True) if tta is None else tta
-    from .onnxrt import onnx_copy_or_none
+    from .training.onnxrt import onnx_copy_or_none
 
     scorer = onnx_copy_or_none(loaded.model, loaded.preprocess.size, engine, dev.type) or loaded.model
     preds = predict(scorer, images, loaded.preprocess, dev, batch_size, use_tta, progress=progress)
@@ -200,10 +201,11 @@ def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspe
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .data import load_image_folder, usable_files
-    from .onnxrt import onnx_copy_or_none
+    from .data.folders import load_image_folder
+    from .data.training_set import usable_files
+    from .training.onnxrt import onnx_copy_or_none
     from .presets import FITS, _to_rgb, fit_square
-    from .training import predict
+    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -235,8 +237,9 @@ def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspe
 def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limit: int = 0, device: str = "auto",
                    progress: bool = False) -> list[dict[str, Any]]:
     """Predictions for unlabeled images (``seg_pred``): file, label, confidence."""
-    from .data import decode_images, load_image_folder
-    from .training import predict
+    from .data.training_set import decode_images
+    from .data.folders import load_image_folder
+    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))

@@ -45,7 +45,7 @@ from .defaults import ENDPOINT_NAME, REGION
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = REPO_ROOT / "lambda"
 FUNCTION_DIR = LAMBDA_DIR / "src"  # both handlers; the forwarding function's CodeUri
-HANDLER_FILES = ("handler.py", "handler_onnx.py")
+HANDLER_FILES = ("handler.py", "guards.py", "handler_onnx.py")
 HANDLER = "handler_onnx.lambda_handler"  # template.yaml's Handler for the in-Lambda function
 RUNTIME = "python3.12"  # template.yaml's Runtime
 RUNTIME_PYTHON = "3.12"
@@ -136,7 +136,7 @@ def install_wheels(target: Path, arch: str, python: str = RUNTIME_PYTHON, cache:
     ``--no-deps``: ONNX Runtime's other requirements (protobuf, sympy, flatbuffers, coloredlogs, packaging) serve
     its model tools, not ``InferenceSession`` (checked by importing the package with no site-packages).
     """
-    from .launch import pinned_requirements
+    from .training.sagemaker import pinned_requirements
 
     pins = pinned_requirements(RUNTIME_PACKAGES)
     cache = Path(cache) / f"cp{python.replace('.', '')}-{arch}"

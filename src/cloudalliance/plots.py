@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .data import ImageFolder
+from .data.folders import ImageFolder
 
 
 def _plt():

@@ -50,7 +50,7 @@ class ServingError(RuntimeError):
 def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Export the model folder's network to ONNX (dynamic batch, NCHW float input)."""
     from .evaluation import load_model
-    from .onnxrt import export_module
+    from .training.onnxrt import export_module
 
     loaded = load_model(model_dir, "cpu")
     size = loaded.preprocess.size
@@ -74,7 +74,7 @@ def check_onnx(model_dir: str | os.PathLike, images: np.ndarray, onnx_path: str 
     import torch
 
     from .evaluation import load_model
-    from .onnxrt import cpu_session
+    from .training.onnxrt import cpu_session
     from .presets import preprocess_numpy, to_tensor_batch
 
     loaded = load_model(model_dir, "cpu")
@@ -118,7 +118,7 @@ def package_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
         tar.add(Path(__file__).resolve().parent / "presets.py", arcname="code/presets.py")
         requirements = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
         # the inference container installs these beside its own torch, pinned to requirements/constraints.txt
-        from .launch import pinned_requirements
+        from .training.sagemaker import pinned_requirements
 
         requirements.write("\n".join(pinned_requirements(SERVING_PACKAGES)) + "\n")
         requirements.close()
@@ -339,7 +339,8 @@ def invoke(client, endpoint_name: str, image: bytes, content_type: str = "image/
 
 def check_images(data_root: str | os.PathLike, count: int, size: int) -> tuple[list[Path], np.ndarray]:
     """The first ``count`` test images (spread over the classes), decoded at ``size``."""
-    from .data import decode_images, load_image_folder
+    from .data.training_set import decode_images
+    from .data.folders import load_image_folder
 
     folder = load_image_folder(data_root, "test")
     order = np.argsort(np.arange(len(folder)) % max(1, len(folder.classes)), kind="stable")  # round-robin
@@ -354,7 +355,7 @@ def artifact_path(run) -> Path:
 def ensure_artifact(run, data_root: str | os.PathLike, model_instance: str = "", check_count: int = 32,
                     fallback: dict[str, Any] | None = None) -> tuple[Path, OnnxCheck | None]:
     """The run's ``model.tar.gz``: packaged now (ONNX checked on real test images) unless it exists."""
-    from .launch import pick_model
+    from .training.launch import pick_model
     from .presets import Preprocess
 
     path = artifact_path(run)

@@ -234,7 +234,7 @@ class Emulator:
         t.start()
 
     def _train(self, body: dict[str, Any]) -> None:
-        from cloudalliance.launch import run_local
+        from cloudalliance.training.launch import run_local
 
         name = body["TrainingJobName"]
         run = self.trainings[name]

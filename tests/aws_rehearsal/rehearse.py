@@ -190,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
             '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},'
             '"Action":"sts:AssumeRole"}]}'))
 
-        from cloudalliance import api, data
+        from cloudalliance import api
+        from cloudalliance.data import folders, layout, synthetic
         from cloudalliance import services as _services
 
         services = _services
-        images_root = data.prepare_dataset("synthetic", workdir / "images", data.SyntheticSpec(1, 1, 1, 0),
+        images_root = layout.prepare_dataset("synthetic", workdir / "images", synthetic.SyntheticSpec(1, 1, 1, 0),
                                            progress=False)
-        test_root = data.resolve_split(images_root, "test")
+        test_root = folders.resolve_split(images_root, "test")
         image = sorted(test_root.rglob("*.jpg"))[0]
         images = api.start_image_server(test_root)
         # no SAGEMAKER_RUNTIME_URL: the handler builds its sagemaker-runtime client as on AWS, and that client

@@ -24,7 +24,8 @@ run_dir, data, endpoint, bucket, profile, cores, epochs = sys.argv[1:8]
 if cores != "all":
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: int(cores)]))
 from pathlib import Path
-from cloudalliance import launch, machine, storage
+from cloudalliance import machine, storage
+from cloudalliance.training import launch
 from cloudalliance.records import write_record
 records = Path(run_dir) / "records"
 s3 = storage.create_s3_client("local", endpoint_url=endpoint)

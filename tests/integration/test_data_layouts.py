@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudalliance import data
+from cloudalliance.data import folders, synthetic
+from cloudalliance.data import layout as data_layout
 from cloudalliance.course import run_course
 from cloudalliance.records import load_records
 
@@ -24,7 +25,7 @@ TRAIN_PER_CLASS, TEST_PER_CLASS, PRED = 10, 3, 4
 def kaggle_source(tmp_path_factory) -> Path:
     """Real-like JPEGs (150x150 synthetic scenes) in Kaggle's full, doubly nested layout."""
     root = tmp_path_factory.mktemp("kaggle")
-    return data.generate_synthetic(root, data.SyntheticSpec(TRAIN_PER_CLASS, TEST_PER_CLASS, PRED, seed=3),
+    return synthetic.generate_synthetic(root, synthetic.SyntheticSpec(TRAIN_PER_CLASS, TEST_PER_CLASS, PRED, seed=3),
                                    progress=False)
 
 
@@ -39,7 +40,7 @@ def _layout(name: str, kaggle: Path, dest: Path) -> Path:
         shutil.copytree(train, dest / "flat")
         return dest / "flat"
     # data split: train/<class> and test/<class>, linked or copied, from a folder of class folders
-    data.split_folder(train, dest / "split", test_fraction=0.3, seed=0, copy=name == "split copies")
+    folders.split_folder(train, dest / "split", test_fraction=0.3, seed=0, copy=name == "split copies")
     return dest / "split"
 
 
@@ -73,7 +74,7 @@ def test_notebooks_01_to_04_run_on_every_layout(layout, kaggle_source, tmp_path,
     assert trained.sizes["train_images"] + expected_test == total, (trained.sizes, expected_test, total)
     if layout != "kaggle":
         laid = run / "data" / "intel"
-        assert data.layout_note(laid), "a layout laid out as Kaggle's says what it did"
+        assert data_layout.layout_note(laid), "a layout laid out as Kaggle's says what it did"
         train_names = {p.name for p in (laid / "seg_train" / "seg_train").rglob("*.jpg")}
         test_names = {p.name for p in (laid / "seg_test" / "seg_test").rglob("*.jpg")}
         per_class = [len(list(d.iterdir())) for d in (laid / "seg_test" / "seg_test").iterdir()]

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from cloudalliance import launch, storage
+from cloudalliance import storage
+from cloudalliance.training import launch
 from cloudalliance.cli import main as cli
-from cloudalliance.data import split_folder
+from cloudalliance.data.folders import split_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 

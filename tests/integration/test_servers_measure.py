@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloudalliance import api, launch, loadtest, serving, services
+from cloudalliance import api, loadtest, serving, services
+from cloudalliance.training import launch
 
 from test_servers_hardening import Load, bomb_png, health_times, vm  # noqa: E402 - same folder
 

@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import api, launch, serving, services  # noqa: E402
-from cloudalliance.data import decode_images  # noqa: E402
+from cloudalliance import api, serving, services  # noqa: E402
+from cloudalliance.training import launch
+from cloudalliance.data.training_set import decode_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_boto3_runtime_client_against_the_local_endpoint(endpoint, artifact):
     assert set(reply) == {"label", "confidence", "probabilities"}
     # the endpoint agrees with the evaluation code on every test image
     from cloudalliance.evaluation import load_model
-    from cloudalliance.training import predict
+    from cloudalliance.training.recipe import predict
 
     root = Path(endpoint.data_dir)
     loaded = load_model(root)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from cloudalliance.data import CLASSES, load_image_folder, validate_folder
+from cloudalliance.data.folders import CLASSES, load_image_folder
+from cloudalliance.data.explore import validate_folder
 
 pytestmark = pytest.mark.shared_data
 

@@ -1,7 +1,6 @@
 """The training entry script and evaluation, for real, on tiny synthetic data (CPU)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from cloudalliance import launch
+from cloudalliance.training import launch
 from cloudalliance.cli import main as cli
 
 TINY = {"epochs": 1, "img_size": 48, "batch_size": 8}

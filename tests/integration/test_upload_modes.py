@@ -24,7 +24,7 @@ def test_objects_mode_engines_land_every_file_intact(s3, bucket, synthetic_root,
 
 
 def test_shards_mode_is_deterministic_resumable_and_readable(s3, bucket, synthetic_root, tmp_path):
-    from cloudalliance.data import load_image_folder, materialize_shards
+    from cloudalliance.data.folders import load_image_folder, materialize_shards
 
     loc = S3Location(bucket, "shards")
     first = upload_folder(synthetic_root, loc, s3, mode="shards", shard_mb=0.2, progress=False)
@@ -115,7 +115,7 @@ def test_permanent_error_stops_with_a_clear_message(s3, synthetic_root, mode):
 
 def test_a_killed_upload_resumes(s3_server, s3, bucket, tmp_path):
     """SIGKILL the CLI mid-upload; the rerun sends only what is missing, verify then passes."""
-    from cloudalliance.data import SyntheticSpec, generate_synthetic
+    from cloudalliance.data.synthetic import SyntheticSpec, generate_synthetic
 
     src = generate_synthetic(tmp_path / "src", SyntheticSpec(60, 0, 0, seed=3), progress=False)
     loc = S3Location(bucket, "killed")
@@ -137,7 +137,7 @@ def test_a_killed_upload_resumes(s3_server, s3, bucket, tmp_path):
 
 
 def test_a_killed_s5cmd_upload_leaves_no_s5cmd_behind_and_resumes(s3_server, s3, bucket, tmp_path):
-    from cloudalliance.data import SyntheticSpec, generate_synthetic
+    from cloudalliance.data.synthetic import SyntheticSpec, generate_synthetic
 
     src = generate_synthetic(tmp_path / "src", SyntheticSpec(80, 0, 0, seed=5), progress=False)
     loc = S3Location(bucket, "killed-s5cmd")
@@ -165,7 +165,7 @@ def test_a_killed_s5cmd_upload_leaves_no_s5cmd_behind_and_resumes(s3_server, s3,
 
 def test_server_stopped_mid_upload_then_restarted(tmp_path, monkeypatch):
     """The server dies during an upload: a clear error; after a restart the rerun completes it."""
-    from cloudalliance.data import SyntheticSpec, generate_synthetic
+    from cloudalliance.data.synthetic import SyntheticSpec, generate_synthetic
 
     monkeypatch.setenv(services.STATE_ENV, str(tmp_path / "state"))
     src = generate_synthetic(tmp_path / "src", SyntheticSpec(60, 0, 0, seed=4), progress=False)
@@ -201,7 +201,7 @@ def test_shards_of_linked_files_carry_the_files_bytes(s3, bucket, synthetic_root
     path that only exists on this machine."""
     import tarfile
 
-    from cloudalliance.data import split_folder
+    from cloudalliance.data.folders import split_folder
 
     linked = tmp_path / "linked"
     split_folder(synthetic_root / "seg_train", linked, test_fraction=0.3)

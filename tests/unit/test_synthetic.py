@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cloudalliance import synthetic
-from cloudalliance.data import CLASSES, SyntheticSpec, generate_synthetic, load_image_folder
+from cloudalliance.data import synthetic
+from cloudalliance.data.folders import CLASSES, load_image_folder
+from cloudalliance.data.synthetic import SyntheticSpec, generate_synthetic
 
 
 def test_render_is_deterministic_and_150px_rgb():

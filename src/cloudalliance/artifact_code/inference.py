@@ -8,7 +8,6 @@ evaluation use), shipped next to this file.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys

@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from ..course import CourseError
-    from ..data import DataError
+    from ..data.folders import DataError
     from ..api import ApiClientError
     from ..aws import AwsError
-    from ..launch import LaunchError
-    from ..models import ModelError
+    from ..training.results import LaunchError
+    from ..training.models import ModelError
     from ..serving import ServingError
     from ..records import RecordError
     from ..services import ServiceError
@@ -65,6 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         from ..course import CourseError
 
         print(f"error: {exc}", file=sys.stderr)
-        from ..launch import LaunchError
+        from ..training.results import LaunchError
 
         return 1 if isinstance(exc, (CourseError, LaunchError)) else 2

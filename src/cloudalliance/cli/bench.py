@@ -40,7 +40,8 @@ def cmd_bench_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from ..launch import run_local, time_to_accuracy
+    from ..training.launch import run_local
+    from ..training.results import time_to_accuracy
 
     hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k) is not None}
     result = run_local(args.train_dir, args.model_dir, args.profile, hp, test_dir=args.test_dir,

@@ -8,7 +8,7 @@ from .common import _print_json
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from ..data import SyntheticSpec, generate_synthetic
+    from ..data.synthetic import SyntheticSpec, generate_synthetic
 
     spec = SyntheticSpec(args.train_per_class, args.test_per_class, args.pred, args.seed, args.problem_files)
     root = generate_synthetic(args.out, spec, progress=not args.json)
@@ -20,7 +20,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from ..data import load_image_folder, validate_dataset, validate_folder
+    from ..data.folders import load_image_folder
+    from ..data.explore import validate_dataset, validate_folder
 
     if args.split == "all":
         reports = validate_dataset(args.path, progress=not args.json)
@@ -40,7 +41,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from ..data import split_folder
+    from ..data.folders import split_folder
 
     counts = split_folder(args.src, args.out, args.test_fraction, args.seed, copy=args.copy)
     if args.json:
@@ -52,7 +53,7 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from ..data import fetch_dataset
+    from ..data.layout import fetch_dataset
 
     path = fetch_dataset(args.dest)
     print(f"Intel Image Classification data set at {path}")

@@ -13,7 +13,8 @@ _HP_FLAGS = ("preset", "arch", "pretrained", "epochs", "img_size", "first_epochs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..launch import run_local, training_record
+    from ..training.launch import run_local
+    from ..training.results import training_record
     from ..records import write_record
 
     hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k) is not None}
@@ -53,7 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_instances(args: argparse.Namespace) -> int:
-    from ..launch import local_profiles
+    from ..training.launch import local_profiles
     from ..prices import TRAINING_PER_HOUR
 
     for p in local_profiles().values():
@@ -65,7 +66,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 def _add_training_run_args(p: argparse.ArgumentParser) -> None:
     """Where the data and the model are, the local profile, and the hyperparameters (``_HP_FLAGS``)."""
-    from ..training import PRESETS
+    from ..training.config import PRESETS
 
     p.add_argument("--train-dir", required=True, help="class folders (Kaggle layout, nested or flat)")
     p.add_argument("--model-dir", required=True)

@@ -12,15 +12,20 @@ Everything is seeded: the same seed writes the same bytes.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import io
+import json
+import os
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+from .folders import CLASSES, SPLITS
+
 SIZE = 150
 _SS = 2  # supersampling factor
 _W = SIZE * _SS
@@ -357,3 +362,77 @@ def write_problem_files(folder: Path, seed: int = 0) -> list[Path]:
     odd.save(folder / "problem_odd_size.jpg", quality=90)
     written += [folder / "problem_grayscale.jpg", folder / "problem_odd_size.jpg"]
     return written
+
+
+# --------------------------------------------------------------------------- the data set on disk
+
+
+@dataclasses.dataclass
+class SyntheticSpec:
+    train_per_class: int = 40
+    test_per_class: int = 10
+    pred: int = 12
+    seed: int = 0
+    problem_files: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _write_one(job: tuple[str, int, str]) -> None:
+    cls, seed, path = job
+    data = encode_jpeg(render(cls, seed), seed)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _seed(base: int, split: str, cls: str, index: int) -> int:
+    return (base * 1_000_003 + SPLITS.index(split) * 100_003 + CLASSES.index(cls) * 10_007 + index) % (2**31)
+
+
+def generate_synthetic(
+    dest: str | os.PathLike,
+    spec: SyntheticSpec | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write the synthetic data set in Kaggle's layout under ``dest``; return ``dest``.
+
+    Files that already exist are kept (the same seed writes the same bytes),
+    so a rerun after an interruption only writes what is missing.
+    """
+    from tqdm.auto import tqdm
+
+    spec = spec or SyntheticSpec()
+    root = Path(dest)
+    jobs: list[tuple[str, int, str]] = []
+    for split, per_class in (("train", spec.train_per_class), ("test", spec.test_per_class)):
+        for cls in CLASSES:
+            folder = root / f"seg_{split}" / f"seg_{split}" / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                jobs.append((cls, _seed(spec.seed, split, cls, i), str(folder / f"{i:05d}.jpg")))
+    pred_folder = root / "seg_pred" / "seg_pred"
+    pred_folder.mkdir(parents=True, exist_ok=True)
+    pred_rng = np.random.default_rng(spec.seed + 7)
+    for i in range(spec.pred):
+        cls = CLASSES[int(pred_rng.integers(len(CLASSES)))]
+        jobs.append((cls, _seed(spec.seed, "pred", cls, i), str(pred_folder / f"{i:05d}.jpg")))
+    todo = [j for j in jobs if not os.path.exists(j[2])]
+    workers = workers or min(4, os.cpu_count() or 1)
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="synthetic scenes", unit="img",
+              disable=not progress) as bar:
+        if workers > 1 and len(todo) > 50:
+            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(_write_one, todo, chunksize=16):
+                    bar.update(1)
+        else:
+            for job in todo:
+                _write_one(job)
+                bar.update(1)
+    if spec.problem_files:
+        write_problem_files(root / "seg_train" / "seg_train" / CLASSES[0], spec.seed)
+    (root / "synthetic.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    return root
