@@ -59,12 +59,12 @@ bench-upload: $(STAMP)
 
 # newman (Postman's CLI runner) into .tools/node, for the Postman collection's test; needs node and npm.
 newman: $(STAMP)
-	$(BIN)/python -c "from cloudalliance.api import ensure_newman; print(ensure_newman())"
+	$(BIN)/python -c "from cloudalliance.api.postman import ensure_newman; print(ensure_newman())"
 
 # The SAM CLI in its own environment (.tools/sam; it pins packages the course's environment cannot share), then
 # `sam validate --lint` on lambda/template.yaml. Deploy with .tools/sam/bin/sam (lambda/README.md).
 sam: $(STAMP)
-	$(BIN)/python -c "from cloudalliance.lambda_package import sam_validate; p = sam_validate(); print(p.stdout + p.stderr); raise SystemExit(p.returncode)"
+	$(BIN)/python -c "from cloudalliance.api.lambda_package import sam_validate; p = sam_validate(); print(p.stdout + p.stderr); raise SystemExit(p.returncode)"
 
 # Strip outputs and execution counts so notebooks are committed clean.
 clean-notebooks: $(STAMP)

@@ -15,7 +15,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    from cloudalliance import services
+    from cloudalliance.local import services
 
     stopped = services.stop_all()
     if stopped:

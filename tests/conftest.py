@@ -28,7 +28,7 @@ def shared_intel() -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, synthetic_root):
     """``model.tar.gz`` of a one-epoch model at 48 px, built as the course builds it; and the test images."""
-    from cloudalliance import serving
+    from cloudalliance.serving import model_artifact
     from cloudalliance.training import launch
     from cloudalliance.data.training_set import decode_images
 
@@ -37,6 +37,6 @@ def tiny_artifact(tmp_path_factory, synthetic_root):
                               {"epochs": 1, "img_size": 48, "batch_size": 8}, test_dir=synthetic_root / "seg_test",
                               progress=False)
     files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
-    path, _ = serving.package_model(result.model_dir, out / "model.tar.gz",
+    path, _ = model_artifact.package_model(result.model_dir, out / "model.tar.gz",
                                     check_images=decode_images(files, 48, progress=False))
     return path, files

@@ -407,7 +407,7 @@ def training_instances(params: Mapping[str, Any]) -> list[str]:
 
 def estimate(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The run's ESTIMATED cost from :mod:`cloudalliance.prices` (list prices; see its date and region)."""
-    from . import prices
+    from .bench import prices
 
     count = int(params.get("INSTANCE_COUNT") or 1)
     return prices.estimate_run([(i, count) for i in training_instances(params)],
@@ -426,7 +426,7 @@ def format_table(rows: Iterable[Check], cost: list[dict[str, Any]] | None = None
     lines = [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  ------"]
     lines += [f"{r.check:<{width}}  {r.status:<6}  {r.detail}" for r in rows]
     if cost is not None:
-        from . import prices
+        from .bench import prices
 
         lines += ["", f"ESTIMATED COST (list prices, {prices.REGION}, {prices.PRICES_DATE}; check before you rely on it)"]
         total = 0.0

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from . import services
+from .local import services
 from .runs import RunContext, new_run_id, open_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

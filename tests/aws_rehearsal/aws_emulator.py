@@ -11,7 +11,7 @@ but runs no containers, so the proxy in front of it plays the *data plane* with 
   "Completed"``); a failed script makes it say Failed with the log's last lines.
 - CreateEndpoint / UpdateEndpoint: the endpoint says Creating / Updating while the model data of the endpoint
   config's variant is downloaded and served by the course's local endpoint server (``python -m
-  cloudalliance.serving``, the server that ``serving.start_local_endpoint`` starts; run directly so that each
+  cloudalliance.local.endpoint_server``, the server that ``endpoint_server.start_local_endpoint`` starts; run directly so that each
   endpoint name has its own process, stopped by its PID), one per endpoint name; sagemaker-runtime's
   ``POST /endpoints/<name>/invocations`` goes to it. DeleteEndpoint stops it (by its PID).
 - What moto does not check but AWS does, and a rerun depends on, the proxy checks: creating a model, an endpoint
@@ -322,7 +322,7 @@ class Emulator:
         port = free_port()
         log = folder / "endpoint.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "cloudalliance.serving", "--model-dir", str(model_dir),
+            proc = subprocess.Popen([sys.executable, "-m", "cloudalliance.local.endpoint_server", "--model-dir", str(model_dir),
                                      "--name", name, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "INFERENCE_THREADS": "1"})
         url = f"http://127.0.0.1:{port}"

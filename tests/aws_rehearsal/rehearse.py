@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},'
             '"Action":"sts:AssumeRole"}]}'))
 
-        from cloudalliance import api
+        from cloudalliance.local import gateway as local_gateway
         from cloudalliance.data import folders, layout, synthetic
         from cloudalliance import services as _services
 
@@ -199,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                                            progress=False)
         test_root = folders.resolve_split(images_root, "test")
         image = sorted(test_root.rglob("*.jpg"))[0]
-        images = api.start_image_server(test_root)
+        images = local_gateway.start_image_server(test_root)
         # no SAGEMAKER_RUNTIME_URL: the handler builds its sagemaker-runtime client as on AWS, and that client
         # finds the emulator through AWS_ENDPOINT_URL
-        gateway = api.start_local_gateway("", "cloudalliance", allowed_private_hosts="127.0.0.1")
-        api_url = gateway.endpoint_url + api.ROUTE
+        gateway = local_gateway.start_local_gateway("", "cloudalliance", allowed_private_hosts="127.0.0.1")
+        api_url = gateway.endpoint_url + local_gateway.ROUTE
         image_url = f"{images.endpoint_url}/{image.relative_to(test_root).as_posix()}"
         params = write_params(workdir, api_url, image_url)
         print(f"[rehearsal] API_URL {api_url} (local gateway, pid {gateway.pid}); IMAGE_URL {image_url}", flush=True)

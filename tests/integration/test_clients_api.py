@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import shlex
@@ -21,7 +22,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import api, cli, loadtest, serving, services  # noqa: E402
+from cloudalliance import cli  # noqa: E402
+from cloudalliance.api import calls, postman
+from cloudalliance.local import gateway as local_gateway
+from cloudalliance.bench import loadtest
+from cloudalliance.serving import model_artifact
+from cloudalliance.local import endpoint_server
+from cloudalliance.local import services
 from cloudalliance.records import load_records  # noqa: E402
 
 CURL = shutil.which("curl")
@@ -35,18 +42,18 @@ def artifact(tiny_artifact):
 @pytest.fixture(scope="module")
 def stack(artifact):
     """Endpoint + gateway (private 127.0.0.1 allowed, as in the local course) + a server of a real JPEG."""
-    endpoint = serving.start_local_endpoint(artifact[0], endpoint_name="clients-test")
+    endpoint = endpoint_server.start_local_endpoint(artifact[0], endpoint_name="clients-test")
     gateway = None
     try:
-        gateway = api.start_local_gateway(endpoint.endpoint_url, "clients-test", allowed_private_hosts="127.0.0.1")
+        gateway = local_gateway.start_local_gateway(endpoint.endpoint_url, "clients-test", allowed_private_hosts="127.0.0.1")
         jpeg = artifact[1][0].read_bytes()
         with ImageServer(routes_for(jpeg, 5_000_000)) as images:
-            yield {"api": gateway.endpoint_url + api.ROUTE, "image_url": images.url + "/sea.jpg",
+            yield {"api": gateway.endpoint_url + local_gateway.ROUTE, "image_url": images.url + "/sea.jpg",
                    "images": images.url, "files": artifact[1], "log": Path(gateway.log_file)}
     finally:
         if gateway is not None:
-            services.stop_service(api.GATEWAY_SERVICE)
-        serving.stop_local_endpoint()
+            services.stop_service(local_gateway.GATEWAY_SERVICE)
+        endpoint_server.stop_local_endpoint()
 
 
 # --------------------------------------------------------------------------- Postman / newman
@@ -57,8 +64,8 @@ def newman():
     if not (shutil.which("node") and shutil.which("npm")):
         pytest.skip("node and npm are not installed; newman (Postman's CLI runner) needs them")
     try:
-        return api.ensure_newman()
-    except api.NewmanUnavailable as exc:
+        return postman.ensure_newman()
+    except postman.NewmanUnavailable as exc:
         pytest.skip(f"newman could not be installed: {exc}")
 
 
@@ -70,17 +77,17 @@ def _collection_file(tmp_path, collection) -> Path:
 
 def test_postman_collection_shape(stack):
     """v2.1 shape Postman's importer and newman need: variables, url with host/path, a real base64 JPEG."""
-    c = api.postman_collection(stack["api"], stack["image_url"], stack["files"][1])
-    assert c["info"]["schema"] == api.POSTMAN_SCHEMA
-    assert {v["key"]: v["value"] for v in c["variable"]} == {"baseUrl": stack["api"][: -len(api.ROUTE)],
+    c = postman.postman_collection(stack["api"], stack["image_url"], stack["files"][1])
+    assert c["info"]["schema"] == postman.POSTMAN_SCHEMA
+    assert {v["key"]: v["value"] for v in c["variable"]} == {"baseUrl": stack["api"][: -len(local_gateway.ROUTE)],
                                                              "imageUrl": stack["image_url"]}
     for item in c["item"]:
         assert item["request"]["url"] == {"raw": "{{baseUrl}}/predict", "host": ["{{baseUrl}}"], "path": ["predict"]}
         assert any("pm.response.to.have.status" in line for line in item["event"][0]["script"]["exec"])
     b64 = next(i for i in c["item"] if "base64" in i["name"])["request"]["body"]["raw"]
-    assert api.base64.b64decode(json.loads(b64)["image"]) == stack["files"][1].read_bytes()
+    assert base64.b64decode(json.loads(b64)["image"]) == stack["files"][1].read_bytes()
     with pytest.raises(ValueError, match="JPEG or PNG"):
-        api.postman_collection(stack["api"], stack["image_url"], b"not an image")
+        postman.postman_collection(stack["api"], stack["image_url"], b"not an image")
 
 
 def test_newman_runs_every_request_and_assertion(stack, newman, tmp_path):
@@ -89,10 +96,10 @@ def test_newman_runs_every_request_and_assertion(stack, newman, tmp_path):
     The collection is written with a dead base URL and an image URL that 404s; ``--env-var`` overrides both,
     so the run also proves the requests go through the ``{{baseUrl}}``/``{{imageUrl}}`` variables.
     """
-    collection = api.postman_collection("http://127.0.0.1:9/predict", stack["images"] + "/gone.jpg",
+    collection = postman.postman_collection("http://127.0.0.1:9/predict", stack["images"] + "/gone.jpg",
                                         stack["files"][1])
-    result = api.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json",
-                            {"baseUrl": stack["api"][: -len(api.ROUTE)], "imageUrl": stack["image_url"]},
+    result = postman.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json",
+                            {"baseUrl": stack["api"][: -len(local_gateway.ROUTE)], "imageUrl": stack["image_url"]},
                             newman=newman)
     stats = result.stats
     assert result.failures == [] and result.returncode == 0, result.output[-3000:] + stack["log"].read_text()[-3000:]
@@ -106,8 +113,8 @@ def test_newman_runs_every_request_and_assertion(stack, newman, tmp_path):
 
 def test_newman_reports_failures(stack, newman, tmp_path):
     """The scripts can fail: an image URL that 404s gets a 422 from the API, so the two URL items fail."""
-    collection = api.postman_collection(stack["api"], stack["images"] + "/gone.jpg", stack["files"][1])
-    result = api.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json", newman=newman)
+    collection = postman.postman_collection(stack["api"], stack["images"] + "/gone.jpg", stack["files"][1])
+    result = postman.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json", newman=newman)
     assert result.returncode == 1
     assert result.stats["assertions"]["failed"] == 4  # status and "Image predicted" on each of the two URL items
     assert [e["response"]["code"] for e in result.report["run"]["executions"]][:2] == [422, 422]
@@ -115,10 +122,10 @@ def test_newman_reports_failures(stack, newman, tmp_path):
 
 def test_a_raw_only_url_is_empty_to_newman(stack, newman, tmp_path):
     """The old collection's url ({"raw": ...} only) runs as an empty URL: why host and path are written out."""
-    collection = api.postman_collection(stack["api"], stack["image_url"], stack["files"][1])
+    collection = postman.postman_collection(stack["api"], stack["image_url"], stack["files"][1])
     for item in collection["item"]:
         item["request"]["url"] = {"raw": stack["api"]}
-    result = api.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json", newman=newman)
+    result = postman.run_newman(_collection_file(tmp_path, collection), tmp_path / "report.json", newman=newman)
     assert result.returncode == 1 and result.stats["requests"]["failed"] == 7
     assert any("request url is empty" in f for f in result.failures)
 
@@ -135,13 +142,13 @@ def _curl(argv: list[str]) -> tuple[int, dict]:
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
-@pytest.mark.parametrize("style", api.CURL_STYLES)
+@pytest.mark.parametrize("style", calls.CURL_STYLES)
 def test_curl_commands_as_printed(stack, style):
     """The lines ``curl_command`` prints, run as printed. ``seed`` is the study's ``curl -i -X POST -d '{...}'``,
     which curl sends as application/x-www-form-urlencoded (curl man page, -d/--data:
     https://curl.se/docs/manpage.html#-d); the gateway hands it to the handler base64-encoded, as API Gateway does
     for a non-text body, and the handler still reads the JSON."""
-    command = api.curl_command(stack["api"], stack["image_url"], style, curl=CURL)
+    command = calls.curl_command(stack["api"], stack["image_url"], style, curl=CURL)
     status, body = _curl(shlex.split(command))
     assert status == 200, body
     assert body["message"] == "Image predicted: " + body["label"] and body["label"] in body["probabilities"]
@@ -150,16 +157,16 @@ def test_curl_commands_as_printed(stack, style):
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_base64_from_a_file_and_bad_requests(stack, tmp_path):
     payload = tmp_path / "payload.json"
-    payload.write_text(json.dumps(api.image_payload(stack["files"][2])))
+    payload.write_text(json.dumps(calls.image_payload(stack["files"][2])))
     status, body = _curl([CURL, "-s", "-i", "-X", "POST", "-d", f"@{payload}", stack["api"]])  # form-encoded
     assert status == 200 and body["message"] == "Image predicted: " + body["label"]
     json_status, json_body = _curl([CURL, "-s", "-i", "-X", "POST", "-H", "Content-Type: application/json",
                                     "--data-binary", f"@{payload}", stack["api"]])
     assert json_status == 200 and json_body["label"] == body["label"]
     assert _curl([CURL, "-s", "-i", "-X", "POST", "-d", '{"url": ', stack["api"]])[0] == 400
-    assert _curl([CURL, "-s", "-i", "-X", "POST", "-d", json.dumps({"url": api.PRIVATE_URL}), stack["api"]])[0] == 403
+    assert _curl([CURL, "-s", "-i", "-X", "POST", "-d", json.dumps({"url": postman.PRIVATE_URL}), stack["api"]])[0] == 403
     assert _curl([CURL, "-s", "-i", "-X", "POST", "-d",
-                  json.dumps({"image": api.NOT_AN_IMAGE_B64}), stack["api"]])[0] == 415
+                  json.dumps({"image": postman.NOT_AN_IMAGE_B64}), stack["api"]])[0] == 415
 
 
 # --------------------------------------------------------------------------- bench api
@@ -192,7 +199,7 @@ def test_bench_api_bad_arguments_exit_2(stack, tmp_path, capsys):
     assert cli.main(["bench", "api", "--api", stack["api"], "--image", image, "--seconds", "0"]) == 2
     assert cli.main(["bench", "api", "--api", "ftp://127.0.0.1/predict", "--image", image]) == 2
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"image": api.NOT_AN_IMAGE_B64}))
+    bad.write_text(json.dumps({"image": postman.NOT_AN_IMAGE_B64}))
     assert cli.main(["bench", "api", "--api", stack["api"], "--payload-file", str(bad), "--seconds", "1"]) == 2
     assert "HTTP 415" in capsys.readouterr().err
 
@@ -268,10 +275,10 @@ def test_a_runs_saved_collection_works_after_the_run_through_api_start(artifact,
 
     run = open_run("served", tmp_path / "runs", "local")
     (run.path / "artifacts").mkdir()
-    shutil.copyfile(artifact[0], serving.artifact_path(run))
-    path = api.write_postman_collection(run, artifact[1][0], artifact[1][1])
+    shutil.copyfile(artifact[0], model_artifact.artifact_path(run))
+    path = postman.write_postman_collection(run, artifact[1][0], artifact[1][1])
     saved = json.loads(path.read_text())
-    assert {v["key"]: v["value"] for v in saved["variable"]} == dict(zip(("baseUrl", "imageUrl"), api.postman_defaults()))
+    assert {v["key"]: v["value"] for v in saved["variable"]} == dict(zip(("baseUrl", "imageUrl"), postman.postman_defaults()))
     try:
         assert cli.main(["api", "start", "--run", "served", "--runs-dir", str(tmp_path / "runs")]) == 0
         printed = capsys.readouterr().out
@@ -286,9 +293,9 @@ def test_a_runs_saved_collection_works_after_the_run_through_api_start(artifact,
         assert stats["requests"]["failed"] == 0 and stats["assertions"]["failed"] == 0, stats
         assert stats["requests"]["total"] == 7
     finally:
-        services.stop_service(api.GATEWAY_SERVICE)
-        services.stop_service(api.IMAGES_SERVICE)
-        serving.stop_local_endpoint()
+        services.stop_service(local_gateway.GATEWAY_SERVICE)
+        services.stop_service(local_gateway.IMAGES_SERVICE)
+        endpoint_server.stop_local_endpoint()
 
 
 def test_api_start_run_names_what_is_missing(tmp_path):

@@ -2,8 +2,9 @@
 
 import pytest
 
-from cloudalliance import bench, loadtest
-from cloudalliance.api import LatencyResult, api_record
+from cloudalliance.bench import charts
+from cloudalliance.bench import loadtest
+from cloudalliance.api.calls import LatencyResult, api_record
 from cloudalliance.records import load_records
 from cloudalliance.runs import open_run
 
@@ -30,13 +31,13 @@ def test_load_record_round_trips_and_is_charted(tmp_path):
     (rec,) = [r for r in load_records(run.records_dir, "api") if r.name == "load"]
     assert rec.sizes == {"concurrency": [1, 4], "requests": [4, 5], "ok": [4, 3], "payload_bytes": 1234}
     assert rec.metrics["best_requests_per_s"] == 2.0
-    assert [level["concurrency"] for level in bench.api_load(run)] == [1, 4]
-    assert bench.api_latency(run)["p50_ms"] == pytest.approx(20.0)
-    fig = bench.figure_api_load(run)
+    assert [level["concurrency"] for level in charts.api_load(run)] == [1, 4]
+    assert charts.api_latency(run)["p50_ms"] == pytest.approx(20.0)
+    fig = charts.figure_api_load(run)
     left, right = fig.axes
     assert [p.get_height() for p in left.patches] == [2.0, 1.5]
     assert list(right.lines[0].get_ydata()) == [rec.metrics["levels"][0]["p99_ms"], rec.metrics["levels"][1]["p99_ms"]]
-    table = bench.summary_table(run)
+    table = charts.summary_table(run)
     assert "api load (best level)" in table.index and "2.0 req/s at 1 clients" in table.loc["api load (best level)",
                                                                                           "throughput or latency"]
     assert table.loc["api (cost per 1,000 predictions)", "throughput or latency"].startswith("p50 20.0")
@@ -44,13 +45,13 @@ def test_load_record_round_trips_and_is_charted(tmp_path):
 
 def test_no_load_record_draws_an_empty_chart(tmp_path):
     run = open_run("empty", tmp_path)
-    assert bench.api_load(run) == []
-    assert len(bench.figure_api_load(run).axes) == 2
+    assert charts.api_load(run) == []
+    assert len(charts.figure_api_load(run).axes) == 2
 
 
 def test_aws_needs_api_and_image_urls():
     """Notebook 06 on aws: no placeholder or empty URL gets as far as an HTTP call."""
-    from cloudalliance.api import check_api_urls
+    from cloudalliance.api.calls import check_api_urls
 
     check_api_urls("local", "", "")  # the local course starts its own gateway and image server
     check_api_urls("aws", "https://q1w2e3.execute-api.eu-west-1.amazonaws.com/predict", "https://images.test/a.jpg")
@@ -68,7 +69,7 @@ def test_aws_needs_api_and_image_urls():
 
 def test_newman_without_node_is_a_clear_error(tmp_path, monkeypatch):
     """Where node/npm are absent the newman tests skip with this reason instead of failing."""
-    from cloudalliance.api import NewmanUnavailable, ensure_newman
+    from cloudalliance.api.postman import NewmanUnavailable, ensure_newman
 
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no node, no npm
     with pytest.raises(NewmanUnavailable, match="needs node and npm"):

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudalliance import services
 from cloudalliance.course import CourseError, run_course
 from cloudalliance.records import load_records
 

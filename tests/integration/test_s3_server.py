@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cloudalliance import services, storage
+from cloudalliance import storage
+from cloudalliance.local import services
 
 
 def test_ensure_reuses_the_running_server(s3_server):

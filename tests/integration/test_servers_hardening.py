@@ -25,7 +25,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer  # noqa: E402
 
-from cloudalliance import api, serving, services  # noqa: E402
+from cloudalliance.api import calls
+from cloudalliance.local import gateway as local_gateway
+from cloudalliance.local import endpoint_server
+from cloudalliance.local import hardening, services
 
 BODY_DEADLINE_S = 2.0  # the servers' body deadline in this module (the default is 20 s)
 
@@ -152,7 +155,7 @@ def health_times(url: str, seconds: float, interval: float = 0.02, max_calls: in
 @pytest.fixture(scope="module")
 def short_body_deadline():
     """The body and header deadlines at BODY_DEADLINE_S for the servers started below (they inherit them)."""
-    names = (services.BODY_DEADLINE_ENV, services.HEADER_DEADLINE_ENV)
+    names = (hardening.BODY_DEADLINE_ENV, hardening.HEADER_DEADLINE_ENV)
     old = {name: os.environ.get(name) for name in names}
     os.environ.update({name: str(BODY_DEADLINE_S) for name in names})
     yield BODY_DEADLINE_S
@@ -170,20 +173,20 @@ def artifact(tiny_artifact):
 
 @pytest.fixture(scope="module")
 def endpoint(artifact, short_body_deadline):
-    info = serving.ensure_local_endpoint(artifact[0], "hardening")
+    info = endpoint_server.ensure_local_endpoint(artifact[0], "hardening")
     yield info
-    serving.stop_local_endpoint()
+    endpoint_server.stop_local_endpoint()
 
 
 @pytest.fixture(scope="module")
 def gateway(endpoint):
-    info = api.start_local_gateway(endpoint.endpoint_url, "hardening", allowed_private_hosts="127.0.0.1")
+    info = local_gateway.start_local_gateway(endpoint.endpoint_url, "hardening", allowed_private_hosts="127.0.0.1")
     yield info
-    services.stop_service(api.GATEWAY_SERVICE)
+    services.stop_service(local_gateway.GATEWAY_SERVICE)
 
 
 def current_endpoint() -> services.ServiceInfo:
-    info = services.running(serving.ENDPOINT_SERVICE)
+    info = services.running(endpoint_server.ENDPOINT_SERVICE)
     assert info is not None
     return info
 
@@ -206,9 +209,9 @@ def test_docs_are_off_and_every_error_is_the_apis_json(endpoint, gateway):
     gw = gateway.endpoint_url
     # API Gateway answers a method with no route with 404; the gateway does too, in {"error"} form
     for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS"):
-        r = call(gw, method, api.ROUTE)
+        r = call(gw, method, local_gateway.ROUTE)
         assert r.status == 404 and "POST /predict" in r.json()["error"], method
-    assert call(gw, "HEAD", api.ROUTE).status == 404
+    assert call(gw, "HEAD", local_gateway.ROUTE).status == 404
     r = call(gw, "PATCH", "/health")
     assert r.status == 405 and "error" in r.json()
 
@@ -216,7 +219,7 @@ def test_docs_are_off_and_every_error_is_the_apis_json(endpoint, gateway):
 def test_validation_errors_are_the_apis_json():
     from fastapi.testclient import TestClient
 
-    app = services.create_json_app("t")
+    app = hardening.create_json_app("t")
 
     @app.get("/items/{n}")
     async def item(n: int):
@@ -237,10 +240,10 @@ def test_gateway_health_and_predictions_are_not_held_by_slow_fetches(gateway, ar
     routes = {"/slow.jpg": (200, {"Content-Type": "image/jpeg"}, jpeg, 3.0)}  # answers after 3 s
     with ImageServer(routes) as images:
         slow_body = json.dumps({"url": images.url + "/slow.jpg"}).encode()
-        with Load(gateway.endpoint_url, api.ROUTE, slow_body, "application/json", clients=6, max_seconds=8) as load:
+        with Load(gateway.endpoint_url, local_gateway.ROUTE, slow_body, "application/json", clients=6, max_seconds=8) as load:
             time.sleep(0.3)
             health = health_times(gateway.endpoint_url + "/health", 2.0)
-            predict = api.call_api(gateway.endpoint_url + api.ROUTE, api.image_payload(artifact[1][0]))
+            predict = calls.call_api(gateway.endpoint_url + local_gateway.ROUTE, calls.image_payload(artifact[1][0]))
         assert load.statuses and set(load.statuses) == {200}, load.statuses
     p99 = float(np.percentile(health, 99))
     assert p99 < 0.25, f"/health p99 {p99 * 1000:.0f} ms while 6 fetches wait 3 s each"
@@ -297,10 +300,10 @@ def _stream_chunked(base_url: str, path: str, total: int, chunk: int = 1 << 20, 
         conn.close()
 
 
-@pytest.mark.parametrize("which, limit", [("gateway", api.MAX_PAYLOAD_BYTES), ("endpoint", 6 * 1024 * 1024)])
+@pytest.mark.parametrize("which, limit", [("gateway", local_gateway.MAX_PAYLOAD_BYTES), ("endpoint", 6 * 1024 * 1024)])
 def test_huge_bodies_are_413_before_they_are_read(which, limit, gateway, endpoint):
     info = current_endpoint() if which == "endpoint" else gateway
-    path = "/invocations" if which == "endpoint" else api.ROUTE
+    path = "/invocations" if which == "endpoint" else local_gateway.ROUTE
     u = urllib.parse.urlsplit(info.endpoint_url)
     # 1. a declared Content-Length over the cap: refused from the header, no byte of the body sent
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
@@ -328,7 +331,7 @@ def test_huge_bodies_are_413_before_they_are_read(which, limit, gateway, endpoin
 @pytest.mark.parametrize("which", ["gateway", "endpoint"])
 def test_a_trickled_body_is_408_after_the_body_deadline(which, gateway, endpoint, short_body_deadline):
     info = current_endpoint() if which == "endpoint" else gateway
-    path = "/invocations" if which == "endpoint" else api.ROUTE
+    path = "/invocations" if which == "endpoint" else local_gateway.ROUTE
     u = urllib.parse.urlsplit(info.endpoint_url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
     try:
@@ -380,9 +383,9 @@ def _trickle_headers(url: str, path: str, seconds: float) -> tuple[bytes, float]
 def test_headers_sent_a_byte_at_a_time_are_408_after_the_header_deadline(which, gateway, endpoint,
                                                                           short_body_deadline):
     """uvicorn times bodies (through the app) and idle keep-alive connections, not headers that trickle in:
-    services.http_protocol closes them after the header deadline, with the API's JSON."""
+    hardening.http_protocol closes them after the header deadline, with the API's JSON."""
     info = current_endpoint() if which == "endpoint" else gateway
-    reply, took = _trickle_headers(info.endpoint_url, "/invocations" if which == "endpoint" else api.ROUTE,
+    reply, took = _trickle_headers(info.endpoint_url, "/invocations" if which == "endpoint" else local_gateway.ROUTE,
                                    short_body_deadline + 6)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), reply[:200]
@@ -494,30 +497,30 @@ def test_exif_orientation_is_applied_by_the_endpoint(endpoint):
 def _first_200(url: str, payload: dict, within: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < within:
-        if api.call_api(url, payload, timeout=35).status == 200:
+        if calls.call_api(url, payload, timeout=35).status == 200:
             return time.monotonic() - t0
         time.sleep(0.1)
     raise AssertionError(f"no 200 within {within} s")
 
 
 def test_a_killed_and_restarted_endpoint_is_found_by_the_running_gateway(gateway, artifact):
-    payload = api.image_payload(artifact[1][0])
-    predict = gateway.endpoint_url + api.ROUTE
-    assert api.call_api(predict, payload).status == 200
+    payload = calls.image_payload(artifact[1][0])
+    predict = gateway.endpoint_url + local_gateway.ROUTE
+    assert calls.call_api(predict, payload).status == 200
     old = current_endpoint()
     os.kill(old.pid, signal.SIGKILL)
     assert services.wait_port_closed(old.ports["http"], 10)
-    down = api.call_api(predict, payload)
+    down = calls.call_api(predict, payload)
     assert down.status == 503 and "error" in down.body
     # what `cloudalliance endpoint start` does: the same port when it is free again
     t0 = time.monotonic()
-    new = serving.ensure_local_endpoint(artifact[0], "hardening")
+    new = endpoint_server.ensure_local_endpoint(artifact[0], "hardening")
     assert new.pid != old.pid and new.ports["http"] == old.ports["http"]
     recovery = time.monotonic() - t0 + _first_200(predict, payload, 10)
     print(f"\nrecovery (restart + first 200 through the gateway): {recovery:.2f} s")
     # and an endpoint that comes back on another port is followed through the service state
-    services.stop_service(serving.ENDPOINT_SERVICE)
-    moved = serving.start_local_endpoint(artifact[0], "hardening", port=services.free_port(avoid=[old.ports["http"]]))
+    services.stop_service(endpoint_server.ENDPOINT_SERVICE)
+    moved = endpoint_server.start_local_endpoint(artifact[0], "hardening", port=services.free_port(avoid=[old.ports["http"]]))
     Path(moved.data_dir, ".artifact").write_text(f"{Path(artifact[0]).resolve()}:{Path(artifact[0]).stat().st_mtime}")
     assert moved.ports["http"] != old.ports["http"]
     assert _first_200(predict, payload, 10) < 5
@@ -526,12 +529,12 @@ def test_a_killed_and_restarted_endpoint_is_found_by_the_running_gateway(gateway
 @pytest.mark.slow
 def test_a_stopped_endpoint_does_not_hold_clients_past_the_function_timeout(gateway, artifact):
     """SIGSTOP: the endpoint accepts connections (the kernel does) but never answers."""
-    payload = api.image_payload(artifact[1][0])
+    payload = calls.image_payload(artifact[1][0])
     info = current_endpoint()
     os.kill(info.pid, signal.SIGSTOP)
     try:
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=api.call_api(gateway.endpoint_url + api.ROUTE, payload,
+        t = threading.Thread(target=lambda: result.update(r=calls.call_api(gateway.endpoint_url + local_gateway.ROUTE, payload,
                                                                           timeout=60)))
         t.start()
         health = health_times(gateway.endpoint_url + "/health", 3.0)
@@ -540,7 +543,7 @@ def test_a_stopped_endpoint_does_not_hold_clients_past_the_function_timeout(gate
         print(f"\nSIGSTOPped endpoint: HTTP {reply.status} after {reply.seconds:.1f} s; /health p99 "
               f"{1000 * float(np.percentile(health, 99)):.0f} ms meanwhile")
         assert reply.status >= 500 and isinstance(reply.body.get("error"), str)
-        assert reply.seconds <= api.FUNCTION_TIMEOUT_S + 1.5, reply.seconds
+        assert reply.seconds <= local_gateway.FUNCTION_TIMEOUT_S + 1.5, reply.seconds
         assert float(np.percentile(health, 99)) < 0.25
     finally:
         os.kill(info.pid, signal.SIGCONT)
@@ -550,10 +553,10 @@ def test_the_local_context_is_the_templates_function():
     """The handler's deadline comes from the context: the SAM template's Timeout and MemorySize, counted down."""
     import re
 
-    template = (api.REPO_ROOT / "lambda" / "template.yaml").read_text()
+    template = (local_gateway.REPO_ROOT / "lambda" / "template.yaml").read_text()
     timeout = float(re.search(r"(?m)^\s+Timeout:\s*(\d+)", template).group(1))
     memory = int(re.search(r"(?m)^\s+MemorySize:\s*(\d+)", template).group(1))
-    context = api.LocalContext()
+    context = local_gateway.LocalContext()
     assert context.timeout_s == timeout and context.memory_limit_in_mb == memory
     assert timeout * 1000 - 100 <= context.get_remaining_time_in_millis() <= timeout * 1000
     context.started -= 10

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloudalliance import api, loadtest, serving, services
+from cloudalliance.api import calls
+from cloudalliance.local import gateway as local_gateway
+from cloudalliance.bench import loadtest
+from cloudalliance.serving import model_artifact
+from cloudalliance.local import endpoint_server
+from cloudalliance.local import services
 from cloudalliance.training import launch
 
 from test_servers_hardening import Load, bomb_png, health_times, vm  # noqa: E402 - same folder
@@ -55,14 +60,14 @@ def servers(tmp_path_factory, synthetic_root, shared_intel_or_none):
     result = launch.run_local(synthetic_root / "seg_train", out / "model", "local-2cpu",
                               {"epochs": 1, "img_size": IMG_SIZE, "batch_size": 8},
                               test_dir=synthetic_root / "seg_test", progress=False)
-    artifact, _ = serving.package_model(result.model_dir, out / "model.tar.gz")
-    endpoint = serving.ensure_local_endpoint(artifact, "measure")
-    gateway = api.start_local_gateway(endpoint.endpoint_url, "measure", allowed_private_hosts="127.0.0.1")
+    artifact, _ = model_artifact.package_model(result.model_dir, out / "model.tar.gz")
+    endpoint = endpoint_server.ensure_local_endpoint(artifact, "measure")
+    gateway = local_gateway.start_local_gateway(endpoint.endpoint_url, "measure", allowed_private_hosts="127.0.0.1")
     folder = shared_intel_or_none or synthetic_root / "seg_test"
     image = sorted(folder.rglob("*.jpg"))[0]
     yield {"artifact": artifact, "endpoint": endpoint, "gateway": gateway, "image": image}
-    services.stop_service(api.GATEWAY_SERVICE)
-    serving.stop_local_endpoint()
+    services.stop_service(local_gateway.GATEWAY_SERVICE)
+    endpoint_server.stop_local_endpoint()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +82,10 @@ def test_measure_the_local_servers(servers):
     numbers: dict = {"img_size": IMG_SIZE, "image": servers["image"].name, "cores": services.cpu_count()}
     gw, ep = servers["gateway"].endpoint_url, servers["endpoint"].endpoint_url
     jpeg = servers["image"].read_bytes()
-    payload = json.dumps(api.image_payload(servers["image"])).encode()
+    payload = json.dumps(calls.image_payload(servers["image"])).encode()
 
     # 1. requests/s and p99 through the gateway at concurrency 1, 4, 16 (closed loop, bench api's client)
-    levels = loadtest.run_load(gw + api.ROUTE, payload, (1, 4, 16), seconds=LEVEL_SECONDS, progress=False)
+    levels = loadtest.run_load(gw + local_gateway.ROUTE, payload, (1, 4, 16), seconds=LEVEL_SECONDS, progress=False)
     for level in levels:
         d = level.to_dict()
         numbers[f"gateway_c{d['concurrency']}"] = {"req_s": round(d["requests_per_s"], 1),
@@ -101,10 +106,10 @@ def test_measure_the_local_servers(servers):
     thread.start()
     try:
         body = json.dumps({"url": f"http://127.0.0.1:{server.server_address[1]}/trickle.jpg"}).encode()
-        with Load(gw, api.ROUTE, body, "application/json", clients=4, max_seconds=12) as trickle:
+        with Load(gw, local_gateway.ROUTE, body, "application/json", clients=4, max_seconds=12) as trickle:
             time.sleep(0.5)
             health = health_times(gw + "/health", 4.0)
-            predict = api.call_api(gw + api.ROUTE, api.image_payload(servers["image"]))
+            predict = calls.call_api(gw + local_gateway.ROUTE, calls.image_payload(servers["image"]))
     finally:
         server.shutdown()
         server.server_close()
@@ -129,13 +134,13 @@ def test_measure_the_local_servers(servers):
                         "ping_p99_ms": round(1000 * float(np.percentile(pings_bombs, 99)), 1)}
 
     # 5. recovery: SIGKILL the endpoint, restart it as `cloudalliance endpoint start` does, first 200 via the gateway
-    old = services.running(serving.ENDPOINT_SERVICE)
+    old = services.running(endpoint_server.ENDPOINT_SERVICE)
     os.kill(old.pid, signal.SIGKILL)
     services.wait_port_closed(old.ports["http"], 10)
     t0 = time.monotonic()
-    new = serving.ensure_local_endpoint(servers["artifact"], "measure")
+    new = endpoint_server.ensure_local_endpoint(servers["artifact"], "measure")
     restarted = time.monotonic() - t0
-    while api.call_api(gw + api.ROUTE, api.image_payload(servers["image"])).status != 200:
+    while calls.call_api(gw + local_gateway.ROUTE, calls.image_payload(servers["image"])).status != 200:
         assert time.monotonic() - t0 < 60
         time.sleep(0.05)
     numbers["recovery"] = {"restart_s": round(restarted, 2), "first_200_s": round(time.monotonic() - t0, 2),

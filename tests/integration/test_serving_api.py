@@ -12,7 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import api, serving, services  # noqa: E402
+from cloudalliance.api import calls
+from cloudalliance.local import gateway as local_gateway
+from cloudalliance.serving import deploy, model_artifact
+from cloudalliance.local import endpoint_server
+from cloudalliance.local import services
 from cloudalliance.training import launch
 from cloudalliance.data.training_set import decode_images  # noqa: E402
 
@@ -25,15 +29,15 @@ def artifact(tmp_path_factory, synthetic_root):
                               progress=False)
     files = sorted((synthetic_root / "seg_test" / "seg_test").rglob("*.jpg"))
     images = decode_images(files, 48, progress=False)
-    path, check = serving.package_model(result.model_dir, out / "model.tar.gz", check_images=images)
+    path, check = model_artifact.package_model(result.model_dir, out / "model.tar.gz", check_images=images)
     return path, check, files
 
 
 @pytest.fixture(scope="module")
 def endpoint(artifact):
-    info = serving.start_local_endpoint(artifact[0], endpoint_name="course-test")
+    info = endpoint_server.start_local_endpoint(artifact[0], endpoint_name="course-test")
     yield info
-    serving.stop_local_endpoint()
+    endpoint_server.stop_local_endpoint()
 
 
 def test_artifact_layout_and_onnx_agreement(artifact):
@@ -46,8 +50,8 @@ def test_artifact_layout_and_onnx_agreement(artifact):
 
 
 def test_handlers_in_process(artifact, tmp_path):
-    root = serving.unpack_artifact(artifact[0], tmp_path / "unpacked")
-    h = serving.load_handlers(root)
+    root = model_artifact.unpack_artifact(artifact[0], tmp_path / "unpacked")
+    h = model_artifact.load_handlers(root)
     model = h.model_fn(str(root))
     body, content_type = h.output_fn(h.predict_fn(h.input_fn(artifact[2][0].read_bytes(), "image/jpeg"), model),
                                      "application/json")
@@ -59,9 +63,9 @@ def test_handlers_in_process(artifact, tmp_path):
 
 
 def test_boto3_runtime_client_against_the_local_endpoint(endpoint, artifact):
-    client = serving.runtime_client(endpoint.endpoint_url)
+    client = deploy.runtime_client(endpoint.endpoint_url)
     files = artifact[2]
-    reply = serving.invoke(client, "course-test", files[0].read_bytes())
+    reply = deploy.invoke(client, "course-test", files[0].read_bytes())
     assert set(reply) == {"label", "confidence", "probabilities"}
     # the endpoint agrees with the evaluation code on every test image
     from cloudalliance.evaluation import load_model
@@ -71,7 +75,7 @@ def test_boto3_runtime_client_against_the_local_endpoint(endpoint, artifact):
     loaded = load_model(root)
     expected = predict(loaded.model, decode_images(files, 48, progress=False), loaded.preprocess,
                        __import__("torch").device("cpu"), tta=False).labels
-    got = [loaded.classes.index(serving.invoke(client, "course-test", f.read_bytes())["label"]) for f in files]
+    got = [loaded.classes.index(deploy.invoke(client, "course-test", f.read_bytes())["label"]) for f in files]
     assert got == list(expected)
 
 
@@ -80,7 +84,7 @@ def test_boto3_gets_invoke_endpoints_own_errors(endpoint, artifact):
     endpoint is ``ValidationError``; a container that refuses the input is ``ModelError`` (HTTP 424) carrying the
     container's status and body in ``OriginalStatusCode`` / ``OriginalMessage``. Code written against the local
     endpoint then catches the same exceptions on AWS."""
-    client = serving.runtime_client(endpoint.endpoint_url)
+    client = deploy.runtime_client(endpoint.endpoint_url)
     jpeg = artifact[2][0].read_bytes()
     with pytest.raises(client.exceptions.ValidationError, match="Endpoint nope of account .* not found"):
         client.invoke_endpoint(EndpointName="nope", Body=jpeg, ContentType="image/jpeg")
@@ -91,7 +95,7 @@ def test_boto3_gets_invoke_endpoints_own_errors(endpoint, artifact):
     assert "error" in json.loads(reply["OriginalMessage"]) and "(415)" in reply["Error"]["Message"]
     assert reply["LogStreamArn"].startswith("arn:aws:logs:")
     # and the forwarding handler's answer to it is the API's 415, as for AWS's ModelError
-    sys.path.insert(0, str(api.REPO_ROOT / "lambda" / "src"))
+    sys.path.insert(0, str(local_gateway.REPO_ROOT / "lambda" / "src"))
     import handler
 
     assert handler.endpoint_error(caught.value, 5.0).status == 415
@@ -121,33 +125,33 @@ def test_endpoint_refuses_bad_requests(endpoint):
 
 @pytest.fixture(scope="module")
 def gateway(endpoint):
-    info = api.start_local_gateway(endpoint.endpoint_url, "course-test", allowed_private_hosts="127.0.0.1")
+    info = local_gateway.start_local_gateway(endpoint.endpoint_url, "course-test", allowed_private_hosts="127.0.0.1")
     yield info
-    services.stop_service(api.GATEWAY_SERVICE)
+    services.stop_service(local_gateway.GATEWAY_SERVICE)
 
 
 def test_curl_like_calls_through_gateway_handler_and_endpoint(gateway, artifact):
     files = artifact[2]
     jpeg = files[0].read_bytes()
     with ImageServer(routes_for(jpeg, 5_000_000)) as images:
-        reply = api.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/sea.jpg"})
+        reply = calls.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/sea.jpg"})
         assert reply.status == 200 and reply.body["message"] == f"Image predicted: {reply.body['label']}"
-        refused = api.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/to-metadata"})
+        refused = calls.call_api(gateway.endpoint_url + "/predict", {"url": images.url + "/to-metadata"})
         assert refused.status == 403
-    direct = api.call_api(gateway.endpoint_url + "/predict", api.image_payload(files[0]))
+    direct = calls.call_api(gateway.endpoint_url + "/predict", calls.image_payload(files[0]))
     assert direct.status == 200 and direct.body["label"] == reply.body["label"]
-    bad = api.call_api(gateway.endpoint_url + "/predict", b"{oops")
+    bad = calls.call_api(gateway.endpoint_url + "/predict", b"{oops")
     assert bad.status == 400 and "Malformed JSON" in bad.body["error"]
-    latency = api.measure_latency(gateway.endpoint_url + "/predict", [api.image_payload(f) for f in files[:3]],
+    latency = calls.measure_latency(gateway.endpoint_url + "/predict", [calls.image_payload(f) for f in files[:3]],
                                   requests=20, warmup=2, progress=False)
     assert latency.errors == 0 and len(latency.seconds) == 20 and latency.percentile(99) >= latency.percentile(50)
 
 
 def test_endpoint_down_is_a_503(tmp_path, artifact):
     port = services.free_port()
-    info = api.start_local_gateway(f"http://127.0.0.1:{port}", "course-test")
+    info = local_gateway.start_local_gateway(f"http://127.0.0.1:{port}", "course-test")
     try:
-        reply = api.call_api(info.endpoint_url + "/predict", api.image_payload(artifact[2][0]))
+        reply = calls.call_api(info.endpoint_url + "/predict", calls.image_payload(artifact[2][0]))
         assert reply.status == 503 and "not reachable" in reply.body["error"]
     finally:
-        services.stop_service(api.GATEWAY_SERVICE)
+        services.stop_service(local_gateway.GATEWAY_SERVICE)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cloudalliance import services, storage
+from cloudalliance import storage
+from cloudalliance.local import services
 from cloudalliance.storage import S3Location, StorageError, upload_folder, verify_upload
 
 

@@ -270,25 +270,26 @@ class Stack:
 
 
 def start_gateway(endpoint_url: str, allowed: str, service: str):
-    """``api.start_local_gateway`` under another service name (so two gateways can run side by side)."""
-    from cloudalliance import api
+    """``local_gateway.start_local_gateway`` under another service name (so two gateways can run side by side)."""
+    from cloudalliance.local import gateway as local_gateway
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(api, "GATEWAY_SERVICE", service)
-        return api.start_local_gateway(endpoint_url, ENDPOINT_NAME, allowed_private_hosts=allowed)
+        mp.setattr(local_gateway, "GATEWAY_SERVICE", service)
+        return local_gateway.start_local_gateway(endpoint_url, ENDPOINT_NAME, allowed_private_hosts=allowed)
 
 
 @contextlib.contextmanager
 def running_stack(artifact, folder: Path):
     """Endpoint + gateway (127.0.0.1 allowed) + strict gateway, in ``folder``; all stopped by PID on exit."""
-    from cloudalliance import serving, services
+    from cloudalliance.local import endpoint_server
+    from cloudalliance.local import services
 
     path, jpeg, png = artifact
     folder.mkdir(parents=True, exist_ok=True)
     with private_state(folder, FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S), POWERTOOLS_LOG_LEVEL="ERROR"):
         started = []
         try:
-            endpoint = serving.start_local_endpoint(path, endpoint_name=ENDPOINT_NAME)
+            endpoint = endpoint_server.start_local_endpoint(path, endpoint_name=ENDPOINT_NAME)
             started.append("endpoint")
             gateway = start_gateway(endpoint.endpoint_url, "127.0.0.1", "gateway")
             started.append("gateway")

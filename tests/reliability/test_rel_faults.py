@@ -125,7 +125,7 @@ def test_kill_restart_and_stop(rel_artifact, tmp_path):
     """SIGKILL, then `cloudalliance endpoint start` again: the same gateway (not restarted) answers 200 again;
     then SIGSTOP: held clients get an answer within the endpoint-call budget and /health stays fast; SIGCONT:
     200 again. Recovery times are recorded."""
-    from cloudalliance import services
+    from cloudalliance.local import services
 
     state = tmp_path / "state"
     state.mkdir()

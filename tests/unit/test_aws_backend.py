@@ -25,7 +25,7 @@ TRUST = {"Version": "2012-10-17", "Statement": [
 def moto_server():
     from moto.server import ThreadedMotoServer
 
-    from cloudalliance.services import free_port
+    from cloudalliance.local.services import free_port
 
     import logging
 
@@ -227,21 +227,21 @@ def _artifact(tmp_path):
 
 def test_deploy_twice_updates_the_endpoint_and_cleanup_twice_removes_everything(aws, tmp_path, capsys):
     from cloudalliance import aws as backend
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy
 
     UPDATES.clear()
     aws.events.register("before-call.sagemaker.UpdateEndpoint", _answer_update)
     role = _role(aws)
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="course-data")
-    uri = serving.upload_artifact(s3, _artifact(tmp_path), "s3://course-data/models/run1")
+    uri = deploy.upload_artifact(s3, _artifact(tmp_path), "s3://course-data/models/run1")
     s3.put_object(Bucket="course-data", Key="intel/seg_train/seg_train/sea/1.jpg", Body=b"x")
     sm = aws.client("sagemaker")
 
-    serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    deploy.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
     first = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
     assert first != "course-ep", "the endpoint config has a name of its own, so a rerun cannot collide"
-    endpoint = serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    endpoint = deploy.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
     assert endpoint.endpoint_name == "course-ep"
     second = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
     assert [u["EndpointConfigName"] for u in UPDATES] == [second] and second != first
@@ -281,17 +281,17 @@ def test_a_failed_endpoint_is_replaced_and_a_failed_update_says_what_to_do(aws, 
     this process). DescribeEndpoint's FailureReason: API_DescribeEndpoint."""
     from moto.sagemaker.models import sagemaker_backends
 
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy, model_artifact
 
     role = _role(aws)
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="course-data")
-    uri = serving.upload_artifact(s3, _artifact(tmp_path), "s3://course-data/models/run1")
+    uri = deploy.upload_artifact(s3, _artifact(tmp_path), "s3://course-data/models/run1")
     sm = aws.client("sagemaker")
-    serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    deploy.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
     endpoint = sagemaker_backends[ACCOUNT]["us-east-1"].endpoints["course-ep"]
     endpoint.endpoint_status = "Failed"
-    serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    deploy.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
     assert sm.describe_endpoint(EndpointName="course-ep")["EndpointStatus"] == "InService"
 
     def fail_the_update(model, params, **kwargs):  # the new config never comes InService
@@ -303,8 +303,8 @@ def test_a_failed_endpoint_is_replaced_and_a_failed_update_says_what_to_do(aws, 
         return None
 
     aws.events.register("before-call.sagemaker.UpdateEndpoint", fail_the_update)
-    with pytest.raises(serving.ServingError, match="did not come InService.*aws cleanup --run run1"):
-        serving.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
+    with pytest.raises(model_artifact.ServingError, match="did not come InService.*aws cleanup --run run1"):
+        deploy.deploy_sagemaker(uri, role, "ml.m5.large", "course-ep", boto_session=aws, run_id="run1")
 
 
 def test_quotas_value_against_need_from_list_service_quotas():

@@ -10,7 +10,8 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudalliance import aws, serving
+from cloudalliance import aws
+from cloudalliance.serving import model_artifact
 
 
 class _FakeIam:
@@ -105,7 +106,7 @@ def test_region_from_the_params_is_the_default_for_the_sdks_own_clients(tmp_path
 
 
 def test_the_serving_requirements_leave_the_containers_numpy_alone():
-    assert "numpy" not in serving.SERVING_PACKAGES and "onnxruntime" in serving.SERVING_PACKAGES
+    assert "numpy" not in model_artifact.SERVING_PACKAGES and "onnxruntime" in model_artifact.SERVING_PACKAGES
 
 
 class _StubbedSession:
@@ -135,7 +136,6 @@ def test_cleanup_stops_the_runs_running_training_job_and_reports_objects_it_coul
     """A notebook that died mid-wait leaves its job billing until MaxRuntimeInSeconds: cleanup stops the run's
     InProgress jobs (ListTrainingJobs StatusEquals, StopTrainingJob). DeleteObjects answers HTTP 200 with the
     keys it did not delete in ``Errors``: those are reported as not removed, and the command exits 1."""
-    from cloudalliance import cli
 
     session = _StubbedSession()
     sm, cfn, s3 = (session.stubs[n] for n in ("sagemaker", "cloudformation", "s3"))
@@ -226,7 +226,6 @@ def test_an_interrupted_aws_course_run_stops_the_runs_training_jobs(tmp_path, mo
     """Ctrl-C reaches `course run`, not the kernel (its own session), so the notebook's StopTrainingJob never runs:
     the runner stops the run's InProgress jobs itself on the way out, then lets the interrupt go on."""
     import papermill
-    import pytest
     import yaml
 
     from cloudalliance import course

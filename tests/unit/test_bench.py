@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
 
-from cloudalliance import bench, prices
-from cloudalliance.api import LatencyResult, api_record
+from cloudalliance.bench import charts, comparison, serving_costs
+from cloudalliance.bench import prices
+from cloudalliance.api.calls import LatencyResult, api_record
 from cloudalliance.records import Record
 from cloudalliance.runs import open_run
 
 
 def test_reduction_vs_slowest():
-    assert bench.reduction_vs_slowest({"a": 100.0, "b": 25.0, "c": 50.0}) == {"a": 0.0, "b": 75.0, "c": 50.0}
-    assert bench.reduction_vs_slowest({}) == {}
+    assert charts.reduction_vs_slowest({"a": 100.0, "b": 25.0, "c": 50.0}) == {"a": 0.0, "b": 75.0, "c": 50.0}
+    assert charts.reduction_vs_slowest({}) == {}
 
 
 def test_cost_per_1000_predictions():
@@ -30,14 +31,14 @@ def test_figures_and_summary_come_from_records_only(tmp_path):
     run.write_record(Record(stage="training", name="local-2cpu", instance="local-2cpu", timings={"total_s": 120.0},
                             metrics={"images_per_s": 18, "val_accuracy": 0.91}, cost={"usd": 0.0, "equivalent_usd": 0.005}))
     run.write_record(api_record(LatencyResult(3, 0, [0.01, 0.02, 0.03]), "local", "http://x/predict"))
-    assert bench.upload_seconds(run) == {"objects": 10.0}, "a rerun that sent nothing is not an upload time"
-    assert bench.reduction_vs_slowest(bench.training_seconds(run)) == {"local-1cpu": 0.0, "local-2cpu": 40.0}
-    table = bench.summary_table(run)
+    assert charts.upload_seconds(run) == {"objects": 10.0}, "a rerun that sent nothing is not an upload time"
+    assert charts.reduction_vs_slowest(charts.training_seconds(run)) == {"local-1cpu": 0.0, "local-2cpu": 40.0}
+    table = charts.summary_table(run)
     api_row = "api (cost per 1,000 predictions)"
     assert sorted(table.index) == sorted(["upload (objects)", "upload (objects-rerun)", "training", "training", api_row])
     assert table.loc[api_row, "throughput or latency"].startswith("p50 20.0 / p99")  # milliseconds, said as such
     assert table.loc[api_row, "seconds"] == "" and table.loc["upload (objects)", "seconds"] == 10.0
-    for make in (bench.figure_training, bench.figure_upload, bench.figure_combined, bench.figure_latency):
+    for make in (charts.figure_training, charts.figure_upload, charts.figure_combined, charts.figure_latency):
         assert make(run).axes
 
 
@@ -52,18 +53,18 @@ from cloudalliance.cli import main as cli
 
 def test_reductions_reproduce_the_studys_published_pairs():
     """From the study's relative times, the code's 'vs previous' gives its 56.7 % and ~27 % back."""
-    rel = bench.study_relative_times()
+    rel = comparison.study_relative_times()
     assert rel == pytest.approx({"PC": 100.0, "ml.m5.xlarge": 81.3, "ml.m5.4xlarge": 35.2, "ml.c5.4xlarge": 25.4})
-    cuts = bench.reductions(rel)
+    cuts = comparison.reductions(rel)
     assert list(cuts) == ["PC", "ml.m5.xlarge", "ml.m5.4xlarge", "ml.c5.4xlarge"], "slowest first"
     assert cuts["ml.m5.4xlarge"]["vs_baseline"] == pytest.approx(64.8)
     assert cuts["ml.m5.4xlarge"]["vs_previous"] == pytest.approx(56.7, abs=0.05)
     assert cuts["ml.c5.4xlarge"]["previous"] == "ml.m5.4xlarge"
     assert round(cuts["ml.c5.4xlarge"]["vs_previous"]) == 28  # the study prints 27 %: its rounding
-    other = bench.reductions(rel, baseline="ml.m5.xlarge")
+    other = comparison.reductions(rel, baseline="ml.m5.xlarge")
     assert other["PC"]["vs_baseline"] == pytest.approx(-23.0, abs=0.1), "slower than the baseline: negative"
-    with pytest.raises(bench.CompareError, match="none of"):
-        bench.reductions(rel, baseline="mac")
+    with pytest.raises(comparison.CompareError, match="none of"):
+        comparison.reductions(rel, baseline="mac")
 
 
 def _machine(cores, itype="unknown", cpu="Intel(R) Xeon(R) CPU E5-2686"):
@@ -87,7 +88,7 @@ def test_compare_labels_reductions_contention_and_refusals(tmp_path, capsys):
     pc = _run(tmp_path, "pc", _machine(4, cpu="Intel(R) Core(TM) i5"), 1000.0, upload_s=50.0, load=(9, 9, 9))
     m5 = _run(tmp_path, "m5", _machine(4, "ml.m5.xlarge"), 813.0, upload_s=20.0)
     c5 = _run(tmp_path, "c5", _machine(16, "ml.c5.4xlarge"), 254.0, upload_s=10.0)
-    result = bench.compare([str(pc), str(m5), str(c5)], out=tmp_path / "out")
+    result = comparison.compare([str(pc), str(m5), str(c5)], out=tmp_path / "out")
     rows = {r["run"]: r for r in result["rows"]}
     assert rows["m5"]["label"] == "ml.m5.xlarge" and rows["pc"]["label"] == "Intel Core i5 ×4"
     assert rows["pc"]["contended"] and not rows["c5"]["contended"], "load 9 on 4 cores: contended"
@@ -98,16 +99,16 @@ def test_compare_labels_reductions_contention_and_refusals(tmp_path, capsys):
     assert "Intel Core i5 ×4 *" in table.index
     assert sorted(p.name for p in result["saved"]) == ["compare_combined.png", "compare_training.png",
                                                        "compare_upload.png"]
-    base = bench.compare([str(pc), str(m5), str(c5)], baseline="ml.m5.xlarge")["table"]
+    base = comparison.compare([str(pc), str(m5), str(c5)], baseline="ml.m5.xlarge")["table"]
     assert base.loc["ml.c5.4xlarge", "training -% vs base"] == pytest.approx(68.8, abs=0.05)
 
     longer = _run(tmp_path, "longer", _machine(4, "ml.m5.4xlarge"), 400.0, epochs=5, files=90)
-    with pytest.raises(bench.CompareError) as err:
-        bench.compare([str(m5), str(longer)])
+    with pytest.raises(comparison.CompareError) as err:
+        comparison.compare([str(m5), str(longer)])
     assert "epochs: 3 in m5; 5 in longer" in str(err.value) and "uploaded file count" in str(err.value)
     assert cli(["bench", "compare", str(m5), str(longer), "--out", str(tmp_path / "no")]) == 2
     assert "--force" in capsys.readouterr().err and not (tmp_path / "no").exists()
-    assert bench.compare([str(m5), str(longer)], force=True)["differences"]
+    assert comparison.compare([str(m5), str(longer)], force=True)["differences"]
     assert cli(["bench", "compare", str(tmp_path / "absent")]) == 2
 
 
@@ -120,7 +121,7 @@ def test_same_machine_twice_is_told_apart_and_old_records_compare(tmp_path):
     for key in ("machine", "load"):
         v1.pop(key)
     (old / "training-local-1cpu.json").write_text(json.dumps({**v1, "version": 1, "host": "oldpc"}))
-    rows = bench.compare([str(a), str(b), str(old.parent)])["rows"]
+    rows = comparison.compare([str(a), str(b), str(old.parent)])["rows"]
     labels = [r["label"] for r in rows]
     assert len(set(labels)) == 3, labels
     assert labels[2] == "oldpc", "a version 1 record: labelled by its host"
@@ -132,31 +133,31 @@ def test_pack_round_trip_and_unsafe_archives(tmp_path):
     (run / "data").mkdir()
     (run / "data" / "big.bin").write_bytes(b"x" * 1000)
     (tmp_path / "carry").mkdir()
-    packed = bench.pack_run(run, tmp_path / "carry")
+    packed = comparison.pack_run(run, tmp_path / "carry")
     assert packed.name == "trip.tar.gz"
     with tarfile.open(packed) as tar:
         assert "trip/records/upload-course-data.json" in tar.getnames()
         assert not any("data" in n.split("/")[1] for n in tar.getnames() if "/" in n)
-    back = bench.compare([str(packed)])["rows"]
+    back = comparison.compare([str(packed)])["rows"]
     assert back[0]["training_s"] == 10.0 and back[0]["run"] == "trip"
     zipped = tmp_path / "trip.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         for p in (run / "records").glob("*.json"):
             zf.write(p, f"trip/records/{p.name}")
-    assert bench.compare([str(zipped)])["rows"][0]["training_s"] == 10.0
+    assert comparison.compare([str(zipped)])["rows"][0]["training_s"] == 10.0
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../escape.json", "{}")
-    with pytest.raises(bench.CompareError, match="unsafe"):
-        bench.compare([str(evil)])
+    with pytest.raises(comparison.CompareError, match="unsafe"):
+        comparison.compare([str(evil)])
     evil_tar = tmp_path / "evil.tar.gz"
     with tarfile.open(evil_tar, "w:gz") as tar:
         tar.add(run / "records" / "upload-course-data.json", arcname="../../escape.json")
-    with pytest.raises(bench.CompareError, match="unsafe"):
-        bench.compare([str(evil_tar)])
+    with pytest.raises(comparison.CompareError, match="unsafe"):
+        comparison.compare([str(evil_tar)])
     assert not (tmp_path / "escape.json").exists()
-    with pytest.raises(bench.CompareError, match="not a run folder"):
-        bench.pack_run(tmp_path / "carry")
+    with pytest.raises(comparison.CompareError, match="not a run folder"):
+        comparison.pack_run(tmp_path / "carry")
 
 
 def test_records_command_arguments(tmp_path, capsys):
@@ -182,10 +183,10 @@ def _mode(mode: str, handler_ms: float, memory: int | None = None):
 
 
 def test_serving_costs_per_request_and_break_even_from_the_price_table():
-    from cloudalliance import bench, prices
+    from cloudalliance.bench import prices
 
     modes = {"endpoint": _mode("endpoint", 40.0), "lambda": _mode("lambda", 300.0, 1769)}
-    costs = bench.serving_costs(modes, hosting_instance="ml.m5.large")
+    costs = serving_costs.serving_costs(modes, hosting_instance="ml.m5.large")
     endpoint = "endpoint ml.m5.large + forwarding Lambda"
     x86 = "model in Lambda, x86_64, 1769 MB"
     api_usd = prices.HTTP_API_PER_MILLION_REQUESTS / 1e6
@@ -207,34 +208,32 @@ def test_serving_costs_per_request_and_break_even_from_the_price_table():
 
 
 def test_no_break_even_beyond_what_one_instance_can_serve():
-    from cloudalliance import bench
 
     # a 5 ms model: one ml.m5.large (2 vCPUs) serves at most 1.44 M requests an hour, and the in-Lambda
     # function costs only a little more per request, so the endpoint never catches up
     modes = {"endpoint": _mode("endpoint", 9.0), "lambda": _mode("lambda", 5.0, 1024)}
-    costs = bench.serving_costs(modes)
+    costs = serving_costs.serving_costs(modes)
     assert costs["instance_capacity_per_hour"] == pytest.approx(2 * 3600 / 0.005)
     label = "model in Lambda, x86_64, 1024 MB"
     assert costs["break_even_per_hour"][label] is None
-    table = bench.serving_cost_table(modes)
+    table = serving_costs.serving_cost_table(modes)
     assert table.loc[label, "break-even vs endpoint (req/h)"] == "never"
     # below 1,769 MB the function gets a share of a vCPU: the duration grows as memory shrinks
     assert "8.6 ms at 1024 MB" in costs["notes"][label]
 
 
 def test_serving_cost_figure_without_records_says_so():
-    from cloudalliance import bench
 
-    fig = bench.figure_serving_cost({})
+    fig = serving_costs.figure_serving_cost({})
     assert "notebook 06" in fig.axes[0].texts[0].get_text()
 
 
 def test_cold_starts_are_billed_at_low_traffic_and_vanish_at_high():
-    from cloudalliance import bench, prices
+    from cloudalliance.bench import prices
 
     inside = _mode("lambda", 5.0, 1024)
     inside.metrics["init_median_ms"] = 400.0
-    costs = bench.serving_costs({"endpoint": _mode("endpoint", 9.0), "lambda": inside})
+    costs = serving_costs.serving_costs({"endpoint": _mode("endpoint", 9.0), "lambda": inside})
     label = "model in Lambda, x86_64, 1024 MB"
     init_usd = 0.400 * 1024 / 1024 * prices.LAMBDA_PER_GB_SECOND_BY_ARCH["x86_64"]
     assert costs["per_cold_start_usd"][label] == pytest.approx(init_usd)

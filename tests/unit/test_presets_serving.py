@@ -35,7 +35,7 @@ def load_inference(tmp_path: Path, name: str):
     """code/inference.py with code/presets.py beside it, as in model.tar.gz."""
     code = tmp_path / "code"
     code.mkdir(exist_ok=True)
-    shutil.copy(SRC / "artifact_code" / "inference.py", code / "inference.py")
+    shutil.copy(SRC / "serving" / "artifact_code" / "inference.py", code / "inference.py")
     shutil.copy(SRC / "presets.py", code / "presets.py")
     spec = importlib.util.spec_from_file_location(name, code / "inference.py")
     module = importlib.util.module_from_spec(spec)
@@ -117,7 +117,6 @@ def test_the_toolkit_labels_the_answer_json_and_refuses_an_accept_without_it(tra
                                                                             status, content_type):
     """sagemaker_inference's Transformer.transform labels the response with the request's Accept unless output_fn
     returns (body, content type): JSON must not go out as text/csv."""
-    import io
 
     import numpy as np
     from PIL import Image

@@ -44,15 +44,15 @@ def test_training_source_requirements_are_the_constraints_versions(tmp_path):
 
 
 def test_artifact_requirements_are_the_constraints_versions(tmp_path, monkeypatch):
-    from cloudalliance import serving
+    from cloudalliance.serving import model_artifact
 
     model = tmp_path / "model"
     model.mkdir()
-    for name in (*serving.ARTIFACT_FILES, "model.onnx"):
+    for name in (*model_artifact.ARTIFACT_FILES, "model.onnx"):
         (model / name).write_text("{}")
     # the ONNX export needs a trained network; here only the archive's code/requirements.txt is under test
-    monkeypatch.setattr(serving, "export_onnx", lambda model_dir: model / "model.onnx")
-    out, _ = serving.package_model(model, tmp_path / "model.tar.gz")
+    monkeypatch.setattr(model_artifact, "export_onnx", lambda model_dir: model / "model.onnx")
+    out, _ = model_artifact.package_model(model, tmp_path / "model.tar.gz")
     with tarfile.open(out) as tar:
         text = tar.extractfile("code/requirements.txt").read().decode()
     wanted = _requirements(text)
@@ -163,7 +163,8 @@ def test_the_current_python_without_the_course_kernel(monkeypatch):
 
 
 def test_cost_estimate_is_instances_times_minutes_times_price():
-    from cloudalliance import aws, prices
+    from cloudalliance import aws
+    from cloudalliance.bench import prices
 
     rows = aws.estimate({"INSTANCE_TYPES": ["ml.m5.xlarge", "ml.g5.xlarge"], "INSTANCE_COUNT": 2,
                          "TRAINING_MINUTES": 30, "HOSTING_INSTANCE_TYPE": "ml.m5.large", "ENDPOINT_HOURS": 3,

@@ -35,13 +35,13 @@ def aws(monkeypatch, tmp_path):
 
 
 def test_model_builder_deploys_the_artifact_and_cleanup_deletes_everything(aws, tmp_path):
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy
 
     artifact = tmp_path / "model.tar.gz"
     artifact.write_bytes(b"stand-in archive")
-    uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
+    uri = deploy.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
     assert re.fullmatch(r"s3://course-data/models/run1/[0-9a-f]{16}/model\.tar\.gz", uri), uri
-    endpoint = serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False)
+    endpoint = deploy.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False)
     assert endpoint.endpoint_name == "course-ep"
     sm = aws.client("sagemaker")
     config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"])
@@ -52,18 +52,18 @@ def test_model_builder_deploys_the_artifact_and_cleanup_deletes_everything(aws, 
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
 
-    deleted = serving.delete_sagemaker_endpoint("course-ep", sm)
+    deleted = deploy.delete_sagemaker_endpoint("course-ep", sm)
     assert deleted == {"endpoint": ["course-ep"], "endpoint_config": [config["EndpointConfigName"]],
                        "model": [variant["ModelName"]]}
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
-    assert serving.delete_sagemaker_endpoint("course-ep", sm) == {"endpoint": [], "endpoint_config": [], "model": []}
+    assert deploy.delete_sagemaker_endpoint("course-ep", sm) == {"endpoint": [], "endpoint_config": [], "model": []}
 
 
 def test_deploy_needs_a_role(aws):
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy, model_artifact
 
-    with pytest.raises(serving.ServingError, match="ROLE_ARN"):
-        serving.deploy_sagemaker("s3://course-data/m.tar.gz", "", boto_session=aws)
+    with pytest.raises(model_artifact.ServingError, match="ROLE_ARN"):
+        deploy.deploy_sagemaker("s3://course-data/m.tar.gz", "", boto_session=aws)
 
 
 def test_a_rolled_back_update_keeps_the_live_model_and_says_so(aws, tmp_path):
@@ -73,12 +73,12 @@ def test_a_rolled_back_update_keeps_the_live_model_and_says_so(aws, tmp_path):
     rolled-back update does -- accepted, nothing changed.)"""
     from botocore.awsrequest import AWSResponse
 
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy, model_artifact
 
     artifact = tmp_path / "model.tar.gz"
     artifact.write_bytes(b"stand-in archive")
-    uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
-    serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
+    uri = deploy.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
+    deploy.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
     sm = aws.client("sagemaker")
     live_config = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
     live_model = sm.describe_endpoint_config(EndpointConfigName=live_config)["ProductionVariants"][0]["ModelName"]
@@ -87,8 +87,8 @@ def test_a_rolled_back_update_keeps_the_live_model_and_says_so(aws, tmp_path):
         return AWSResponse("https://sagemaker", 200, {}, None), {"EndpointArn": "arn"}
 
     aws.events.register("before-call.sagemaker.UpdateEndpoint", rolled_back)
-    with pytest.raises(serving.ServingError, match="did not take the new model") as info:
-        serving.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=True, run_id="r2")
+    with pytest.raises(model_artifact.ServingError, match="did not take the new model") as info:
+        deploy.deploy_sagemaker(uri, ROLE, "ml.c5.large", "course-ep", boto_session=aws, wait=True, run_id="r2")
     assert live_config in str(info.value)
     sm = aws.client("sagemaker")
     assert sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"] == live_config
@@ -97,16 +97,16 @@ def test_a_rolled_back_update_keeps_the_live_model_and_says_so(aws, tmp_path):
 
 
 def test_serverless_endpoint_config_and_a_kind_change_replaces_the_endpoint(aws, tmp_path):
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy
 
     artifact = tmp_path / "model.tar.gz"
     artifact.write_bytes(b"stand-in archive")
-    uri = serving.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
-    serving.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
+    uri = deploy.upload_artifact(aws.client("s3"), artifact, "s3://course-data/models/run1")
+    deploy.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1")
     sm = aws.client("sagemaker")
     first = sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"]
     # realtime -> serverless cannot be an UpdateEndpoint (AWS: "not supported"): the endpoint is replaced
-    serving.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1",
+    deploy.deploy_sagemaker(uri, ROLE, "ml.m5.large", "course-ep", boto_session=aws, wait=False, run_id="r1",
                              kind="serverless", serverless_memory_mb=3072, serverless_max_concurrency=10)
     config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="course-ep")["EndpointConfigName"])
     (variant,) = config["ProductionVariants"]
@@ -120,10 +120,10 @@ def test_serverless_endpoint_config_and_a_kind_change_replaces_the_endpoint(aws,
 
 @pytest.mark.parametrize("memory, concurrency", [(1500, 5), (2048, 0), (2048, 201), (8192, 5)])
 def test_serverless_limits_are_checked_before_anything_is_created(aws, memory, concurrency):
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy, model_artifact
 
-    with pytest.raises(serving.ServingError, match="Serverless Inference takes"):
-        serving.deploy_sagemaker("s3://course-data/m.tar.gz", ROLE, "ml.m5.large", "course-ep", boto_session=aws,
+    with pytest.raises(model_artifact.ServingError, match="Serverless Inference takes"):
+        deploy.deploy_sagemaker("s3://course-data/m.tar.gz", ROLE, "ml.m5.large", "course-ep", boto_session=aws,
                                  wait=False, kind="serverless", serverless_memory_mb=memory,
                                  serverless_max_concurrency=concurrency)
     assert aws.client("sagemaker").list_models()["Models"] == []
@@ -131,18 +131,18 @@ def test_serverless_limits_are_checked_before_anything_is_created(aws, memory, c
 
 def test_each_artifact_gets_its_own_key_so_the_live_model_keeps_its_own(aws, tmp_path):
     """A second deploy must not overwrite the object the live model (and a rollback) points at."""
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy
 
     s3 = aws.client("s3")
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
     first.write_bytes(b"first model")
     second.write_bytes(b"second model")
-    uri1 = serving.upload_artifact(s3, first, "s3://course-data/models/run1")
-    uri2 = serving.upload_artifact(s3, second, "s3://course-data/models/run1")
-    assert uri1 != uri2 and serving.upload_artifact(s3, first, "s3://course-data/models/run1") == uri1
+    uri1 = deploy.upload_artifact(s3, first, "s3://course-data/models/run1")
+    uri2 = deploy.upload_artifact(s3, second, "s3://course-data/models/run1")
+    assert uri1 != uri2 and deploy.upload_artifact(s3, first, "s3://course-data/models/run1") == uri1
     key1 = uri1.split("/", 3)[3]
     assert s3.get_object(Bucket="course-data", Key=key1)["Body"].read() == b"first model"
-    assert serving.upload_artifact(s3, first, "s3://course-data/exact/model.tar.gz") == \
+    assert deploy.upload_artifact(s3, first, "s3://course-data/exact/model.tar.gz") == \
         "s3://course-data/exact/model.tar.gz"  # a key given whole is kept
 
 
@@ -153,7 +153,7 @@ def test_a_failed_endpoint_being_deleted_is_waited_out_where_botocores_waiter_gi
     from botocore.exceptions import WaiterError
     from botocore.stub import Stubber
 
-    from cloudalliance import serving
+    from cloudalliance.serving import deploy
 
     def stubbed():
         client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
@@ -170,5 +170,5 @@ def test_a_failed_endpoint_being_deleted_is_waited_out_where_botocores_waiter_gi
     with pytest.raises(WaiterError, match="Failed"):
         client.get_waiter("endpoint_deleted").wait(EndpointName="ep", WaiterConfig={"Delay": 0, "MaxAttempts": 2})
     client, stub = stubbed()
-    serving.wait_endpoint_deleted(client, "ep", poll_s=0)
+    deploy.wait_endpoint_deleted(client, "ep", poll_s=0)
     stub.assert_no_pending_responses()

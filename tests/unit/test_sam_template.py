@@ -113,7 +113,7 @@ def test_sam_validate_lint_passes():
     (.tools/sam, `make sam`); installed here on first use."""
     import pytest
 
-    from cloudalliance import lambda_package
+    from cloudalliance.api import lambda_package
 
     try:
         sam = lambda_package.ensure_sam()

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from cloudalliance import prices
+from cloudalliance.bench import prices
 from cloudalliance.data import folders
 from cloudalliance.training import launch, results
 from cloudalliance.training import config, recipe, runtime

@@ -36,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from ..course import CourseError
     from ..data.folders import DataError
-    from ..api import ApiClientError
+    from ..api.calls import ApiClientError
     from ..aws import AwsError
     from ..training.results import LaunchError
     from ..training.models import ModelError
-    from ..serving import ServingError
+    from ..serving.model_artifact import ServingError
     from ..records import RecordError
-    from ..services import ServiceError
+    from ..local.services import ServiceError
     from ..storage import StorageError
 
     return (DataError, StorageError, ServiceError, RecordError, CourseError, LaunchError, ModelError,

@@ -10,7 +10,8 @@ from .common import _print_json, _positive_int
 
 
 def cmd_api_start(args: argparse.Namespace) -> int:
-    from ..api import IN_LAMBDA_MEMORY_MB, ROUTE, in_lambda_environment, start_local_gateway
+    from ..defaults import IN_LAMBDA_MEMORY_MB
+    from ..local.gateway import ROUTE, in_lambda_environment, start_local_gateway
 
     if args.run:
         return _serve_run(args)
@@ -24,7 +25,7 @@ def cmd_api_start(args: argparse.Namespace) -> int:
         if not args.artifact:
             raise ValueError("--mode lambda needs --package DIR (cloudalliance lambda package --platform local) "
                              "or --artifact model.tar.gz")
-        from ..lambda_package import build_package
+        from ..api.lambda_package import build_package
 
         package = build_package(args.artifact, Path(args.artifact).resolve().parent / "lambda-local",
                                 platform_name="local", make_zip=False).path
@@ -41,7 +42,9 @@ def cmd_api_start(args: argparse.Namespace) -> int:
 
 
 def _serve_run(args: argparse.Namespace) -> int:
-    from ..api import curl_command, newman_command, serve_run
+    from ..api.calls import curl_command
+    from ..api.postman import newman_command
+    from ..local.gateway import serve_run
     from ..runs import RunContext
 
     from ..course import REPO_ROOT
@@ -63,7 +66,7 @@ def _serve_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lambda_package(args: argparse.Namespace) -> int:
-    from ..lambda_package import build_package
+    from ..api.lambda_package import build_package
 
     info = build_package(args.artifact, args.out, arch=args.arch, platform_name=args.platform, python=args.python,
                          make_zip=not args.no_zip)

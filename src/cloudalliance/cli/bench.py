@@ -80,7 +80,7 @@ def cmd_bench_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_api(args: argparse.Namespace) -> int:
-    from ..loadtest import HEADER, load_record, payload_from_args, run_load
+    from ..bench.loadtest import HEADER, load_record, payload_from_args, run_load
     from ..records import write_record
 
     body, described = payload_from_args(args.payload_file, args.image, args.image_url)
@@ -100,7 +100,11 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lambda(args: argparse.Namespace) -> int:
-    from .. import api, lambda_package, serving, services
+    from ..api import calls, lambda_package
+    from ..bench import lambda_modes
+    from ..local import endpoint_server
+    from ..local import gateway as local_gateway
+    from ..local import services
     from ..records import write_record
 
     if args.runs < 1 or args.requests < 1:
@@ -115,7 +119,7 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
         load_rgb(image, 32)
     except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a file that is not an image
         raise ValueError(f"--image {args.image} is not an image the model can read ({type(exc).__name__})") from None
-    payloads = [api.image_payload(args.image)]
+    payloads = [calls.image_payload(args.image)]
     work = Path(args.out)
     started: list[str] = []
     try:
@@ -129,21 +133,21 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
                 print(f"no {arch} package: {exc}", file=sys.stderr)
         local = lambda_package.build_package(args.artifact, work / "package-local", platform_name="local",
                                              make_zip=False)
-        cold_pkg, python, described = lambda_package.cold_start_package(args.artifact, work, sizes, local)
+        cold_pkg, python, described = lambda_modes.cold_start_package(args.artifact, work, sizes, local)
         print(f"cold starts of the model in Lambda: {described}", file=sys.stderr if args.json else sys.stdout)
-        was_up = services.running(serving.ENDPOINT_SERVICE) is not None
-        endpoint = serving.ensure_local_endpoint(args.artifact, ENDPOINT_NAME)
+        was_up = services.running(endpoint_server.ENDPOINT_SERVICE) is not None
+        endpoint = endpoint_server.ensure_local_endpoint(args.artifact, ENDPOINT_NAME)
         if not was_up:
-            started.append(serving.ENDPOINT_SERVICE)
+            started.append(endpoint_server.ENDPOINT_SERVICE)
         records = []
         for mode in ("endpoint", "lambda"):
             # its own service names: the gateways a user has running are left alone
             service = f"bench-gateway-{mode}"
-            gateway = api.start_local_gateway(endpoint.endpoint_url, ENDPOINT_NAME, mode=mode, package=local.path,
+            gateway = local_gateway.start_local_gateway(endpoint.endpoint_url, ENDPOINT_NAME, mode=mode, package=local.path,
                                               service=service)
             started.append(service)
-            records.append(lambda_package.measure_mode(
-                mode, gateway.endpoint_url + api.ROUTE, image, payloads, runs=args.runs, requests=args.requests,
+            records.append(lambda_modes.measure_mode(
+                mode, gateway.endpoint_url + local_gateway.ROUTE, image, payloads, runs=args.runs, requests=args.requests,
                 package=cold_pkg, endpoint_url=endpoint.endpoint_url, packages=sizes if mode == "lambda" else (),
                 progress=not args.json, python=python, cold_start_of=described if mode == "lambda" else ""))
     finally:
@@ -152,7 +156,7 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
     if args.record_dir:
         for record in records:
             write_record(args.record_dir, record)
-    rows = lambda_package.modes_table(records)
+    rows = lambda_modes.modes_table(records)
     if args.json:
         _print_json(rows)
     else:
@@ -162,9 +166,9 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
-    from .. import bench
+    from ..bench import comparison
 
-    result = bench.compare(args.runs, out=args.out, baseline=args.baseline, force=args.force)
+    result = comparison.compare(args.runs, out=args.out, baseline=args.baseline, force=args.force)
     if result["differences"]:
         print("WARNING (--force): these runs differ, their times do not measure the machines alone:\n  "
               + "\n  ".join(result["differences"]), file=sys.stderr)

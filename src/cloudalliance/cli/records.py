@@ -31,7 +31,7 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 
 def cmd_records_pack(args: argparse.Namespace) -> int:
-    from ..bench import pack_run
+    from ..bench.comparison import pack_run
 
     path = pack_run(args.target, args.out)
     print(f"[records] packed {args.target} into {path} ({path.stat().st_size / 1024:.1f} KiB): "
@@ -40,7 +40,7 @@ def cmd_records_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from .. import services
+    from ..local import services
 
     if args.action == "stop":
         stopped = services.stop_all()

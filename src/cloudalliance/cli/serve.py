@@ -11,7 +11,7 @@ from .common import _print_json
 
 def cmd_package(args: argparse.Namespace) -> int:
     from ..presets import Preprocess
-    from ..serving import check_images, package_model
+    from ..serving.model_artifact import check_images, package_model
 
     images = None
     if args.check_data:
@@ -25,7 +25,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoint_start(args: argparse.Namespace) -> int:
-    from ..serving import ensure_local_endpoint
+    from ..local.endpoint_server import ensure_local_endpoint
 
     info = ensure_local_endpoint(args.artifact, args.name)
     if args.json:
@@ -38,7 +38,7 @@ def cmd_endpoint_start(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoint_stop(args: argparse.Namespace) -> int:
-    from ..serving import stop_local_endpoint
+    from ..local.endpoint_server import stop_local_endpoint
 
     print("endpoint stopped" if stop_local_endpoint() else "endpoint was not running")
     return 0
@@ -47,7 +47,7 @@ def cmd_endpoint_stop(args: argparse.Namespace) -> int:
 def cmd_endpoint_delete(args: argparse.Namespace) -> int:
     import boto3
 
-    from ..serving import delete_sagemaker_endpoint
+    from ..serving.deploy import delete_sagemaker_endpoint
 
     deleted = delete_sagemaker_endpoint(args.name, boto3.client("sagemaker", region_name=args.region))
     print(json.dumps(deleted) if deleted["endpoint"] else f"no endpoint named {args.name}")
@@ -55,7 +55,7 @@ def cmd_endpoint_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..api import call_api, image_payload
+    from ..api.calls import call_api, image_payload
 
     payload = {"url": args.url} if args.url else image_payload(args.file)
     reply = call_api(args.api, payload)

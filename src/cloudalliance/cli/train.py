@@ -55,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_instances(args: argparse.Namespace) -> int:
     from ..training.launch import local_profiles
-    from ..prices import TRAINING_PER_HOUR
+    from ..bench.prices import TRAINING_PER_HOUR
 
     for p in local_profiles().values():
         print(f"{p.name:<14} local  {p.description}")

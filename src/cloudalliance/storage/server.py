@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .. import services
+from ..local import services
 from ..defaults import REGION
 
 LOCAL_S3_SERVICE = "s3"

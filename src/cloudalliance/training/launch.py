@@ -73,7 +73,7 @@ def hyperparameter_flags(hyperparameters: Mapping[str, Any]) -> list[str]:
 
 
 def _free_port() -> int:
-    from ..services import free_port
+    from ..local.services import free_port
 
     return free_port()
 

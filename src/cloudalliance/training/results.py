@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import prices
+from ..bench import prices
 from ..errors import CloudallianceError
 from ..records import Record
 

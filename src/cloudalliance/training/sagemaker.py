@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import prices
+from ..bench import prices
 from ..machine import mark_start
 from .results import LaunchError, TrainingResult
 

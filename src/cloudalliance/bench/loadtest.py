@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .api import ApiClientError
+from ..api.calls import ApiClientError
 
 MAX_SECONDS = 600.0
 MAX_CONCURRENCY = 1024
@@ -257,7 +257,7 @@ def load_table(results: Sequence[LevelResult]) -> str:
 def load_record(results: Sequence[LevelResult], backend: str, api_url: str, payload: str, payload_bytes: int,
                 seconds: float, name: str = "load"):
     """The api stage's ``load`` record: one entry per concurrency level (``bench.figure_api_load`` draws it)."""
-    from .records import Record
+    from ..records import Record
 
     rows = [r.to_dict() for r in results]
     return Record(
@@ -275,7 +275,7 @@ def payload_from_args(payload_file: str | None, image: str | None, image_url: st
     """The request body and a short description of it, from exactly one of the CLI's three sources."""
     from pathlib import Path
 
-    from .api import image_payload
+    from ..api.calls import image_payload
 
     given = [x for x in (payload_file, image, image_url) if x]
     if len(given) != 1:

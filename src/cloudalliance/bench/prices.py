@@ -8,7 +8,7 @@ pass your own with ``cost(..., price_per_hour=...)``.
 
 from __future__ import annotations
 
-from .defaults import REGION as DEFAULT_REGION
+from ..defaults import REGION as DEFAULT_REGION
 
 PRICES_DATE = "2026-11-24"
 PRICES_SOURCE = ("https://aws.amazon.com/sagemaker/pricing/ (Training, Real-Time and Serverless Inference), "
