@@ -55,7 +55,7 @@ def test_missing_bucket_is_a_permanent_error(s3, synthetic_root):
 
 
 def test_unreachable_server_is_a_clear_error(synthetic_root):
-    from cloudalliance.services import free_port
+    from cloudalliance.local.services import free_port
 
     client = storage.create_s3_client("local", endpoint_url=f"http://127.0.0.1:{free_port()}", retries=1)
     with pytest.raises(StorageError, match="cannot reach the S3 endpoint"):

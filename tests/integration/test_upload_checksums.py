@@ -28,7 +28,7 @@ pytest.importorskip("flask")  # moto's server
 def moto_server():
     from moto.server import ThreadedMotoServer
 
-    from cloudalliance.services import free_port
+    from cloudalliance.local.services import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
