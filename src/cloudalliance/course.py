@@ -386,9 +386,9 @@ def _stop_aws_training(run_id: str, region: str | None) -> None:
     """Stop the run's running SageMaker training jobs after an interrupt, saying what happened (never raising: the
     interrupt is what the user asked for)."""
     try:
-        from . import aws
+        from . import aws_cleanup
 
-        for line in aws.stop_training_jobs(run_id, region=region) or ["no training job of this run was running"]:
+        for line in aws_cleanup.stop_training_jobs(run_id, region=region) or ["no training job of this run was running"]:
             print(f"[course] interrupted: {line}", flush=True)
     except Exception as exc:  # noqa: BLE001 - no credentials, no network: say so and what to run
         print(f"[course] interrupted; could not check for running training jobs ({type(exc).__name__}: {exc}): "

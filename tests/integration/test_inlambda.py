@@ -15,7 +15,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import api, cli, lambda_package, serving, services  # noqa: E402
+from cloudalliance import cli  # noqa: E402
+from cloudalliance.api import calls
+from cloudalliance.local import gateway
+from cloudalliance.api import lambda_package
+from cloudalliance.bench import lambda_modes
+from cloudalliance.local import endpoint_server
+from cloudalliance.local import services
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +35,13 @@ def gateways(tiny_artifact, local_package):
     """(endpoint-mode URL, lambda-mode URL), both allowing 127.0.0.1 image URLs; stopped by PID afterwards."""
     started = []
     try:
-        endpoint = serving.start_local_endpoint(tiny_artifact[0], endpoint_name="inlambda-test")
-        started.append(serving.ENDPOINT_SERVICE)
-        forward = api.start_local_gateway(endpoint.endpoint_url, "inlambda-test", allowed_private_hosts="127.0.0.1")
-        started.append(api.GATEWAY_SERVICE)
-        inside = api.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=local_package.path)
-        started.append(api.LAMBDA_GATEWAY_SERVICE)
-        yield forward.endpoint_url + api.ROUTE, inside.endpoint_url + api.ROUTE
+        endpoint = endpoint_server.start_local_endpoint(tiny_artifact[0], endpoint_name="inlambda-test")
+        started.append(endpoint_server.ENDPOINT_SERVICE)
+        forward = gateway.start_local_gateway(endpoint.endpoint_url, "inlambda-test", allowed_private_hosts="127.0.0.1")
+        started.append(gateway.GATEWAY_SERVICE)
+        inside = gateway.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=local_package.path)
+        started.append(gateway.LAMBDA_GATEWAY_SERVICE)
+        yield forward.endpoint_url + gateway.ROUTE, inside.endpoint_url + gateway.ROUTE
     finally:
         for name in reversed(started):
             services.stop_service(name)
@@ -43,15 +49,16 @@ def gateways(tiny_artifact, local_package):
 
 def test_local_package_layout_and_manifest(local_package, tiny_artifact):
     root = local_package.path
-    for name in ("handler.py", "handler_onnx.py", "package.json", "model/model.onnx", "model/labels.json",
-                 "model/preprocess.json", "model/code/inference.py", "model/code/presets.py"):
+    for name in ("handler.py", "guards.py", "handler_onnx.py", "package.json", "model/model.onnx",
+                 "model/labels.json", "model/preprocess.json", "model/code/inference.py", "model/code/presets.py"):
         assert (root / name).is_file(), name
     assert not (root / "model" / "model.pt").exists()  # PyTorch weights: the function runs model.onnx
     manifest = lambda_package.read_manifest(root)
     assert manifest["platform"] == "local" and manifest["handler"] == "handler_onnx.lambda_handler"
     with zipfile.ZipFile(local_package.zip_path) as zf:
         names = set(zf.namelist())
-    assert {"handler_onnx.py", "model/model.onnx"} <= names and len(names) == local_package.files
+    assert {"handler.py", "guards.py", "handler_onnx.py", "model/model.onnx"} <= names
+    assert len(names) == local_package.files
     assert local_package.unzipped_bytes == sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
@@ -60,8 +67,8 @@ def test_predictions_equal_the_endpoints_on_every_test_image(gateways, tiny_arti
     files = tiny_artifact[1]
     assert len(files) >= 12
     for path in files:
-        a = api.call_api(forward, api.image_payload(path))
-        b = api.call_api(inside, api.image_payload(path))
+        a = calls.call_api(forward, calls.image_payload(path))
+        b = calls.call_api(inside, calls.image_payload(path))
         assert a.status == b.status == 200, (path, a.body, b.body)
         assert a.body["label"] == b.body["label"] and a.body["message"] == b.body["message"]
         assert a.body["probabilities"].keys() == b.body["probabilities"].keys()
@@ -102,7 +109,7 @@ def test_the_same_request_suite_gets_the_same_answers(gateways, tiny_artifact):
         suite = _suite(images.url, jpeg)
         answers = {}
         for name, payload in suite.items():
-            a, b = api.call_api(forward, payload), api.call_api(inside, payload)
+            a, b = calls.call_api(forward, payload), calls.call_api(inside, payload)
             answers[name] = (a.status, b.status)
             assert a.status == b.status, (name, a.body, b.body)
             if a.status == 200:
@@ -126,20 +133,20 @@ def test_lambda_mode_needs_no_endpoint_and_other_methods_are_404(gateways, tiny_
             raise AssertionError("expected an HTTP error")
         except urllib.error.HTTPError as exc:
             assert exc.code == 404 and "error" in json.loads(exc.read())
-    reply = api.call_api(inside, api.image_payload(tiny_artifact[1][0]))
+    reply = calls.call_api(inside, calls.image_payload(tiny_artifact[1][0]))
     assert reply.status == 200
 
 
 def test_cold_starts_in_fresh_processes(local_package, tiny_artifact):
     image = tiny_artifact[1][0].read_bytes()
-    cold = lambda_package.measure_cold_starts(local_package.path, image, runs=2, warm=5, progress=False)
+    cold = lambda_modes.measure_cold_starts(local_package.path, image, runs=2, warm=5, progress=False)
     summary = cold.summary()
     assert summary["cold_starts"] == 2 and len(cold.warm_s) == 5
     # the parent's wall time covers the child's import and first answer, which the child timed itself
     assert all(w >= i + f for w, i, f in zip(cold.wall_s, cold.import_s, cold.first_s))
     # its own peak (VmHWM), not this test process's, which ru_maxrss would carry across fork + exec
     assert 30 < summary["peak_rss_mb"] < 400
-    assert lambda_package.recommend_memory(summary["peak_rss_mb"]) >= 1024
+    assert lambda_modes.recommend_memory(summary["peak_rss_mb"]) >= 1024
 
 
 def test_a_broken_package_fails_the_cold_start_with_its_error(local_package, tmp_path, tiny_artifact):
@@ -149,7 +156,7 @@ def test_a_broken_package_fails_the_cold_start_with_its_error(local_package, tmp
     shutil.copytree(local_package.path, broken)
     (broken / "model" / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(lambda_package.PackageError, match="failed"):
-        lambda_package.measure_cold_starts(broken, tiny_artifact[1][0].read_bytes(), runs=1, warm=0, progress=False)
+        lambda_modes.measure_cold_starts(broken, tiny_artifact[1][0].read_bytes(), runs=1, warm=0, progress=False)
 
 
 def test_the_lambda_platform_package_runs_with_only_its_own_wheels(tiny_artifact, tmp_path):
@@ -176,7 +183,7 @@ def test_the_lambda_platform_package_runs_with_only_its_own_wheels(tiny_artifact
     assert info.packages == dict(line.split("==") for line in
                                  __import__("cloudalliance.launch", fromlist=["x"]).pinned_requirements(
                                      lambda_package.RUNTIME_PACKAGES))
-    cold = lambda_package.measure_cold_starts(root, tiny_artifact[1][0].read_bytes(), runs=1, warm=3, progress=False)
+    cold = lambda_modes.measure_cold_starts(root, tiny_artifact[1][0].read_bytes(), runs=1, warm=3, progress=False)
     assert cold.isolated and len(cold.warm_s) == 3
 
 
@@ -208,7 +215,7 @@ def test_a_package_built_for_lambdas_python_is_refused_by_the_local_gateway(tmp_
     (pkg / "handler_onnx.py").write_text("")
     (pkg / "package.json").write_text(json.dumps({"platform": "lambda", "python": "2.7", "arch": "x86_64"}))
     with pytest.raises(ValueError, match="--platform local"):
-        api.start_local_gateway(mode="lambda", package=pkg)
+        gateway.start_local_gateway(mode="lambda", package=pkg)
 
 
 def test_out_that_is_not_a_package_is_refused_and_kept(tiny_artifact, tmp_path, capsys):
@@ -251,15 +258,15 @@ def test_a_form_encoded_body_over_lambdas_payload_is_a_413(gateways):
     never runs. The local gateway says so instead of answering 200."""
     _, inside = gateways
     body = json.dumps({"image": base64.b64encode(b"\xff\xd8\xff" + b"0" * 3_700_000).decode()}).encode()
-    reply = api.call_api(inside, body, content_type="application/x-www-form-urlencoded")
+    reply = calls.call_api(inside, body, content_type="application/x-www-form-urlencoded")
     assert reply.status == 413 and "6 MB" in reply.body["error"]
-    as_json = api.call_api(inside, body)
+    as_json = calls.call_api(inside, body)
     assert as_json.status != 413 or "6 MB" not in as_json.body.get("error", "")
 
 
 def test_missing_package_message_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        api.start_local_gateway(mode="lambda", package=tmp_path / "nowhere")
+        gateway.start_local_gateway(mode="lambda", package=tmp_path / "nowhere")
 
 
 # last: it replaces the module's lambda-mode gateway with one of its own
@@ -274,7 +281,7 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
     assert "not an image" in capsys.readouterr().err and not (tmp_path / "b0").exists()
     package = lambda_package.build_package(tiny_artifact[0], tmp_path / "mine", platform_name="local")
     # the default name, as `cloudalliance api start --mode lambda` starts it (this replaces the module's gateway)
-    mine = api.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=package.path)
+    mine = gateway.start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=package.path)
     try:
         records = tmp_path / "records"
         capsys.readouterr()
@@ -283,7 +290,7 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
                          "--record-dir", str(records), "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)  # --json: JSON alone on stdout, for `| jq`
         assert [row["mode"] for row in rows] == ["endpoint", "lambda"]
-        still = services.running(api.LAMBDA_GATEWAY_SERVICE)
+        still = services.running(gateway.LAMBDA_GATEWAY_SERVICE)
         assert still is not None and still.pid == mine.pid
         from cloudalliance.records import load_records
 
@@ -292,16 +299,16 @@ def test_bench_lambda_leaves_the_users_gateways_and_checks_its_input(tiny_artifa
         assert by_mode["lambda"].config["lambda_memory_mb"] >= 1024
         assert [s.name for s in services.list_services() if s.name.startswith("bench-")] == []
     finally:
-        services.stop_service(api.LAMBDA_GATEWAY_SERVICE)
+        services.stop_service(gateway.LAMBDA_GATEWAY_SERVICE)
 
 
 def test_the_gateways_thread_count_is_the_handlers_rule(local_package, monkeypatch):
     """The local gateway passes the count as a number (an older package's inference.py reads only numbers);
     it is the one handler_onnx derives in Lambda."""
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-    module = api.load_handler(Path(local_package.path) / "handler_onnx.py")
+    module = gateway.load_handler(Path(local_package.path) / "handler_onnx.py")
     for memory in (128, 1024, 1769, 3538, 5307, 10240):
-        assert api.in_lambda_environment(memory)["INFERENCE_THREADS"] == str(module.inference_threads(
+        assert gateway.in_lambda_environment(memory)["INFERENCE_THREADS"] == str(module.inference_threads(
             {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory)})), memory
 
 
@@ -321,7 +328,7 @@ def test_the_functions_threads_follow_its_memory_size(local_package, monkeypatch
     monkeypatch.delenv("INFERENCE_THREADS", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    module = api.load_handler(Path(local_package.path) / "handler_onnx.py")
+    module = gateway.load_handler(Path(local_package.path) / "handler_onnx.py")
     if "INFERENCE_THREADS" not in env or env["INFERENCE_THREADS"] == "auto":
         expected = min(expected, os.cpu_count() or 1)
     assert module.THREADS == expected
@@ -332,19 +339,19 @@ def test_the_functions_threads_follow_its_memory_size(local_package, monkeypatch
 def test_a_bad_thread_count_fails_the_init_and_says_what_to_give(local_package, monkeypatch, value):
     monkeypatch.setenv("INFERENCE_THREADS", value)
     with pytest.raises(RuntimeError, match="INFERENCE_THREADS"):
-        api.load_handler(Path(local_package.path) / "handler_onnx.py")
+        gateway.load_handler(Path(local_package.path) / "handler_onnx.py")
 
 
 def test_the_local_lambda_gateway_and_cold_starts_get_the_templates_memory():
     import re
 
-    template = (api.REPO_ROOT / "lambda" / "template.yaml").read_text()
+    template = (gateway.REPO_ROOT / "lambda" / "template.yaml").read_text()
     block = re.search(r"(?ms)^  InLambdaMemorySize:\n(.*?)\n  \w", template).group(1)
-    assert int(re.search(r"Default:\s*(\d+)", block).group(1)) == api.IN_LAMBDA_MEMORY_MB
-    assert api.in_lambda_environment() == {"INFERENCE_THREADS": "1",
-                                           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(api.IN_LAMBDA_MEMORY_MB)}
+    assert int(re.search(r"Default:\s*(\d+)", block).group(1)) == gateway.IN_LAMBDA_MEMORY_MB
+    assert gateway.in_lambda_environment() == {"INFERENCE_THREADS": "1",
+                                           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(gateway.IN_LAMBDA_MEMORY_MB)}
     with pytest.raises(ValueError, match="128 to 10,240"):
-        api.in_lambda_environment(20000)
+        gateway.in_lambda_environment(20000)
     assert cli.main(["api", "start", "--mode", "endpoint", "--endpoint-url", "http://127.0.0.1:1",
                      "--memory-mb", "2048"]) == 2
 
@@ -360,9 +367,9 @@ def test_a_package_of_an_older_artifact_still_answers(local_package, tiny_artifa
     text = code.read_text()
     assert 'return json.dumps(body), "application/json"' in text
     code.write_text(text.replace('return json.dumps(body), "application/json"', "return json.dumps(body)"))
-    module = api.load_handler(old / "handler_onnx.py")
+    module = gateway.load_handler(old / "handler_onnx.py")
     image = base64.b64encode(tiny_artifact[1][0].read_bytes()).decode()
-    event = api.http_api_event("POST", "/predict", {"content-type": "application/json"},
+    event = gateway.http_api_event("POST", "/predict", {"content-type": "application/json"},
                                json.dumps({"image": image}).encode())
-    reply = module.lambda_handler(event, api.LocalContext())
+    reply = module.lambda_handler(event, gateway.LocalContext())
     assert reply["statusCode"] == 200 and json.loads(reply["body"])["label"], reply

@@ -83,7 +83,7 @@ def _params_file(tmp_path, **params):
 
 
 def test_preflight_table_against_the_emulator(aws, tmp_path, capsys):
-    from cloudalliance import aws as backend
+    from cloudalliance import aws_preflight
     from cloudalliance.cli import main
 
     role = _role(aws)
@@ -97,7 +97,7 @@ def test_preflight_table_against_the_emulator(aws, tmp_path, capsys):
     with capsys.disabled():
         print("\n" + out)
     assert code == 0, out
-    rows = {r.check: r for r in backend.preflight({"REGION": "us-east-1", "BUCKET": "course-kms", "ROLE_ARN": role,
+    rows = {r.check: r for r in aws_preflight.preflight({"REGION": "us-east-1", "BUCKET": "course-kms", "ROLE_ARN": role,
                                                    "INSTANCE_TYPES": ["ml.m5.xlarge"]}, session=aws)}
     assert rows["credentials"].status == "ok" and ACCOUNT in rows["credentials"].detail
     assert rows["bucket"].status == "ok" and "us-east-1" in rows["bucket"].detail
@@ -314,7 +314,7 @@ def test_quotas_value_against_need_from_list_service_quotas():
     import boto3
     from botocore.stub import Stubber
 
-    from cloudalliance import aws as backend
+    from cloudalliance import aws_preflight
 
     client = boto3.client("service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
 
@@ -330,7 +330,7 @@ def test_quotas_value_against_need_from_list_service_quotas():
         stub.add_response("list_service_quotas", {"Quotas": [
             {**quota, "QuotaName": "ml.m5.xlarge for training job usage", "Value": 0.0},
             {**quota, "QuotaName": "ml.m5.large for endpoint usage", "Value": 2.0}]}, {"ServiceCode": "sagemaker"})
-        rows = {r.check: r for r in backend._quota_checks(Session(), {"ml.m5.xlarge for training job usage": 2,
+        rows = {r.check: r for r in aws_preflight._quota_checks(Session(), {"ml.m5.xlarge for training job usage": 2,
                                                                        "ml.m5.large for endpoint usage": 1,
                                                                        "ml.p5.48xlarge for training job usage": 1})}
     assert rows["quota ml.m5.xlarge for training job usage"].status == "fail"
@@ -366,7 +366,7 @@ class _WithQuotas:
 def test_quota_for_an_update_counts_the_second_fleet_and_defaults_fill_what_applied_leaves_out(aws):
     """UpdateEndpoint deploys the new config on a new fleet, then deletes the old instances (its API reference):
     a rerun of notebook 05 on a live ml.m5.large endpoint needs 2 of them at once, a quota of 1 fails."""
-    from cloudalliance import aws as backend
+    from cloudalliance import aws as backend, aws_preflight
 
     role = _role(aws)
     sm = aws.client("sagemaker")
@@ -380,7 +380,7 @@ def test_quota_for_an_update_counts_the_second_fleet_and_defaults_fill_what_appl
     session = _WithQuotas(aws, defaults={"ml.m5.large for endpoint usage": 1.0,
                                          "ml.m5.xlarge for training job usage": 2.0},
                           applied={"ml.m5.large for endpoint usage": 1.0})
-    rows = {r.check: r for r in backend.preflight(params, ("training", "endpoint"), session=session)}
+    rows = {r.check: r for r in aws_preflight.preflight(params, ("training", "endpoint"), session=session)}
     session.stub.assert_no_pending_responses()
     endpoint_quota = rows["quota ml.m5.large for endpoint usage"]
     assert endpoint_quota.status == "fail" and "2 needed" in endpoint_quota.detail, endpoint_quota
@@ -389,7 +389,7 @@ def test_quota_for_an_update_counts_the_second_fleet_and_defaults_fill_what_appl
     assert training.status == "ok" and "AWS default" in training.detail, training
     # another hosting type for the update: the live fleet holds its own type's quota, the new one needs 1
     session = _WithQuotas(aws, defaults={"ml.c5.large for endpoint usage": 1.0}, applied={})
-    rows = {r.check: r for r in backend.preflight({**params, "HOSTING_INSTANCE_TYPE": "ml.c5.large"}, ("endpoint",),
+    rows = {r.check: r for r in aws_preflight.preflight({**params, "HOSTING_INSTANCE_TYPE": "ml.c5.large"}, ("endpoint",),
                                                   session=session)}
     assert rows["quota ml.c5.large for endpoint usage"].status == "ok"
 
@@ -397,9 +397,9 @@ def test_quota_for_an_update_counts_the_second_fleet_and_defaults_fill_what_appl
 def test_a_stack_check_that_is_denied_is_not_called_free(aws):
     from botocore.stub import Stubber
 
-    from cloudalliance import aws as backend
+    from cloudalliance import aws_preflight
 
-    assert backend._stack_check(aws, "cloudalliance").detail == "cloudalliance is free"  # moto: does not exist
+    assert aws_preflight._stack_check(aws, "cloudalliance").detail == "cloudalliance is free"  # moto: does not exist
     cfn = aws.client("cloudformation")
     stub = Stubber(cfn)
     stub.add_client_error("describe_stacks", "AccessDenied", "not authorized to perform cloudformation:DescribeStacks")
@@ -409,5 +409,5 @@ def test_a_stack_check_that_is_denied_is_not_called_free(aws):
         def client(self, name, **kwargs):
             return cfn
 
-    check = backend._stack_check(Denied(), "cloudalliance")
+    check = aws_preflight._stack_check(Denied(), "cloudalliance")
     assert check.status == "warn" and "could not check" in check.detail

@@ -10,7 +10,7 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudalliance import aws
+from cloudalliance import aws, aws_cleanup, aws_preflight
 from cloudalliance.serving import model_artifact
 
 
@@ -53,7 +53,7 @@ class _Session:
 
 def test_a_role_with_the_readmes_bucket_policy_passes_the_preflight():
     iam = _FakeIam()
-    rows = {r.check: r for r in aws._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
+    rows = {r.check: r for r in aws_preflight._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
     assert rows["role on bucket"].status == "ok", rows["role on bucket"].detail
     # each action asked about the resource it applies to (asking GetObject of the bucket's ARN was the defect)
     assert set(iam.calls) == {(("s3:ListBucket",), ("arn:aws:s3:::MY-BUCKET",)),
@@ -63,7 +63,7 @@ def test_a_role_with_the_readmes_bucket_policy_passes_the_preflight():
 def test_a_role_without_write_fails_the_preflight_and_says_what():
     iam = _FakeIam()
     iam.GRANTS = {**iam.GRANTS, "s3:PutObject": "arn:aws:s3:::OTHER/*"}
-    rows = {r.check: r for r in aws._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
+    rows = {r.check: r for r in aws_preflight._role_checks(_Session(iam=iam), "arn:aws:iam::123456789012:role/r", "MY-BUCKET")}
     assert rows["role on bucket"].status == "fail" and "s3:PutObject" in rows["role on bucket"].detail
     assert "s3:GetObject" not in rows["role on bucket"].detail
 
@@ -85,7 +85,7 @@ class _FakeSageMaker:
 
 
 def test_an_endpoint_check_that_is_denied_is_not_called_free():
-    check, live = aws._endpoint_check(_Session(sagemaker=_FakeSageMaker("AccessDeniedException")), "cloudalliance", "r1")
+    check, live = aws_preflight._endpoint_check(_Session(sagemaker=_FakeSageMaker("AccessDeniedException")), "cloudalliance", "r1")
     assert live == ""
     assert check.status == "warn" and "could not check" in check.detail
 
@@ -159,13 +159,13 @@ def test_cleanup_stops_the_runs_running_training_job_and_reports_objects_it_coul
                                                    "Message": "Access Denied"}]},
                     {"Bucket": "course-data", "Delete": {"Objects": [{"Key": "models/run1/a"}, {"Key": "models/run1/b"}],
                                                          "Quiet": True}})
-    removed = aws.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True)
+    removed = aws_cleanup.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True)
     for stub in session.stubs.values():
         stub.assert_no_pending_responses()
     assert removed["training_job"] == ["mine (stopped)"]
     assert removed["s3"] == ["s3://course-data/models/run1/ (1 objects)"]
     assert removed["not_removed"] == ["s3://course-data/models/run1/: 1 objects (AccessDenied), e.g. models/run1/b"]
-    text = aws.format_removed(removed)
+    text = aws_cleanup.format_removed(removed)
     assert "removed training job: mine (stopped)" in text and "NOT removed" in text
 
 
@@ -184,7 +184,7 @@ def test_a_role_that_may_not_list_training_jobs_still_gets_its_endpoints_removed
     sm.add_response("list_endpoint_configs", {"EndpointConfigs": []}, {})
     sm.add_response("list_models", {"Models": []}, {})
     cfn.add_response("describe_stacks", {"Stacks": []}, {})
-    removed = aws.cleanup("run1", session=session)
+    removed = aws_cleanup.cleanup("run1", session=session)
     for stub in session.stubs.values():
         stub.assert_no_pending_responses()
     assert removed["endpoint"] == ["course-ep"]
@@ -214,7 +214,7 @@ def test_a_refused_step_of_cleanup_leaves_the_others_to_run_and_is_reported():
                     {"Bucket": "course-data", "Prefix": "models/run1/"})
     s3.add_response("delete_objects", {}, {"Bucket": "course-data",
                                            "Delete": {"Objects": [{"Key": "models/run1/a"}], "Quiet": True}})
-    removed = aws.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True,
+    removed = aws_cleanup.cleanup("run1", session=session, bucket="course-data", prefixes=["models/run1"], delete_data=True,
                           wait=False)
     for stub in session.stubs.values():
         stub.assert_no_pending_responses()
@@ -239,7 +239,7 @@ def test_an_interrupted_aws_course_run_stops_the_runs_training_jobs(tmp_path, mo
     sm.add_response("list_tags", {"Tags": [{"Key": aws.RUN_TAG, "Value": "r1"}]}, {"ResourceArn": arn})
     sm.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
     regions = []
-    monkeypatch.setattr(aws, "boto_session", lambda region=None: regions.append(region) or session)
+    monkeypatch.setattr(aws_cleanup, "boto_session", lambda region=None: regions.append(region) or session)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

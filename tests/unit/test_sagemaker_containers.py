@@ -163,10 +163,10 @@ def test_the_current_python_without_the_course_kernel(monkeypatch):
 
 
 def test_cost_estimate_is_instances_times_minutes_times_price():
-    from cloudalliance import aws
+    from cloudalliance import aws_preflight
     from cloudalliance.bench import prices
 
-    rows = aws.estimate({"INSTANCE_TYPES": ["ml.m5.xlarge", "ml.g5.xlarge"], "INSTANCE_COUNT": 2,
+    rows = aws_preflight.estimate({"INSTANCE_TYPES": ["ml.m5.xlarge", "ml.g5.xlarge"], "INSTANCE_COUNT": 2,
                          "TRAINING_MINUTES": 30, "HOSTING_INSTANCE_TYPE": "ml.m5.large", "ENDPOINT_HOURS": 3,
                          "EXPECTED_REQUESTS": 1_000_000})
     assert rows[0]["usd"] == pytest.approx(prices.TRAINING_PER_HOUR["ml.m5.xlarge"] * 0.5 * 2)

@@ -31,33 +31,33 @@ def _aws_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_aws_check(args: argparse.Namespace) -> int:
-    from .. import aws
+    from .. import aws_preflight
 
     params = _aws_params(args)
-    rows = aws.preflight(params, args.checks)
-    cost = aws.estimate(params)
+    rows = aws_preflight.preflight(params, args.checks)
+    cost = aws_preflight.estimate(params)
     if args.json:
-        _print_json({"checks": [r.to_dict() for r in rows], "estimated_cost": cost, "passed": aws.passed(rows)})
+        _print_json({"checks": [r.to_dict() for r in rows], "estimated_cost": cost, "passed": aws_preflight.passed(rows)})
     else:
-        print(aws.format_table(rows, cost))
-    return 0 if aws.passed(rows) else 2
+        print(aws_preflight.format_table(rows, cost))
+    return 0 if aws_preflight.passed(rows) else 2
 
 
 def cmd_aws_cleanup(args: argparse.Namespace) -> int:
-    from .. import aws
+    from .. import aws, aws_cleanup
 
     params = _aws_params(args)
     session = aws.boto_session(params.get("REGION"))
     bucket = args.bucket or params.get("BUCKET") or ""
     if args.delete_data and not bucket:
         bucket = aws.default_bucket_name(session)
-    removed = aws.cleanup(args.run, session=session, bucket=bucket,
-                          prefixes=aws.data_prefixes(args.prefix or params.get("PREFIX") or "intel", args.run),
+    removed = aws_cleanup.cleanup(args.run, session=session, bucket=bucket,
+                          prefixes=aws_cleanup.data_prefixes(args.prefix or params.get("PREFIX") or "intel", args.run),
                           delete_data=args.delete_data)
     if args.json:
         _print_json(removed)
     else:
-        print(aws.format_removed(removed))
+        print(aws_cleanup.format_removed(removed))
     return 1 if removed.get("not_removed") else 0
 
 
