@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..defaults import ENDPOINT_NAME
 from .common import _client, _print_json, _positive_int, _positive_float, _UPLOAD_TOOLS, _FITS, _add_s3_args
-from .train import _HP_FLAGS, _add_training_run_args
+from .train import _add_training_run_args, hyperparameters
 
 
 def cmd_bench_upload(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from ..training.launch import run_local
     from ..training.results import time_to_accuracy
 
-    hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k) is not None}
+    hp = hyperparameters(args)
     result = run_local(args.train_dir, args.model_dir, args.profile, hp, test_dir=args.test_dir,
                        checkpoint_dir=args.checkpoint_dir, progress=not args.json)
     summary = time_to_accuracy(result.metrics, args.target)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from .common import _print_json, _FITS
-
-
-_HP_FLAGS = ("preset", "arch", "pretrained", "epochs", "img_size", "first_epochs", "first_size", "batch_size", "lr",
-             "freeze_blocks", "ema", "seed",
-             "val_fraction", "max_train_images", "fit")
+from .common import _print_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -17,7 +13,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.results import training_record
     from ..records import write_record
 
-    hp = {k: getattr(args, k) for k in _HP_FLAGS if getattr(args, k) is not None}
+    hp = hyperparameters(args)
     result = run_local(args.train_dir, args.model_dir, args.profile, hp, test_dir=args.test_dir,
                        checkpoint_dir=args.checkpoint_dir, progress=not args.json)
     record = training_record(result)
@@ -64,33 +60,23 @@ def cmd_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def hyperparameters(args: argparse.Namespace) -> dict:
+    """The hyperparameter flags given on the command line (the others keep the preset's value)."""
+    from ..training.config import TrainConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
 def _add_training_run_args(p: argparse.ArgumentParser) -> None:
-    """Where the data and the model are, the local profile, and the hyperparameters (``_HP_FLAGS``)."""
-    from ..training.config import PRESETS
+    """Where the data and the model are, the local profile, and one flag per hyperparameter (``TrainConfig``)."""
+    from ..training.config import add_hyperparameter_flags
 
     p.add_argument("--train-dir", required=True, help="class folders (Kaggle layout, nested or flat)")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--test-dir", help="labeled folder to validate on (default: a held-out split of --train-dir)")
     p.add_argument("--profile", default="local-2cpu", help="local instance profile (cloudalliance instances)")
     p.add_argument("--checkpoint-dir", help="default: <model-dir>-checkpoints; a rerun resumes from it")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a named recipe (on 2 cores and the Intel set: fast ~3.5 min, default ~12 min, best longer); "
-                        "the flags below override it")
-    p.add_argument("--arch")
-    p.add_argument("--pretrained", choices=["auto", "yes", "no"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--first-epochs", type=int, help="of --epochs, how many run first at --first-size (0: none)")
-    p.add_argument("--first-size", type=int)
-    p.add_argument("--batch-size", type=int, help="images per step over all processes")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--freeze-blocks", type=int, help="keep the stem and the first N blocks frozen")
-    p.add_argument("--ema", type=float, help="decay of the weights' moving average (0: off)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--max-train-images", type=int)
-    p.add_argument("--fit", choices=_FITS,
-                   help="how non-square images become the model's square (training, evaluation and serving)")
+    add_hyperparameter_flags(p)
 
 
 def register(sub) -> None:

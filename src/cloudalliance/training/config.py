@@ -11,47 +11,11 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-
 from ..presets import DEFAULT_FIT, FITS
 
 
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
-
-
 CHECKPOINT_NAME = "last.pt"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    arch: str = "efficientnet_lite0"
-    pretrained: str = "auto"
-    epochs: int = 5
-    img_size: int = 192
-    first_epochs: int = 2  # the first N epochs train at first_size with their own schedule (0: one stage)
-    first_size: int = 150
-    batch_size: int = 48
-    lr: float = 2e-3
-    weight_decay: float = 0.02
-    label_smoothing: float = 0.1
-    warmup_fraction: float = 0.15
-    preset: str = "default"
-    ema: float = 0.998  # weight moving-average decay (0: off); validation and the saved model use the average
-    freeze_blocks: int = 3
-    inference_engine: str = "auto"  # runs frozen layers and validation on a CPU: auto (ONNX Runtime) | onnx | torch
-    val_fraction: float = 0.1
-    seed: int = 0
-    threads: int = 0  # 0: all cores
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (on for cuda) | on | off
-    val_checks: int = 2  # validations per epoch (the last at its end): finer learning curves, time to accuracy
-    tta: bool = True  # horizontal-flip test-time augmentation at evaluation
-    fit: str = DEFAULT_FIT  # non-square images: squash | crop | pad (presets.FITS); saved in preprocess.json
-    max_train_images: int = 0  # 0: all (for quick runs)
-    workers: int = 4  # decoding threads
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # Named recipes; flags given beside --preset override its values. Times are for 2 CPU cores with
 # the ~7,900 training images of the Intel set (see the README's training section).
@@ -62,58 +26,78 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _hp(default: Any, help: str = "", choices: Sequence[str] | None = None):
+    """A hyperparameter: its default, and its flag's help and choices."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The hyperparameters, declared once: each field is a flag of the entry script (``--img-size``, or
+    ``--img_size`` as SageMaker's drivers pass it) and of ``cloudalliance train``, and a key of ``config.json``."""
+
+    arch: str = _hp("efficientnet_lite0", "timm architecture (efficientnet_lite0 has offline weights)")
+    pretrained: str = _hp("auto", "ImageNet weights (auto: where they are installed)", ("auto", "yes", "no"))
+    epochs: int = _hp(5)
+    img_size: int = _hp(192, "image size of the model (of the last stage)")
+    first_epochs: int = _hp(2, "of --epochs, how many train first at --first-size with a schedule of their own: a "
+                               "good model early, then the rest at --img-size from it (one stage at --img-size with "
+                               "0, or where --epochs is not larger or --first-size not smaller)")
+    first_size: int = _hp(150)
+    batch_size: int = _hp(48, "images per step, over all processes together")
+    lr: float = _hp(2e-3, "peak learning rate")
+    weight_decay: float = _hp(0.02)
+    label_smoothing: float = _hp(0.1)
+    warmup_fraction: float = _hp(0.15)
+    preset: str = _hp("default", "a named recipe (on 2 cores and the Intel set: fast ~3.5 min, default ~12 min, "
+                                 "best longer); other flags override it", sorted(PRESETS))
+    ema: float = _hp(0.998, "decay of the weights' moving average used for validation and the saved model (0: off)")
+    freeze_blocks: int = _hp(3, "keep the stem and the first N blocks frozen (faster on CPU)")
+    inference_engine: str = _hp("auto", "what runs the frozen layers and validation on a CPU (auto: ONNX Runtime "
+                                        "where it can)", ("auto", "onnx", "torch"))
+    val_fraction: float = _hp(0.1, "held-out validation share when there is no test channel")
+    seed: int = _hp(0)
+    threads: int = _hp(0, "torch threads (0: all cores)")
+    device: str = _hp("auto", choices=("auto", "cpu", "cuda"))
+    amp: str = _hp("auto", "mixed precision (auto: on for cuda)", ("auto", "on", "off"))
+    val_checks: int = _hp(2, "validations per epoch, the last at its end (finer learning curves and time to accuracy)")
+    tta: bool = _hp(True, "horizontal-flip test-time augmentation at evaluation")
+    fit: str = _hp(DEFAULT_FIT, "how a non-square image becomes the model's square, in training, evaluation and "
+                                "serving alike (saved in preprocess.json)", FITS)
+    max_train_images: int = _hp(0, "train on at most this many images (0: all; for quick runs)")
+    workers: int = _hp(4, "decoding threads")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flags(name: str) -> list[str]:
+    """``--img-size`` and ``--img_size``: SageMaker's drivers pass hyperparameters with underscores."""
+    return ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
+
+
+def add_hyperparameter_flags(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """One flag per :class:`TrainConfig` field. Without ``defaults`` every flag defaults to None (not given)."""
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, f.name) if defaults else None
+        kind = type(f.default)
+        if kind is bool:  # true | false, as a SageMaker hyperparameter arrives
+            kind, default = str, None if default is None else str(default).lower()
+        choices = ["true", "false"] if isinstance(f.default, bool) else f.metadata["choices"]
+        parser.add_argument(*_flags(f.name), type=kind, default=default, choices=choices, help=f.metadata["help"])
+
+
 def build_parser(preset: str = "default") -> argparse.ArgumentParser:
+    """The entry script's flags: the hyperparameters with ``preset``'s values, and the contract's folders."""
     p = argparse.ArgumentParser(prog="cloudalliance.training", description="Train a scene classifier.")
-
-    def add(flag: str, **kwargs):
-        # SageMaker's drivers pass hyperparameters as --name_with_underscores: accept both spellings
-        underscored = "--" + flag[2:].replace("-", "_")
-        return p.add_argument(*([flag, underscored] if underscored != flag else [flag]), **kwargs)
-
-    d = dataclasses.replace(TrainConfig(), **PRESETS[preset])
-    add("--preset", default=preset, choices=sorted(PRESETS),
-        help="a named recipe (on 2 cores and the Intel set: fast ~3.5 min, default ~12 min, best longer); "
-             "other flags override it")
-    add("--arch", default=d.arch, help="timm architecture (efficientnet_lite0 has offline weights)")
-    add("--pretrained", default=d.pretrained, choices=["auto", "yes", "no"])
-    add("--epochs", type=int, default=d.epochs)
-    add("--img-size", type=int, default=d.img_size, help="image size of the model (of the last stage)")
-    add("--first-epochs", type=int, default=d.first_epochs,
-        help="of --epochs, how many train first at --first-size with a schedule of their own: a good model "
-             "early, then the rest at --img-size from it (one stage at --img-size with 0, or where --epochs "
-             "is not larger or --first-size not smaller)")
-    add("--first-size", type=int, default=d.first_size)
-    add("--batch-size", type=int, default=d.batch_size, help="images per step, over all processes together")
-    add("--lr", type=float, default=d.lr)
-    add("--weight-decay", type=float, default=d.weight_decay)
-    add("--label-smoothing", type=float, default=d.label_smoothing)
-    add("--warmup-fraction", type=float, default=d.warmup_fraction)
-    add("--ema", type=float, default=d.ema,
-        help="decay of the weights' moving average used for validation and the saved model (0: off)")
-    add("--freeze-blocks", type=int, default=d.freeze_blocks,
-                   help="keep the stem and the first N blocks frozen (faster on CPU)")
-    add("--inference-engine", default=d.inference_engine, choices=["auto", "onnx", "torch"],
-        help="what runs the frozen layers and validation on a CPU (auto: ONNX Runtime where it can)")
-    add("--val-fraction", type=float, default=d.val_fraction,
-                   help="held-out validation share when there is no test channel")
-    add("--seed", type=int, default=d.seed)
-    add("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
-    add("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    add("--amp", default=d.amp, choices=["auto", "on", "off"])
-    add("--val-checks", type=int, default=d.val_checks,
-        help="validations per epoch, the last at its end (finer learning curves and time to accuracy)")
-    add("--tta", default=str(d.tta).lower(), choices=["true", "false"])
-    add("--fit", default=d.fit, choices=list(FITS),
-        help="how a non-square image becomes the model's square, in training, evaluation and serving alike")
-    add("--max-train-images", type=int, default=d.max_train_images)
-    add("--workers", type=int, default=d.workers)
-    # the contract's folders, overridable for runs outside SageMaker
-    add("--train", default=os.environ.get("SM_CHANNEL_TRAIN"))
-    add("--test", default=os.environ.get("SM_CHANNEL_TEST"))
-    add("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
-    add("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
-    add("--checkpoint-dir", default=os.environ.get("SM_CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR))
-    add("--progress", default="true", choices=["true", "false"])
+    add_hyperparameter_flags(p, dataclasses.replace(TrainConfig(), preset=preset, **PRESETS[preset]))
+    # the folders SageMaker's contract names, overridable for runs outside SageMaker
+    for name, env, default in (("train", "SM_CHANNEL_TRAIN", None), ("test", "SM_CHANNEL_TEST", None),
+                               ("model_dir", "SM_MODEL_DIR", "/opt/ml/model"),
+                               ("output_data_dir", "SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"),
+                               ("checkpoint_dir", "SM_CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR)):
+        p.add_argument(*_flags(name), default=os.environ.get(env, default))
+    p.add_argument("--progress", default="true", choices=["true", "false"])
     return p
 
 
