@@ -128,7 +128,7 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
                           "(another account's name?): choose another BUCKET or leave it empty for "
                           "sagemaker-<region>-<account>")]
         return [Check("bucket", "warn", f"could not check s3://{bucket} ({_short(exc)})")]
-    where = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"  # S3 names us-east-1 by no constraint
+    where = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or REGION  # S3 names us-east-1 (our REGION) by no constraint
     rows = [Check("bucket", "ok" if where == region else "warn",
                   f"s3://{bucket} exists in {where}" + ("" if where == region else
                                                           f", not {region}: jobs pay cross-region transfer"))]

@@ -82,7 +82,6 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
     import uuid
 
     import boto3
-    from botocore.exceptions import ClientError
 
     from ..aws import use_region
 
@@ -95,62 +94,22 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
     from ..aws import ENDPOINT_TAG, tag_list
 
     boto_session = boto_session or boto3.Session(region_name=region)
-    if not boto_session.region_name:
-        raise ServingError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
-    if not role:
-        raise ServingError("Deploying needs ROLE_ARN: an IAM role SageMaker can assume that may read and write "
-                           "the bucket (or leave it empty on a SageMaker notebook)")
+    _check_deploy_inputs(boto_session, role, kind, serverless_memory_mb, serverless_max_concurrency)
     sm = boto_session.client("sagemaker")
     tags = tag_list(run_id or "unknown", **{ENDPOINT_TAG: endpoint_name})
-    try:
-        previous = sm.describe_endpoint(EndpointName=endpoint_name)
-    except ClientError as exc:
-        if "Could not find" not in str(exc) and "ValidationException" not in str(exc):
-            raise
-        previous = None
-    if previous is not None and previous["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating", "Deleting",
-                                                               "RollingBack"):
-        raise ServingError(f"Endpoint {endpoint_name} is {previous['EndpointStatus']}: wait for it, then run again")
-    from ..bench import prices
-
-    if kind not in ("realtime", "serverless"):
-        raise ServingError(f"Unknown endpoint kind {kind!r}: realtime or serverless")
-    if kind == "serverless" and (serverless_memory_mb not in prices.SERVERLESS_MEMORY_SIZES_MB
-                                 or not 1 <= serverless_max_concurrency <= 200):
-        raise ServingError(f"Serverless Inference takes a memory size of {prices.SERVERLESS_MEMORY_SIZES_MB} MB and "
-                           f"a max concurrency of 1-200 (got {serverless_memory_mb} MB, {serverless_max_concurrency})")
-    if previous is not None and previous["EndpointStatus"] == "InService":
-        was_serverless = any("CurrentServerlessConfig" in v for v in previous.get("ProductionVariants", []))
-        if was_serverless != (kind == "serverless"):
-            # not updatable across kinds: replaced below like a failed endpoint, and its old config and model go
-            old_config = previous["EndpointConfigName"]
-            old_models = [v["ModelName"] for v in
-                          sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]
-            sm.delete_endpoint(EndpointName=endpoint_name)
-            wait_endpoint_deleted(sm, endpoint_name)
-            sm.delete_endpoint_config(EndpointConfigName=old_config)
-            for model in old_models:
-                sm.delete_model(ModelName=model)
-            previous = None
-    if previous is not None and previous["EndpointStatus"] in ("Failed", "OutOfService"):
-        # Failed: "Endpoint could not be created, updated, or re-scaled"; OutOfService: "not available to take
-        # incoming requests" (API_EndpointSummary, EndpointStatus): nothing to keep serving, so it is replaced --
-        # deleted, then created afresh below; its old config and model stay tagged for cleanup
-        sm.delete_endpoint(EndpointName=endpoint_name)
-        wait_endpoint_deleted(sm, endpoint_name)
-        previous = None
+    previous = _endpoint_to_update(sm, endpoint_name, kind)
     # names: at most 63 characters, [a-zA-Z0-9-]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
     unique = f"{endpoint_name[:63 - len(stamp) - 1]}-{stamp}"
+    # serverless endpoints run on CPU: the CPU image whatever HOSTING_INSTANCE_TYPE says
+    image_instance = instance_type if kind == "realtime" else "ml.m5.large"
     image = image_uris.retrieve("pytorch", boto_session.region_name, version=FRAMEWORK_VERSION, py_version=PY_VERSION,
-                                # serverless endpoints run on CPU: the CPU image whatever HOSTING_INSTANCE_TYPE says
-                                instance_type=instance_type if kind == "realtime" else "ml.m5.large",
-                                image_scope="inference")
+                                instance_type=image_instance, image_scope="inference")
     builder = ModelBuilder(
         image_uri=image,
         s3_model_data_url=artifact_s3_uri,
         role_arn=role,
-        instance_type=instance_type if kind == "realtime" else "ml.m5.large",
+        instance_type=image_instance,
         sagemaker_session=Session(boto_session=boto_session),
         # TorchServe starts one worker per vCPU by default, each with its own model_fn; one ONNX Runtime thread each
         # keeps them from oversubscribing the cores (as the local endpoint does: threads = cores / workers)
@@ -171,37 +130,97 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
         # serving the old config until the new one is InService; the old config and model can then go.
         sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=unique)
     if wait:
-        from botocore.exceptions import WaiterError
-
-        try:
-            sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name,
-                                                       WaiterConfig={"Delay": 15, "MaxAttempts": 120})
-        except WaiterError as exc:
-            reason = (exc.last_response or {}).get("FailureReason", str(exc))
-            raise ServingError(f"Endpoint {endpoint_name} did not come InService with {unique}: {reason}. "
-                               + ("It still serves the previous model. " if previous is not None else "")
-                               + f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes what this "
-                               "deploy created; the endpoint's CloudWatch logs say why") from None
-    if previous is not None and wait:
-        # InService is also where a failed blue/green update ends: SageMaker rolls back and the endpoint serves the
-        # old config again (the waiter only fails on "Failed", botocore's sagemaker waiters-2.json
-        # EndpointInService). Only an endpoint that now runs the new config may lose the old one: "You must not
-        # delete an EndpointConfig in use by an endpoint that is live"
-        # (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html).
-        now = sm.describe_endpoint(EndpointName=endpoint_name)
-        if now.get("EndpointConfigName") != unique:
-            raise ServingError(f"Endpoint {endpoint_name} did not take the new model {unique}: it still serves "
-                               f"{now.get('EndpointConfigName')} ({now.get('FailureReason') or 'the update was rolled back'}). "
-                               "The previous model is kept; the endpoint's CloudWatch logs say why the new one failed. "
-                               f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes the new config and model")
-        sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
-        old_config = previous["EndpointConfigName"]
-        old_models = [v["ModelName"] for v in
-                      sm.describe_endpoint_config(EndpointConfigName=old_config).get("ProductionVariants", [])]
-        sm.delete_endpoint_config(EndpointConfigName=old_config)
-        for model in old_models:
-            sm.delete_model(ModelName=model)
+        _wait_in_service(sm, endpoint_name, unique, previous is not None, run_id)
+        if previous is not None:
+            _retire_previous(sm, previous, unique, tags, run_id)
     return Endpoint.get(endpoint_name=endpoint_name, session=boto_session, region=boto_session.region_name)
+
+
+def _check_deploy_inputs(boto_session, role: str, kind: str, memory_mb: int, max_concurrency: int) -> None:
+    from ..bench import prices
+
+    if not boto_session.region_name:
+        raise ServingError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
+    if not role:
+        raise ServingError("Deploying needs ROLE_ARN: an IAM role SageMaker can assume that may read and write "
+                           "the bucket (or leave it empty on a SageMaker notebook)")
+    if kind not in ("realtime", "serverless"):
+        raise ServingError(f"Unknown endpoint kind {kind!r}: realtime or serverless")
+    if kind == "serverless" and (memory_mb not in prices.SERVERLESS_MEMORY_SIZES_MB or not 1 <= max_concurrency <= 200):
+        raise ServingError(f"Serverless Inference takes a memory size of {prices.SERVERLESS_MEMORY_SIZES_MB} MB and "
+                           f"a max concurrency of 1-200 (got {memory_mb} MB, {max_concurrency})")
+
+
+def _endpoint_to_update(sm, endpoint_name: str, kind: str) -> dict | None:
+    """The endpoint to update in place (its description), or None when it is to be created: it does not exist,
+    it failed, or it is of the other kind (then it is deleted first)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        previous = sm.describe_endpoint(EndpointName=endpoint_name)
+    except ClientError as exc:
+        if "Could not find" not in str(exc) and "ValidationException" not in str(exc):
+            raise
+        return None
+    status = previous["EndpointStatus"]
+    if status in ("Creating", "Updating", "SystemUpdating", "Deleting", "RollingBack"):
+        raise ServingError(f"Endpoint {endpoint_name} is {status}: wait for it, then run again")
+    was_serverless = any("CurrentServerlessConfig" in v for v in previous.get("ProductionVariants", []))
+    if status == "InService" and was_serverless != (kind == "serverless"):
+        # not updatable across kinds: replaced like a failed endpoint, and its old config and model go
+        sm.delete_endpoint(EndpointName=endpoint_name)
+        wait_endpoint_deleted(sm, endpoint_name)
+        _delete_config_and_models(sm, previous["EndpointConfigName"])
+        return None
+    if status in ("Failed", "OutOfService"):
+        # Failed: "Endpoint could not be created, updated, or re-scaled"; OutOfService: "not available to take
+        # incoming requests" (API_EndpointSummary, EndpointStatus): nothing to keep serving, so it is replaced --
+        # deleted, then created afresh; its old config and model stay tagged for cleanup
+        sm.delete_endpoint(EndpointName=endpoint_name)
+        wait_endpoint_deleted(sm, endpoint_name)
+        return None
+    return previous
+
+
+def _delete_config_and_models(sm, config_name: str) -> None:
+    models = [v["ModelName"] for v in
+              sm.describe_endpoint_config(EndpointConfigName=config_name).get("ProductionVariants", [])]
+    sm.delete_endpoint_config(EndpointConfigName=config_name)
+    for model in models:
+        sm.delete_model(ModelName=model)
+
+
+def _wait_in_service(sm, endpoint_name: str, unique: str, updating: bool, run_id: str) -> None:
+    from botocore.exceptions import WaiterError
+
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name,
+                                                   WaiterConfig={"Delay": 15, "MaxAttempts": 120})
+    except WaiterError as exc:
+        reason = (exc.last_response or {}).get("FailureReason", str(exc))
+        raise ServingError(f"Endpoint {endpoint_name} did not come InService with {unique}: {reason}. "
+                           + ("It still serves the previous model. " if updating else "")
+                           + f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes what this "
+                           "deploy created; the endpoint's CloudWatch logs say why") from None
+
+
+def _retire_previous(sm, previous: dict, unique: str, tags: list, run_id: str) -> None:
+    """After an update: the old config and model go, once the endpoint runs the new config.
+
+    InService is also where a failed blue/green update ends: SageMaker rolls back and the endpoint serves the old
+    config again (the waiter only fails on "Failed", botocore's sagemaker waiters-2.json EndpointInService). Only an
+    endpoint that now runs the new config may lose the old one: "You must not delete an EndpointConfig in use by an
+    endpoint that is live" (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateEndpoint.html).
+    """
+    endpoint_name = previous["EndpointName"]
+    now = sm.describe_endpoint(EndpointName=endpoint_name)
+    if now.get("EndpointConfigName") != unique:
+        raise ServingError(f"Endpoint {endpoint_name} did not take the new model {unique}: it still serves "
+                           f"{now.get('EndpointConfigName')} ({now.get('FailureReason') or 'the update was rolled back'}). "
+                           "The previous model is kept; the endpoint's CloudWatch logs say why the new one failed. "
+                           f"`cloudalliance aws cleanup --run {run_id or 'unknown'}` removes the new config and model")
+    sm.add_tags(ResourceArn=previous["EndpointArn"], Tags=tags)  # cleanup of this run finds it
+    _delete_config_and_models(sm, previous["EndpointConfigName"])
 
 
 def delete_sagemaker_endpoint(endpoint_name: str, sagemaker_client) -> dict[str, list[str]]:

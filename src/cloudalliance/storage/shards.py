@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import functools
 import hashlib
 import os
 import shutil
@@ -128,6 +129,41 @@ def files_of(root: Path, files: list[tuple[str, int]]) -> list[LocalFile]:
     return [LocalFile(p, str(root / p), n) for p, n in files]
 
 
+def _tar_shard(tar: str, root: Path, scratch: Path, item: tuple[str, list[tuple[str, int]]]) -> dict[str, Any]:
+    """One shard written by GNU tar with deterministic options (same files, same bytes)."""
+    name, members = item
+    listing = scratch / f".{name}.list"
+    listing.write_bytes(b"\0".join(p.encode() for p, _ in members) + b"\0")
+    proc = subprocess.run([tar, "--format=gnu", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
+                           "--mode=u=rw,go=r", "--no-recursion", "--dereference", "--hard-dereference", "-C", str(root),
+                           "-cf", str(scratch / name), "--null", "-T", str(listing)], capture_output=True, text=True)
+    listing.unlink()
+    if proc.returncode != 0:
+        raise StorageError(f"tar failed for {name}: {proc.stderr.strip()[-300:]}")
+    return {"name": name, "size": (scratch / name).stat().st_size, "files": len(members),
+            "paths": [p for p, _ in members]}
+
+
+def _hash_shard(root: Path, scratch: Path, simple_headers: bool, meta: dict[str, Any], members: list[tuple[str, int]],
+                whole: bool = True) -> list[FileEntry]:
+    """Each member's MD5 read from the shard's bytes (no second pass over the files), and the
+    shard's own MD5 when ``whole`` (a fresh upload takes it from the server's ETag instead)."""
+    import mmap
+
+    with open(scratch / meta["name"], "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        view = memoryview(buf)
+        if whole:
+            meta["md5"] = hashlib.md5(view, usedforsecurity=False).hexdigest()
+        entries, offset = [], 0
+        if simple_headers:
+            for path, size in members:
+                digest = hashlib.md5(view[offset + 512: offset + 512 + size], usedforsecurity=False).hexdigest()
+                entries.append(FileEntry(path, size, digest))
+                offset += 512 + size + (-size % 512)
+        view.release()
+    return entries if simple_headers else build_manifest(root, files=files_of(root, members))
+
+
 def _shards_with_tools(client, root: Path, location: S3Location, files: list[tuple[str, int]], shard_bytes: int,
                        existing: dict[str, tuple[int, str]], bar, fresh_ok: bool = True
                        ) -> tuple[list[dict[str, Any]], list[FileEntry], int]:
@@ -151,38 +187,9 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
         return (f'cp --raw -p {part_mb} --content-type application/x-tar {meta}"{scratch / name}" '
                 f'"s3://{location.bucket}/{location.key(name)}"')
 
-    def build(item: tuple[str, list[tuple[str, int]]]) -> dict[str, Any]:
-        name, members = item
-        listing = scratch / f".{name}.list"
-        listing.write_bytes(b"\0".join(p.encode() for p, _ in members) + b"\0")
-        proc = subprocess.run([tar, "--format=gnu", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
-                               "--mode=u=rw,go=r", "--no-recursion", "--dereference", "--hard-dereference", "-C", str(root), "-cf", str(scratch / name),
-                               "--null", "-T", str(listing)], capture_output=True, text=True)
-        listing.unlink()
-        if proc.returncode != 0:
-            raise StorageError(f"tar failed for {name}: {proc.stderr.strip()[-300:]}")
-        return {"name": name, "size": (scratch / name).stat().st_size, "files": len(members),
-                "paths": [p for p, _ in members]}
-
+    build = functools.partial(_tar_shard, tar, root, scratch)
     simple_headers = all(len(p.encode()) < 100 for p, _ in files)  # one 512-byte header per member
-
-    def hash_shard(meta: dict[str, Any], members: list[tuple[str, int]], whole: bool = True) -> list[FileEntry]:
-        """Each member's MD5 read from the shard's bytes (no second pass over the files), and the
-        shard's own MD5 when ``whole`` (a fresh upload takes it from the server's ETag instead)."""
-        import mmap
-
-        with open(scratch / meta["name"], "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            view = memoryview(buf)
-            if whole:
-                meta["md5"] = hashlib.md5(view, usedforsecurity=False).hexdigest()
-            entries, offset = [], 0
-            if simple_headers:
-                for path, size in members:
-                    digest = hashlib.md5(view[offset + 512: offset + 512 + size], usedforsecurity=False).hexdigest()
-                    entries.append(FileEntry(path, size, digest))
-                    offset += 512 + size + (-size % 512)
-            view.release()
-        return entries if simple_headers else build_manifest(root, files=files_of(root, members))
+    hash_shard = functools.partial(_hash_shard, root, scratch, simple_headers)
 
     try:
         with cf.ThreadPoolExecutor(max_workers=3) as pool:
@@ -197,7 +204,7 @@ def _shards_with_tools(client, root: Path, location: S3Location, files: list[tup
                         for meta, members in zip(builders.map(build, zip(names, groups)), groups):
                             ready.put(command(meta["name"]))  # s5cmd sends it while the next ones are built
                             shards.append(meta)
-                            hashing.append(pool.submit(hash_shard, meta, members, False))
+                            hashing.append(pool.submit(hash_shard, meta, members, whole=False))
                 finally:
                     ready.put(None)
                 entries = [e for h in hashing for e in h.result()]

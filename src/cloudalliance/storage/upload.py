@@ -142,7 +142,6 @@ def upload_folder(
     trust = etags_are_md5(client, location.bucket) if existing else True
     local = list_files(root)
     count = len(local)
-    shards: list[dict[str, Any]] = []
     used = engine
     if used == "auto":
         used = "s5cmd" if s5cmd_binary() and count > 20 else "boto3"
@@ -153,20 +152,9 @@ def upload_folder(
         # Integrity: every PUT carries Content-MD5 (boto3 here, s5cmd by itself), so the server refuses
         # a body that does not match; completeness: every PUT reported done. `verify` re-checks it all.
         if mode == "shards":
-            files = [(f.path, f.size) for f in local]
             scan_seconds = time.perf_counter() - t0
-            shard_bytes = int(shard_mb * 1024 * 1024)
-            keys = [k for k in existing if k.endswith(".tar")]
-            existing = remote_md5s(client, location, existing, keys, trust, workers=max(1, min(workers, 16)))
-            if used == "s5cmd" and gnu_tar():
-                used = "gnu-tar+s5cmd"
-                shards, entries, sent = _shards_with_tools(client, root, location, files, shard_bytes, existing, bar,
-                                                          fresh_ok=trust and etags_are_md5(client, location.bucket))
-            else:
-                used = "boto3"
-                shards, entries, sent = _upload_shards(client, root, location, files, shard_bytes, workers,
-                                                       existing, bar)
-            skipped = sum(sh["files"] for sh in shards if existing.get(location.key(sh["name"])) == (sh["size"], sh["md5"]))
+            entries, shards, sent, skipped, used = _send_shards(client, root, location, local, existing, trust, used,
+                                                                 shard_mb, workers, bar)
         elif fresh:
             # A first upload into an empty prefix: s5cmd's own recursive copy (faster than a batch of
             # single copies) runs while the files are hashed for the manifest.
@@ -175,18 +163,53 @@ def upload_folder(
                 entries = build_manifest(root, files=local)
                 scan_seconds = time.perf_counter() - t0
                 copy.result()
-            sent, skipped = sum(e.size for e in entries), 0
+            shards, sent, skipped = [], sum(e.size for e in entries), 0
         else:
             entries = build_manifest(root, files=local)
             scan_seconds = time.perf_counter() - t0
-            same_size = [location.key(e.path) for e in entries if existing.get(location.key(e.path), (-1,))[0] == e.size]
-            remote = remote_md5s(client, location, existing, same_size, trust, workers=max(1, min(workers, 16)))
-            todo = [e for e in entries if remote.get(location.key(e.path)) != (e.size, e.md5)]
-            bar.update(len(entries) - len(todo))
-            put = _put_s5cmd if used == "s5cmd" else _put_boto3
-            sent = put(client, root, location, todo, workers, bar) if todo else 0
-            skipped = len(entries) - len(todo)
+            shards, (sent, skipped) = [], _send_objects(client, root, location, entries, existing, trust, used,
+                                                         workers, bar)
         uploaded = len(entries) - skipped
+    _write_manifest(client, root, location, entries, shards, mode)
+    seconds = time.perf_counter() - t0
+    return UploadResult(
+        source=str(root), location=location.uri, mode=mode, workers=workers, files=len(entries),
+        bytes=sum(e.size for e in entries), uploaded=uploaded, skipped=skipped, uploaded_bytes=sent,
+        seconds=seconds, scan_seconds=scan_seconds, engine=used, shards=len(shards),
+    )
+
+
+def _send_shards(client, root: Path, location: S3Location, local, existing, trust: bool, used: str, shard_mb: float,
+                 workers: int, bar):
+    """Shard mode: the files in tar shards, those already there (same size and MD5) skipped."""
+    files = [(f.path, f.size) for f in local]
+    shard_bytes = int(shard_mb * 1024 * 1024)
+    keys = [k for k in existing if k.endswith(".tar")]
+    existing = remote_md5s(client, location, existing, keys, trust, workers=max(1, min(workers, 16)))
+    if used == "s5cmd" and gnu_tar():
+        used = "gnu-tar+s5cmd"
+        shards, entries, sent = _shards_with_tools(client, root, location, files, shard_bytes, existing, bar,
+                                                  fresh_ok=trust and etags_are_md5(client, location.bucket))
+    else:
+        used = "boto3"
+        shards, entries, sent = _upload_shards(client, root, location, files, shard_bytes, workers, existing, bar)
+    skipped = sum(sh["files"] for sh in shards if existing.get(location.key(sh["name"])) == (sh["size"], sh["md5"]))
+    return entries, shards, sent, skipped, used
+
+
+def _send_objects(client, root: Path, location: S3Location, entries, existing, trust: bool, used: str, workers: int,
+                  bar) -> tuple[int, int]:
+    """Object mode: one PUT per file not already there with the same size and MD5; returns (bytes sent, skipped)."""
+    same_size = [location.key(e.path) for e in entries if existing.get(location.key(e.path), (-1,))[0] == e.size]
+    remote = remote_md5s(client, location, existing, same_size, trust, workers=max(1, min(workers, 16)))
+    todo = [e for e in entries if remote.get(location.key(e.path)) != (e.size, e.md5)]
+    bar.update(len(entries) - len(todo))
+    put = _put_s5cmd if used == "s5cmd" else _put_boto3
+    return (put(client, root, location, todo, workers, bar) if todo else 0), len(entries) - len(todo)
+
+
+def _write_manifest(client, root: Path, location: S3Location, entries, shards: list, mode: str) -> None:
+    """``manifest.json`` last: its presence says the upload finished."""
     doc = manifest_document(entries, str(root.resolve()), location)
     doc["mode"] = mode
     if shards:
@@ -199,12 +222,6 @@ def upload_folder(
                           Body=json.dumps(doc, separators=(",", ":")).encode(), ContentType="application/json")
     except Exception as exc:  # noqa: BLE001 - botocore errors
         raise explain(exc, location.key(MANIFEST_NAME)) from exc
-    seconds = time.perf_counter() - t0
-    return UploadResult(
-        source=str(root), location=location.uri, mode=mode, workers=workers, files=len(entries),
-        bytes=sum(e.size for e in entries), uploaded=uploaded, skipped=skipped, uploaded_bytes=sent,
-        seconds=seconds, scan_seconds=scan_seconds, engine=used, shards=len(shards),
-    )
 
 
 def upload_record(result: UploadResult, name: str | None = None, backend: str = "local", instance: str = ""):
