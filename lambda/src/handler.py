@@ -1,97 +1,46 @@
 """The API's Lambda function: an image URL or base64 image in, the predicted scene class out.
 
-API Gateway HTTP API (payload format 2.0) calls it with
-``POST /predict`` and a JSON body, either ``{"url": "https://..."}`` or
-``{"image": "<base64>"}``. It fetches the URL itself (with guards), sends the
-bytes to the SageMaker endpoint, and answers::
+API Gateway (HTTP API, payload 2.0) calls it with ``POST /predict`` and ``{"url": "https://..."}`` or
+``{"image": "<base64>"}``; :func:`handle` routes, parses, fetches, predicts and answers::
 
     200 {"label": "sea", "confidence": 0.97, "probabilities": {...}, "message": "Image predicted: sea"}
 
-Every client mistake gets a 4xx with ``{"error": "<short reason>"}``; endpoint
-trouble a 502, 503 or 504. Never a traceback.
-
-The module has two halves. The request side (:func:`handle`: parse the body,
-the image from the request with its guards, sniff it, the deadline budget and
-the mapping to responses) knows nothing of SageMaker; the "predict" backend
-(:func:`predict`: the sagemaker-runtime call) is passed to it, so another
-backend (a model inside the function) can share the request side unchanged.
-
-Deadlines: the whole request has the time the Lambda context says remains,
-less :data:`SAFETY_MARGIN_S`, so the handler always answers with its own JSON
-before the function is stopped (template.yaml: ``Timeout: 29``; API Gateway's
-HTTP API integration timeout is 30 s). The URL fetch gets at most
-``FETCH_TIMEOUT_S`` of it, in total (DNS, connect, TLS, headers, body and every
-redirect); the endpoint call gets what is left, with no retry.
-
-Environment:
-  ENDPOINT_NAME           the SageMaker endpoint (required)
-  SAGEMAKER_RUNTIME_URL   a local endpoint's URL (local course only; empty on AWS)
-  ALLOWED_PRIVATE_HOSTS   hosts or IPs that may be private/loopback (local tests only; empty on AWS)
-  MAX_IMAGE_BYTES         default 5 MiB (a base64 image is also capped at 4 MiB: Lambda's 6 MB request limit)
-  FETCH_TIMEOUT_S         default 5
+or a short ``{"error": ...}``: a 4xx for the client's mistake, 502/503/504 for the endpoint's; never a traceback.
+:func:`predict` is the SageMaker endpoint; handler_onnx.py gives :func:`make_handler` a model inside the function.
+guards.py (shipped beside this file) keeps it standing under hostile traffic: deadline, body parser, URL fetch.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import http.client
-import ipaddress
 import json
 import math
 import os
-import re
-import socket
-import ssl
+import sys
 import threading
-import time
-import urllib.parse
 
 from aws_lambda_powertools import Logger
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # Lambda puts the function's folder on sys.path; the local gateway imports this file by path
+    sys.path.insert(0, HERE)
+
+import guards  # noqa: E402 - lambda/src/guards.py: the machinery a learner may skip
+from guards import ApiError, call_within  # noqa: E402
+
 logger = Logger(service="cloudalliance-predict")
 
-MAX_REDIRECTS = 3
-MAX_URL_CHARS = 2048
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
-# Lambda's synchronous invocation payload is at most 6 MB (request and response;
-# https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html). Base64 grows data by 4/3,
-# so 4 MiB decoded is 5.33 MiB encoded, which leaves room for the JSON and the event around it.
-MAX_BASE64_IMAGE_BYTES = 4 * 1024 * 1024
-MAX_JSON_NUMBER_DIGITS = 100
-# The function's timeout is 29 s (template.yaml); answer at least this long before the context runs out.
-SAFETY_MARGIN_S = 1.0
-DEFAULT_REMAINING_S = 29.0  # when there is no Lambda context to ask
 MIN_ENDPOINT_S = 0.5  # below this there is no point in calling the endpoint
 ENDPOINT_CONNECT_TIMEOUT_S = 3.0
-IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),  # little-endian TIFF; the model's presets.IMAGE_FORMATS reads it, as the endpoint does
-    (b"MM\x00*", "image/tiff"),  # big-endian
-)
 ENDPOINT_TYPES = {"image/jpeg": "image/jpeg", "image/png": "image/png"}  # others go as application/x-image
-USAGE = 'Send {"url": "https://..."} or {"image": "<base64>"}'
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def _settings() -> dict:
     return {
         "endpoint": os.environ.get("ENDPOINT_NAME", ""),
-        "runtime_url": os.environ.get("SAGEMAKER_RUNTIME_URL", "") or None,
+        "runtime_url": os.environ.get("SAGEMAKER_RUNTIME_URL", "") or None,  # a local endpoint; empty on AWS
         "allowed": {h.strip().lower() for h in os.environ.get("ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()},
-        "max_bytes": int(os.environ.get("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))),
-        "timeout": float(os.environ.get("FETCH_TIMEOUT_S", "5")),
+        "max_bytes": int(os.environ.get("MAX_IMAGE_BYTES", str(5 * 1024 * 1024))),  # base64: at most 4 MiB
+        "timeout": float(os.environ.get("FETCH_TIMEOUT_S", "5")),  # for the whole fetch, redirects included
     }
 
 
@@ -100,489 +49,27 @@ def response(status: int, body: dict, headers: dict | None = None) -> dict:
             "body": json.dumps(body)}
 
 
-# --------------------------------------------------------------------------- deadlines
-
-
-class Budget:
-    """A deadline on the monotonic clock: ``remaining()`` seconds are left, never negative."""
-
-    def __init__(self, seconds: float):
-        self.seconds = max(0.0, seconds)
-        self.at = time.monotonic() + self.seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.at - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def within(self, seconds: float) -> "Budget":
-        """A budget of at most ``seconds`` that ends no later than this one."""
-        return Budget(min(seconds, self.remaining()))
-
-
-def request_budget(context) -> Budget:
-    """What the whole request may take: the context's remaining time less the safety margin (29 s without one)."""
-    remaining_s = DEFAULT_REMAINING_S
-    getter = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(getter):
-        try:
-            remaining_s = float(getter()) / 1000.0
-        except (TypeError, ValueError):
-            pass
-    return Budget(remaining_s - SAFETY_MARGIN_S)
-
-
-def call_within(budget: Budget, fn, *args):
-    """``fn(*args)`` in a daemon thread; its result, or ``TimeoutError`` when the budget ends first.
-
-    For calls that a socket timeout cannot bound (getaddrinfo, a server that trickles): the caller gets its
-    answer at the deadline; the abandoned thread ends with its own (bounded) timeouts.
-    """
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(budget.remaining())
-    if worker.is_alive():
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-# --------------------------------------------------------------------------- request parsing
-
-
-def _json_int(text: str) -> int:
-    # Python refuses int() of more than 4,300 digits with a ValueError (sys.set_int_max_str_digits); refuse earlier.
-    if len(text.lstrip("-")) > MAX_JSON_NUMBER_DIGITS:
-        raise ApiError(400, f"A number in the JSON has more than {MAX_JSON_NUMBER_DIGITS} digits")
-    return int(text)
-
-
-def parse_body(event: dict) -> dict:
-    """The JSON object in the body, whatever its content type (curl -d sends form-encoded JSON, base64 from AWS)."""
-    body = event.get("body")
-    if body is None or body == "":
-        raise ApiError(400, 'Send a JSON body: {"url": "https://..."} or {"image": "<base64>"}')
-    if not isinstance(body, str):
-        raise ApiError(400, "The body is not text")
-    given = event.get("headers")
-    headers = {str(k).lower(): str(v) for k, v in given.items() if v is not None} if isinstance(given, dict) else {}
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        # API Gateway hands the body over as sent; a compressed body is bytes, not JSON
-        raise ApiError(415, f"Content-Encoding {encoding} is not supported: send the JSON uncompressed")
-    if len(body) > MAX_REQUEST_BYTES * 4 // 3 + 4:
-        raise ApiError(413, f"The request is larger than {MAX_REQUEST_BYTES} bytes")
-    if event.get("isBase64Encoded"):
-        # API Gateway base64-encodes bodies it does not take for text (e.g. application/x-www-form-urlencoded)
-        # https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-develop-integrations-lambda.html
-        try:
-            body = base64.b64decode(body, validate=False).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "The body is not UTF-8 JSON") from None
-    if len(body) > MAX_REQUEST_BYTES:
-        raise ApiError(413, f"The request is larger than {MAX_REQUEST_BYTES} bytes")
-    body = body.removeprefix("\ufeff")  # a byte-order mark, as editors on Windows save JSON files (curl -d @file)
-    try:
-        # strict=False: a string may hold raw line breaks, as `base64 FILE` (76-column lines) pasted into JSON does
-        data = json.loads(body, parse_int=_json_int, strict=False)
-    except RecursionError:
-        raise ApiError(400, "The JSON is nested too deeply") from None
-    except (ValueError, TypeError):  # JSONDecodeError is a ValueError
-        raise ApiError(400, 'Malformed JSON; send {"url": "https://..."} or {"image": "<base64>"}') from None
-    if not isinstance(data, dict):
-        raise ApiError(400, 'The JSON body must be an object with "url" or "image"')
-    return data
-
-
-def sniff_image(data: bytes) -> str:
-    """The image type from the first bytes, or a 415."""
-    for signature, kind in IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return kind
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    raise ApiError(415, "That is not an image (JPEG, PNG, GIF, BMP, WebP or TIFF)")
-
-
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
-_DATA_URI = re.compile(r"data:[^,;]*(?:;[^,;]*)*;base64,", re.IGNORECASE)
-
-
-def decode_image(text: str, max_bytes: int) -> bytes:
-    """Base64 (standard or URL-safe, padded or not, wrapped or not, or a data: URI) to bytes, capped."""
-    if text[:5].lower() == "data:":
-        match = _DATA_URI.match(text[:256])
-        if not match:
-            raise ApiError(400, '"image" is a data URI without ";base64," and data')
-        text = text[match.end():]
-    limit = min(max_bytes, MAX_BASE64_IMAGE_BYTES)
-    # Line breaks (GNU base64 wraps at 76) and other white space are not data; cap before any copy of a huge string.
-    if len(text) > (limit + 2) // 3 * 4 * 80 // 76 + 16:
-        raise _too_big_for_base64(limit)
-    compact = "".join(text.split()).translate(_URLSAFE).rstrip("=")
-    if not compact:
-        raise ApiError(400, '"image" is empty')
-    if _NOT_BASE64.search(compact) or len(compact) % 4 == 1:
-        raise ApiError(400, '"image" is not valid base64')
-    if len(compact) * 3 // 4 > limit:
-        raise _too_big_for_base64(limit)
-    try:
-        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, '"image" is not valid base64') from None
-
-
-_URLSAFE = str.maketrans("-_", "+/")
-
-
-def _too_big_for_base64(limit: int) -> ApiError:
-    return ApiError(413, f"The image is larger than {limit} bytes, the most a base64 request can carry; "
-                         "send its URL instead")
-
-
-# --------------------------------------------------------------------------- the address guard
-
-# Not globally reachable, whatever this Python's ipaddress says (its is_global changed between 3.11 and 3.13;
-# IANA's special-purpose registries: https://www.iana.org/assignments/iana-ipv4-special-registry and
-# https://www.iana.org/assignments/iana-ipv6-special-registry).
-_REFUSED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
-    "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
-    "224.0.0.0/4", "240.0.0.0/4",
-    "::/96", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16",
-    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
-))
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # everything else in IPv6 is reserved or special (RFC 4291)
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
-
-
-def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 transition form reaches: mapped, compatible, 6to4, Teredo, NAT64."""
-    found = []
-    if addr.ipv4_mapped:
-        found.append(addr.ipv4_mapped)
-    if int(addr) >> 32 == 0:  # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291 2.5.5.1)
-        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
-    if addr in _SIX_TO_FOUR:
-        found.append(addr.sixtofour)
-    if addr.teredo:
-        found.extend(addr.teredo)
-    if addr in _NAT64:  # RFC 6052 well-known prefix: the IPv4 address is the last 32 bits
-        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
-    return found
-
-
-def is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Globally routable, and so is every IPv4 address it embeds."""
-    if isinstance(addr, ipaddress.IPv6Address):
-        inner = embedded_ipv4(addr)
-        if addr.ipv4_mapped:  # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket: judge that
-            return is_public(addr.ipv4_mapped)
-        if any(not is_public(v4) for v4 in inner):
-            return False
-        if addr in _NAT64:
-            return True
-        if addr not in _GLOBAL_UNICAST_V6:  # ::/8 forms (IPv4-translated ::ffff:0:a.b.c.d, ...), ULA, link-local
-            return False
-    if not addr.is_global or any(addr in net for net in _REFUSED_NETWORKS if net.version == addr.version):
-        return False
-    return True
-
-
-def check_address(host: str, ip: str, allowed: set[str]) -> None:
-    """403 unless ``ip`` is public or the host/address is explicitly allowed (local tests)."""
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    if host.lower() in allowed or str(addr) in allowed:
-        return
-    if not is_public(addr):
-        raise ApiError(403, f"URLs that point to private, loopback, link-local or other non-public addresses "
-                            f"are refused ({host})")
-
-
-def resolve(host: str, port: int, allowed: set[str], budget: Budget) -> str:
-    """Resolve ``host`` within the budget and check every address; return the one to connect to."""
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:  # no lookup for an address
-        check_address(host, str(literal), allowed)
-        return str(literal)
-    try:
-        infos = call_within(budget, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise ApiError(422, f"The URL's host {host!r} does not resolve") from None
-    addresses = [info[4][0] for info in infos]
-    if not addresses:
-        raise ApiError(422, f"The URL's host {host!r} does not resolve")
-    for ip in addresses:
-        check_address(host, ip, allowed)
-    return addresses[0]
-
-
-# --------------------------------------------------------------------------- URL fetching with guards
-
-# What browsers leave alone in a path and a query (WHATWG URL percent-encode sets); the rest is UTF-8 %XX.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
-_QUERY_SAFE = _PATH_SAFE + "?"
-
-
-class Target:
-    """One URL, checked and normalised: scheme, the ASCII (IDNA) host, port, Host header and request path."""
-
-    def __init__(self, url):
-        if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
-            raise ApiError(400, f'"url" must be a string of at most {MAX_URL_CHARS} characters')
-        try:
-            parts = urllib.parse.urlsplit(url.strip())
-            port = parts.port
-        except ValueError:  # "http://[::1", "http://[zz]", a bad port
-            raise ApiError(400, "The URL is not valid (its host or port)") from None
-        if parts.scheme not in ("http", "https"):
-            raise ApiError(400, f"Only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}")
-        if port == 0:
-            raise ApiError(400, "The URL is not valid (its host or port)")
-        if not parts.hostname:
-            raise ApiError(400, "The URL has no host")
-        if parts.username is not None or parts.password is not None:
-            raise ApiError(400, "URLs with credentials are refused")
-        self.scheme = parts.scheme
-        self.port = port or (443 if parts.scheme == "https" else 80)
-        self.host = self._ascii_host(parts.hostname, "[" in parts.netloc)
-        self.ipv6 = ":" in self.host
-        shown = f"[{self.host}]" if self.ipv6 else self.host
-        self.host_header = shown if port is None else f"{shown}:{port}"
-        try:
-            path = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
-            query = urllib.parse.quote(parts.query, safe=_QUERY_SAFE)
-        except UnicodeError:
-            raise ApiError(400, "The URL's path or query is not valid text") from None
-        self.path = path + ("?" + query if query else "")
-        self.url = url
-
-    @staticmethod
-    def _ascii_host(hostname: str, bracketed: bool) -> str:
-        if bracketed:  # an IPv6 literal (urlsplit took the brackets off and checked them)
-            try:
-                return str(ipaddress.ip_address(hostname.split("%")[0]))
-            except ValueError:  # "[v1.x]" (IPvFuture) passes urlsplit
-                raise ApiError(400, "The URL's host is not a valid address") from None
-        try:
-            # IDNA (what getaddrinfo would do), so the name that is checked is the name that is resolved and sent:
-            # "①②⑦.0.0.1" becomes "127.0.0.1". Python's codec: encodings/idna.py (nameprep, ToASCII, label lengths).
-            ascii_host = hostname.encode("idna").decode("ascii").rstrip(".").lower()
-        except UnicodeError:
-            raise ApiError(400, "The URL's host is not a valid host name") from None
-        if not ascii_host or len(ascii_host) > 253 or not re.fullmatch(r"[a-z0-9._-]+", ascii_host):
-            raise ApiError(400, "The URL's host is not a valid host name")
-        return ascii_host
-
-
-class _Watchdog:
-    """Shuts a connection's socket down when the budget ends, so no read can outlive it (reads then see EOF)."""
-
-    def __init__(self, budget: Budget):
-        self.sock: socket.socket | None = None
-        self.fired = False
-        self.timer = threading.Timer(budget.remaining(), self._fire)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        sock = self.sock
-        if sock is not None:
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the base method: for TLS sockets too
-            except OSError:
-                pass
-
-    def watch(self, sock: socket.socket) -> None:
-        self.sock = sock
-        if self.fired:
-            self._fire()
-
-    def cancel(self) -> None:
-        self.timer.cancel()
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to an address resolved and checked beforehand; its socket under a watchdog."""
-
-    def __init__(self, target: Target, ip: str, budget: Budget, watchdog: _Watchdog):
-        super().__init__(target.host, target.port, timeout=max(budget.remaining(), 0.001))
-        self._ip, self._budget, self._watchdog, self._target = ip, budget, watchdog, target
-        self.live_sock: socket.socket | None = None  # http.client drops self.sock on "Connection: close"
-
-    def _open(self) -> socket.socket:
-        sock = socket.create_connection((self._ip, self.port), max(self._budget.remaining(), 0.001))
-        self._watchdog.watch(sock)
-        return sock
-
-    def connect(self) -> None:
-        self.live_sock = self.sock = self._open()
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    """HTTPS to a checked address, with SNI and certificate checks for the host name."""
-
-    default_port = 443
-
-    def connect(self) -> None:
-        raw = self._open()
-        # The certificate is checked for the (ASCII) host name, or for the address when the URL names one.
-        try:
-            # wrap_socket takes over (detaches) the raw socket: watch the TLS socket before its handshake, so a
-            # server that trickles the handshake is cut at the deadline too.
-            sock = _tls_context().wrap_socket(raw, server_hostname=self._target.host, do_handshake_on_connect=False)
-        except BaseException:
-            raw.close()  # not yet self.sock, so close() would not reach it
-            raise
-        self._watchdog.watch(sock)
-        self.live_sock = self.sock = sock
-        sock.do_handshake()
-
-
-_TLS: list = []
-
-
-def _tls_context() -> ssl.SSLContext:
-    """One default (verifying) TLS context per process: loading the CA bundle costs milliseconds."""
-    if not _TLS:
-        _TLS.append(ssl.create_default_context())
-    return _TLS[0]
-
-
-def _redirect(url: str, location: str) -> str:
-    try:  # http.client decodes header bytes as latin-1; servers send UTF-8 locations
-        location = location.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        pass
-    return urllib.parse.urljoin(url, location.strip())
-
-
-def fetch_url(url, settings: dict, budget: Budget | None = None) -> bytes:
-    """GET an image with guards: http(s) only, public addresses only (after redirects too), size and time caps.
-
-    ``budget`` bounds the whole fetch (all redirects, DNS, connect, TLS, headers, body); ``FETCH_TIMEOUT_S`` caps it.
-    """
-    budget = (budget or Budget(settings["timeout"])).within(settings["timeout"])
-    took_too_long = ApiError(422, f"Fetching the URL took longer than {budget.seconds:.1f} s")
-    max_bytes = settings["max_bytes"]
-    watchdog = _Watchdog(budget)
-    try:
-        for _ in range(MAX_REDIRECTS + 1):
-            target = Target(url)
-            try:
-                ip = resolve(target.host, target.port, settings["allowed"], budget)
-            except TimeoutError:
-                raise took_too_long from None
-            if budget.expired():
-                raise took_too_long
-            cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-            conn = cls(target, ip, budget, watchdog)
-            try:
-                conn.request("GET", target.path, headers={"Host": target.host_header,
-                                                          "User-Agent": "cloudalliance/1", "Accept": "image/*"})
-                resp = conn.getresponse()
-                if resp.status in (301, 302, 303, 307, 308):
-                    location = resp.getheader("Location")
-                    if not location:
-                        raise ApiError(422, "The URL redirected without a Location")
-                    url = _redirect(target.url, location)
-                    continue
-                if resp.status != 200:
-                    raise ApiError(422, f"The URL answered HTTP {resp.status}")
-                kind = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
-                if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
-                    raise ApiError(415, f"The URL's content type is {kind}, not an image")
-                length = resp.getheader("Content-Length")
-                if length and length.strip().isdigit() and int(length) > max_bytes:
-                    raise ApiError(413, f"The image is larger than {max_bytes} bytes")
-                chunks, size = [], 0
-                while size <= max_bytes:
-                    if budget.expired():
-                        raise took_too_long
-                    if conn.live_sock is not None:
-                        conn.live_sock.settimeout(max(budget.remaining(), 0.001))
-                    chunk = resp.read1(65536)  # whatever one recv gives: the deadline is checked between them
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(413, f"The image is larger than {max_bytes} bytes")
-                if budget.expired():
-                    raise took_too_long
-                if resp.length:  # fewer bytes than Content-Length said: a cut image
-                    raise ApiError(422, "The URL's answer ended before its Content-Length")
-                return b"".join(chunks)
-            except ApiError:
-                raise
-            except (socket.timeout, TimeoutError):
-                raise took_too_long from None
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                if watchdog.fired or budget.expired():
-                    raise took_too_long from None
-                raise ApiError(422, f"TLS failed for the URL ({getattr(exc, 'reason', None) or 'certificate'})") \
-                    from None
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                if watchdog.fired or budget.expired():
-                    raise took_too_long from None
-                raise ApiError(422, f"The URL could not be fetched ({type(exc).__name__})") from None
-            finally:
-                conn.close()
-        raise ApiError(422, f"The URL redirected more than {MAX_REDIRECTS} times")
-    finally:
-        watchdog.cancel()
-
-
-def image_from_request(data: dict, settings: dict, budget: Budget | None = None) -> bytes:
-    if "url" in data and "image" in data:
-        raise ApiError(400, 'Send either "url" or "image", not both')
-    if "url" in data:
-        return fetch_url(data["url"], settings, budget)
-    if "image" in data:
-        if not isinstance(data["image"], str):
-            raise ApiError(400, '"image" must be a base64 string')
-        return decode_image(data["image"], settings["max_bytes"])
-    raise ApiError(400, USAGE)
-
-
-# --------------------------------------------------------------------------- the request side, for any backend
+def route(event) -> None:
+    """One route, POST on any path (the template sends /predict, /predict/endpoint and /predict/lambda here)."""
+    # Hand-written, not Powertools' APIGatewayHttpResolver: lambda/README.md ("Routing") says why.
+    if not isinstance(event, dict):
+        raise ApiError(400, "The event is not an API Gateway request")
+    http_info = (event.get("requestContext") or {}).get("http") or {}
+    if str(http_info.get("method") or "POST").upper() != "POST":
+        raise ApiError(405, "Use POST with a JSON body")
 
 
 def handle(event, context, predict) -> dict:
-    """One API Gateway (payload 2.0) event to a response, with ``predict(image, kind, settings)`` as the model.
-
-    ``settings["budget"]`` is the :class:`Budget` the backend must answer within; it raises :class:`ApiError`
-    for its own failures. Nothing a client sends reaches the last-resort 500.
-    """
+    """One payload-2.0 event to a response; ``predict(image, kind, settings)`` answers within ``settings["budget"]``
+    or raises :class:`ApiError`. Nothing a client sends reaches the last-resort 500."""
     try:
-        budget = request_budget(context)
-        if not isinstance(event, dict):
-            raise ApiError(400, "The event is not an API Gateway request")
-        http_info = (event.get("requestContext") or {}).get("http") or {}
-        method = str(http_info.get("method") or "POST").upper()
-        if method != "POST":
-            raise ApiError(405, "Use POST with a JSON body")
-        settings = _settings()
-        data = parse_body(event)
-        image = image_from_request(data, settings, budget)
-        kind = sniff_image(image)
-        settings["budget"] = budget
-        result = predict(image, kind, settings)
+        budget = guards.request_budget(context)  # what the Lambda context has left, less a safety margin
+        route(event)
+        settings = {**_settings(), "budget": budget}
+        data = guards.parse_body(event)  # parse: JSON under any content type, base64-encoded or not
+        image = guards.image_from_request(data, settings, budget)  # fetch the URL (guarded), or decode the base64
+        kind = guards.sniff_image(image)  # JPEG, PNG, GIF, BMP, WebP or TIFF, from the first bytes
+        result = predict(image, kind, settings)  # predict, within settings["budget"]
         label = result.get("label") if isinstance(result, dict) else None
         if not label or not isinstance(label, str):
             raise ApiError(502, "The model gave no label")
@@ -598,22 +85,13 @@ def handle(event, context, predict) -> dict:
         return response(500, {"error": "Internal error; it has been logged"})
 
 
-# --------------------------------------------------------------------------- the SageMaker endpoint backend
-
-
-_CLIENTS: dict = {}
-_CLIENTS_LOCK = threading.Lock()
+_CLIENTS, _CLIENTS_LOCK = {}, threading.Lock()  # sagemaker-runtime clients per (URL, read timeout)
 
 
 def runtime_client(settings: dict, read_timeout_s: float = 20):
-    """A sagemaker-runtime client with ``read_timeout_s`` rounded up to whole seconds (cached per second).
-
-    The caller waits no longer than its budget (:func:`call_within`); rounding up keeps botocore's own read
-    timeout from cutting a call that still has time, and ends an abandoned call less than 1 s after the budget.
-
-    No retries: botocore's ``total_max_attempts`` counts the first try, so 1 means none (botocore/config.py,
-    the ``retries`` parameter's docstring); a retry after a read timeout would overrun the deadline.
-    """
+    """A sagemaker-runtime client, ``read_timeout_s`` rounded up to whole seconds: the caller waits no longer than
+    its budget (:func:`call_within`). No retries: ``total_max_attempts`` counts the first try, so 1 means none
+    (botocore/config.py, ``retries`` in the docstring); a retry after a read timeout would overrun the deadline."""
     read_timeout_s = max(1, math.ceil(read_timeout_s))
     key = (settings["runtime_url"], read_timeout_s)
     with _CLIENTS_LOCK:
@@ -621,10 +99,8 @@ def runtime_client(settings: dict, read_timeout_s: float = 20):
         if client is None:
             import boto3
             from botocore.config import Config
-
-            config = Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                            connect_timeout=min(ENDPOINT_CONNECT_TIMEOUT_S, read_timeout_s),
-                            read_timeout=read_timeout_s)
+            config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=read_timeout_s,
+                            connect_timeout=min(ENDPOINT_CONNECT_TIMEOUT_S, read_timeout_s))
             kwargs = {"config": config}
             if settings["runtime_url"]:
                 kwargs.update(endpoint_url=settings["runtime_url"],
@@ -643,16 +119,12 @@ def model_refused(status) -> ApiError:
 
 
 def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
-    """A botocore error from invoke_endpoint as the API's answer.
-
-    The sagemaker-runtime service model (botocore/data/sagemaker-runtime/2017-05-13/service-2.json) lists
-    InvokeEndpoint's errors: InternalFailure (500), ServiceUnavailable (503), ValidationError (400), ModelError
-    (424, with the container's OriginalStatusCode and OriginalMessage), InternalDependencyException (530) and
-    ModelNotReadyException (429). botocore puts a modeled error's members at the top of ``exc.response``
-    (botocore/endpoint.py, ``_add_modeled_error_fields``).
-    """
-    from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
-
+    """A botocore error from invoke_endpoint as the API's answer. InvokeEndpoint's errors (the service model,
+    botocore/data/sagemaker-runtime/2017-05-13/service-2.json): InternalFailure 500, ServiceUnavailable 503,
+    ValidationError 400, ModelError 424 (with the container's OriginalStatusCode and OriginalMessage, which botocore
+    puts at the top of ``exc.response``: botocore/endpoint.py, ``_add_modeled_error_fields``),
+    InternalDependencyException 530, ModelNotReadyException 429."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
     if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
         return ApiError(504, f"The model endpoint did not answer within {waited_s:.1f} s")
     if isinstance(exc, EndpointConnectionError):
@@ -666,8 +138,7 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
         if code == "ValidationError" and ("not found" in message or "could not find" in message):
             return ApiError(503, "The model endpoint does not exist (yet)")
         if code == "ValidationError" and "oversize body" in message:
-            # Serverless Inference takes at most 4 MB: "Request <id> has oversize body."
-            # (https://github.com/aws/sagemaker-python-sdk/issues/4271)
+            # Serverless Inference's 4 MB: "Request <id> has oversize body." (aws/sagemaker-python-sdk issue #4271)
             return ApiError(413, "The image is too large for the model endpoint (Serverless Inference takes at "
                                  "most 4 MB)")
         if code == "ModelError" or original is not None:
@@ -688,10 +159,9 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
 def predict(image: bytes, kind: str, settings: dict) -> dict:
     """The SageMaker endpoint as the model: within ``settings["budget"]``, no retry."""
     from botocore.exceptions import BotoCoreError, ClientError
-
     if not settings["endpoint"]:
         raise ApiError(503, "The API has no endpoint configured (ENDPOINT_NAME)")
-    budget: Budget = settings.get("budget") or Budget(DEFAULT_REMAINING_S - SAFETY_MARGIN_S)
+    budget = settings.get("budget") or guards.request_budget(None)  # 28 s without a context
     waited = budget.remaining()
     if waited < MIN_ENDPOINT_S:
         raise ApiError(504, "No time was left to call the model endpoint")
@@ -713,19 +183,9 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
         raise ApiError(502, "The model endpoint's answer is not JSON") from None
 
 
-# --------------------------------------------------------------------------- entry points
-
-
 def make_handler(predict_fn):
-    """A Lambda entry point ``(event, context) -> response`` for a backend ``predict_fn(image, kind, settings)``.
-
-    With a Lambda context, Powertools adds the context's keys to every log line; without one (a script, a test)
-    the request is handled the same way.
-    """
-
-    @logger.inject_lambda_context(clear_state=True)
-    def logged(event, context) -> dict:
-        return handle(event, context, predict_fn)
+    """The entry point ``(event, context) -> response`` for a backend; a Lambda context's keys go in every log line."""
+    logged = logger.inject_lambda_context(lambda event, context: handle(event, context, predict_fn), clear_state=True)
 
     def entry(event, context) -> dict:
         if hasattr(context, "function_name") and hasattr(context, "aws_request_id"):

@@ -13,9 +13,9 @@ The model is loaded once per execution environment, when Lambda imports this
 module (its "init" phase), not per request.
 
 The deployment package (``cloudalliance lambda package``) puts this file,
-``handler.py``, the unpacked artifact under ``model/`` and the ONNX Runtime,
-numpy and Pillow wheels for the Lambda platform side by side; SAM's
-``Handler: handler_onnx.lambda_handler``.
+``handler.py`` and its ``guards.py``, the unpacked artifact under ``model/`` and
+the ONNX Runtime, numpy and Pillow wheels for the Lambda platform side by side;
+SAM's ``Handler: handler_onnx.lambda_handler``.
 
 Environment:
   MODEL_DIR               the unpacked artifact (default: ``model/`` next to this file)
@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # Lambda puts the function's folder on sys.path; a local gateway imports by file path
     sys.path.insert(0, HERE)
 
-import handler as request_side  # noqa: E402 - lambda/src/handler.py, shipped beside this file
+import handler as request_side  # noqa: E402 - lambda/src/handler.py (and its guards.py), shipped beside this file
 
 MODEL_DIR = os.environ.get("MODEL_DIR") or os.path.join(HERE, "model")
 

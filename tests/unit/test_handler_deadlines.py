@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudalliance import synthetic
-from cloudalliance.api import LocalContext, http_api_event, load_handler
+from cloudalliance.data import synthetic
+from cloudalliance.local.gateway import LocalContext, http_api_event, load_handler
 
 HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "src" / "handler.py"
 SLACK_S = 0.5  # the brief's tolerance: every call ends within its budget + 0.5 s
@@ -334,7 +334,7 @@ def test_endpoint_errors_map_to_statuses(handler, runtime, image_body, mode, sta
 
 
 def test_endpoint_down_is_a_503(handler, monkeypatch, image_body):
-    from cloudalliance.services import free_port
+    from cloudalliance.local.services import free_port
 
     monkeypatch.setenv("SAGEMAKER_RUNTIME_URL", f"http://127.0.0.1:{free_port()}")
     status, reply, _, _ = timed_call(handler, image_body, LocalContext())
@@ -360,8 +360,8 @@ def test_call_within_bounds_what_no_socket_timeout_can(handler):
     """getaddrinfo has no timeout of its own: the handler runs it (and the endpoint call) through call_within."""
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        handler.call_within(handler.Budget(0.3), time.sleep, 3)
+        handler.guards.call_within(handler.guards.Budget(0.3), time.sleep, 3)
     assert time.monotonic() - started < 0.3 + SLACK_S
-    assert handler.call_within(handler.Budget(1.0), sum, [1, 2]) == 3
+    assert handler.guards.call_within(handler.guards.Budget(1.0), sum, [1, 2]) == 3
     with pytest.raises(ZeroDivisionError):
-        handler.call_within(handler.Budget(1.0), divmod, 1, 0)
+        handler.guards.call_within(handler.guards.Budget(1.0), divmod, 1, 0)

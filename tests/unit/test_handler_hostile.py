@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cloudalliance import synthetic  # noqa: E402
-from cloudalliance.api import LocalContext, http_api_event, load_handler  # noqa: E402
+from cloudalliance.data import synthetic  # noqa: E402
+from cloudalliance.local.gateway import LocalContext, http_api_event, load_handler  # noqa: E402
 
 HANDLER = Path(__file__).resolve().parents[2] / "lambda" / "src" / "handler.py"
 
@@ -196,7 +196,7 @@ def test_non_public_addresses_are_refused(handler, url):
 def test_is_public_offline(handler, address, public):
     import ipaddress
 
-    assert handler.is_public(ipaddress.ip_address(address)) is public
+    assert handler.guards.is_public(ipaddress.ip_address(address)) is public
 
 
 def test_allowed_private_hosts_still_allow_local_tests(handler, monkeypatch):
@@ -227,7 +227,7 @@ def test_base64_variants_are_accepted(handler, jpeg, encode):
 
 def test_base64_is_capped_to_fit_lambdas_request_limit(handler, monkeypatch, jpeg):
     monkeypatch.setenv("MAX_IMAGE_BYTES", str(8 * 1024 * 1024))  # a URL may be larger; base64 may not
-    big = jpeg + b"\0" * (handler.MAX_BASE64_IMAGE_BYTES + 1 - len(jpeg))
+    big = jpeg + b"\0" * (handler.guards.MAX_BASE64_IMAGE_BYTES + 1 - len(jpeg))
     status, reply = call(handler, {"image": base64.b64encode(big).decode()})
     assert status == 413 and "URL" in reply["error"], reply
     fits = big[:-1]
@@ -256,9 +256,9 @@ def test_without_a_lambda_context(handler, jpeg):
     event = http_api_event("POST", "/predict", {"content-type": "application/json"},
                            json.dumps({"image": base64.b64encode(jpeg).decode()}).encode())
     assert handler.lambda_handler(event, None)["statusCode"] == 200
-    budget = handler.request_budget(None)
-    assert budget.seconds == pytest.approx(handler.DEFAULT_REMAINING_S - handler.SAFETY_MARGIN_S)
-    assert handler.request_budget(LocalContext(timeout_s=5.0)).seconds == pytest.approx(4.0, abs=0.05)
+    budget = handler.guards.request_budget(None)
+    assert budget.seconds == pytest.approx(handler.guards.DEFAULT_REMAINING_S - handler.guards.SAFETY_MARGIN_S)
+    assert handler.guards.request_budget(LocalContext(timeout_s=5.0)).seconds == pytest.approx(4.0, abs=0.05)
 
 
 def test_a_backend_that_returns_no_object_is_a_502(handler, jpeg, monkeypatch):
@@ -310,8 +310,8 @@ def test_fuzzed_urls_parse_or_get_a_4xx(handler):
     for _ in range(3000):
         url = rng.choice(prefixes) + _random_text(rng, rng.randint(0, 40))
         try:
-            target = handler.Target(url)
-        except handler.ApiError as exc:
+            target = handler.guards.Target(url)
+        except handler.guards.ApiError as exc:
             assert 400 <= exc.status < 500, (url, exc.status)
             continue
         target.path.encode("ascii")  # what http.client will send must be ASCII
@@ -341,7 +341,7 @@ def test_fuzzed_bodies_and_images_get_a_4xx(handler):
     ("http://\u2460\u2461\u2466.0.0.1/", "127.0.0.1", "127.0.0.1", "/"),
 ])
 def test_targets_are_ascii_what_is_checked_is_what_is_sent(handler, url, host, host_header, path):
-    target = handler.Target(url)
+    target = handler.guards.Target(url)
     assert (target.host, target.host_header, target.path) == (host, host_header, path)
 
 
@@ -370,7 +370,7 @@ def test_a_tiff_is_an_image_as_the_model_reads_it(handler):
         Image.new("RGB", (32, 24), (10, 120, 30)).save(buf, "TIFF", tiffinfo={}, **(
             {} if byte_order == "<" else {"big_endian": True}))
         data = buf.getvalue()
-        assert handler.sniff_image(data) == "image/tiff", data[:4]
+        assert handler.guards.sniff_image(data) == "image/tiff", data[:4]
         status, reply = call(handler, {"image": base64.b64encode(data).decode()})
         assert status == 200, reply
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudalliance.api import load_handler
+from cloudalliance.local.gateway import load_handler
 
 LAMBDA = Path(__file__).resolve().parents[2] / "lambda"
 
@@ -44,22 +44,24 @@ def test_timeout_and_handler_margin(template):
     timeout = template["Globals"]["Function"]["Timeout"]
     handler = load_handler(LAMBDA / "src" / "handler.py")
     assert timeout < 30  # API Gateway HTTP API's integration timeout is 30 s
-    assert handler.DEFAULT_REMAINING_S == timeout
-    assert 0.5 <= handler.SAFETY_MARGIN_S < timeout
+    assert handler.guards.DEFAULT_REMAINING_S == timeout
+    assert 0.5 <= handler.guards.SAFETY_MARGIN_S < timeout
     fetch_default = template["Parameters"]["FetchTimeoutSeconds"]["Default"]
-    assert fetch_default < timeout - handler.SAFETY_MARGIN_S  # leaves time for the endpoint call
+    assert fetch_default < timeout - handler.guards.SAFETY_MARGIN_S  # leaves time for the endpoint call
 
 
 def test_function_needs_nothing_but_the_runtime_and_the_layer():
-    """The handler imports only the standard library, boto3/botocore (in the runtime) and Powertools (the layer),
-    which is why ``sam deploy`` needs no ``sam build`` (lambda/README.md)."""
+    """The handler (with its guards.py, shipped beside it) imports only the standard library, boto3/botocore (in
+    the runtime) and Powertools (the layer), which is why ``sam deploy`` needs no ``sam build`` (lambda/README.md)."""
     import ast
     import sys
 
-    tree = ast.parse((LAMBDA / "src" / "handler.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    outside = {r for r in roots if r not in sys.stdlib_module_names} - {"__future__"}
+    roots = set()
+    for name in ("handler.py", "guards.py"):
+        tree = ast.parse((LAMBDA / "src" / name).read_text())
+        roots |= {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                  for alias in node.names}
+        roots |= {node.module.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    outside = {r for r in roots if r not in sys.stdlib_module_names} - {"__future__", "guards"}
     assert outside == {"boto3", "botocore", "aws_lambda_powertools"}

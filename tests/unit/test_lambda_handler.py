@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from handler_support import ImageServer, routes_for  # noqa: E402
 
-from cloudalliance import synthetic  # noqa: E402
-from cloudalliance.api import LocalContext, http_api_event, load_handler  # noqa: E402
+from cloudalliance.data import synthetic  # noqa: E402
+from cloudalliance.local.gateway import LocalContext, http_api_event, load_handler  # noqa: E402
 
 MAX = 200_000
 
@@ -125,7 +125,7 @@ def test_url_fetching_with_guards(handler, served, path, status, fragment):
 
 def test_unresolvable_and_closed_hosts(handler, monkeypatch):
     monkeypatch.setenv("ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
-    from cloudalliance.services import free_port
+    from cloudalliance.local.services import free_port
 
     assert call(handler, {"url": "http://no-such-host.invalid/a.jpg"})[0] == 422
     status, reply = call(handler, {"url": f"http://127.0.0.1:{free_port()}/a.jpg"})
