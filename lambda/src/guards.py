@@ -34,15 +34,9 @@ MAX_JSON_NUMBER_DIGITS = 100
 # The function's timeout is 29 s (template.yaml); answer at least this long before the context runs out.
 SAFETY_MARGIN_S = 1.0
 DEFAULT_REMAINING_S = 29.0  # when there is no Lambda context to ask
-IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),  # little-endian TIFF; the model's presets.IMAGE_FORMATS reads it, as the endpoint does
-    (b"MM\x00*", "image/tiff"),  # big-endian
-)
+# the model's presets.IMAGE_FORMATS reads all of these, as the endpoint does (TIFF little- and big-endian)
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
+                    (b"GIF89a", "image/gif"), (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
 USAGE = 'Send {"url": "https://..."} or {"image": "<base64>"}'
 
 
@@ -54,9 +48,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-
-
-# --------------------------------------------------------------------------- deadlines
 
 
 class Budget:
@@ -111,9 +102,6 @@ def call_within(budget: Budget, fn, *args):
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-# --------------------------------------------------------------------------- request parsing
 
 
 def _json_int(text: str) -> int:
@@ -206,8 +194,6 @@ def _too_big_for_base64(limit: int) -> ApiError:
                          "send its URL instead")
 
 
-# --------------------------------------------------------------------------- the address guard
-
 # Not globally reachable, whatever this Python's ipaddress says (its is_global changed between 3.11 and 3.13;
 # IANA's special-purpose registries: https://www.iana.org/assignments/iana-ipv4-special-registry and
 # https://www.iana.org/assignments/iana-ipv6-special-registry).
@@ -286,8 +272,6 @@ def resolve(host: str, port: int, allowed: set[str], budget: Budget) -> str:
         check_address(host, ip, allowed)
     return addresses[0]
 
-
-# --------------------------------------------------------------------------- URL fetching with guards
 
 # What browsers leave alone in a path and a query (WHATWG URL percent-encode sets); the rest is UTF-8 %XX.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
