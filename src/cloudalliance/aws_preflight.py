@@ -15,9 +15,6 @@ from .defaults import REGION
 from .aws import AwsError, CREDENTIALS_HELP, ROLE_HELP, RUN_TAG, SAM_DIR, boto_session, resolve_role
 
 
-STATUS_ORDER = ("ok", "warn", "fail", "skip")
-
-
 @dataclasses.dataclass
 class Check:
     check: str

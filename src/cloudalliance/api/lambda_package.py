@@ -113,10 +113,6 @@ class PackageInfo:
     packages: dict[str, str]
     seconds: float
 
-    @property
-    def self_contained(self) -> bool:
-        return self.platform == "lambda"
-
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["path"], d["zip_path"] = str(self.path), str(self.zip_path) if self.zip_path else None

@@ -250,10 +250,6 @@ def format_row(d: dict[str, Any]) -> str:
 HEADER = f"{'concurrency':>11} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors"
 
 
-def load_table(results: Sequence[LevelResult]) -> str:
-    return "\n".join([HEADER, *(format_row(r.to_dict()) for r in results)])
-
-
 def load_record(results: Sequence[LevelResult], backend: str, api_url: str, payload: str, payload_bytes: int,
                 seconds: float, name: str = "load"):
     """The api stage's ``load`` record: one entry per concurrency level (``bench.figure_api_load`` draws it)."""

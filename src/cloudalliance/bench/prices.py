@@ -54,7 +54,6 @@ SERVERLESS_PER_GB_SECOND = 0.0000200
 SERVERLESS_MEMORY_SIZES_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 SERVERLESS_PER_GB_DATA = 0.016
 HOURS_PER_MONTH = 730  # AWS's pricing pages price a month as 730 hours
-S3_PUT_PER_THOUSAND = 0.005
 
 # Local instance profiles cost nothing to run here; for comparison each is set
 # beside the SageMaker instance it most resembles.
