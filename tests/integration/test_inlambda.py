@@ -181,7 +181,7 @@ def test_the_lambda_platform_package_runs_with_only_its_own_wheels(tiny_artifact
     assert bool(pycs) == lambda_package.read_manifest(root)["bytecode"]
     assert not (root / "onnxruntime" / "transformers").exists() and not list(root.rglob("tests"))
     assert info.packages == dict(line.split("==") for line in
-                                 __import__("cloudalliance.launch", fromlist=["x"]).pinned_requirements(
+                                 __import__("cloudalliance.training.sagemaker", fromlist=["x"]).pinned_requirements(
                                      lambda_package.RUNTIME_PACKAGES))
     cold = lambda_modes.measure_cold_starts(root, tiny_artifact[1][0].read_bytes(), runs=1, warm=3, progress=False)
     assert cold.isolated and len(cold.warm_s) == 3

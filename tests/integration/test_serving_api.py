@@ -1,12 +1,10 @@
 """The artifact, the local endpoint and the local API gateway, for real (HTTP on 127.0.0.1)."""
 
-import base64
 import json
 import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
