@@ -293,7 +293,7 @@ def training_instances(params: Mapping[str, Any]) -> list[str]:
 
 
 def estimate(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The run's ESTIMATED cost from :mod:`cloudalliance.prices` (list prices; see its date and region)."""
+    """The run's ESTIMATED cost from :mod:`cloudalliance.bench.prices` (list prices; see its date and region)."""
     from .bench import prices
 
     count = int(params.get("INSTANCE_COUNT") or 1)

@@ -1,7 +1,7 @@
-"""The in-Lambda inference mode: its deployment package, and its cold and warm start measured.
+"""The Lambda deployment package, for the forwarding function and for the model inside the function.
 
 ``build_package`` turns ``model.tar.gz`` into what Lambda runs: ``handler.py``
-(the request side) and ``handler_onnx.py`` (the model backend) from ``lambda/src/``,
+(the request side, with ``guards.py``) and ``handler_onnx.py`` (the model backend) from ``lambda/src/``,
 the unpacked artifact under ``model/`` (``model.onnx``, labels, preprocessing,
 ``code/inference.py`` and ``code/presets.py``, so the predictions are the
 endpoint's), and, for the Lambda platform, ONNX Runtime, numpy and Pillow as
@@ -14,11 +14,7 @@ Limits (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)
 250 MB unzipped, function and layers together; 50 MB zipped for a direct
 upload (``sam deploy`` uploads through S3, where the zip may be larger).
 
-``measure_cold_starts`` is Lambda's init as this machine can see it: a fresh
-Python process (no site-packages when the package carries its own wheels, the
-Powertools package standing in for its layer) imports the handler — ONNX
-Runtime's import and the session's creation — and answers its first request;
-then the same process answers warm requests, which is the billed duration.
+Its cold and warm starts are measured in :mod:`cloudalliance.bench.lambda_modes`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """The two ways to serve behind the API, measured side by side (machinery for notebook 06's comparison): the
 model inside the Lambda function against a forwarding function and an endpoint, each cold started as Lambda
 would, their answers compared, and the memory size recommended.
+
+``measure_cold_starts`` is Lambda's init as this machine can see it: a fresh Python process (no site-packages when
+the package carries its own wheels, the Powertools package standing in for its layer) imports the handler — ONNX
+Runtime's import and the session's creation — and answers its first request; then the same process answers warm
+requests, which is the billed duration.
 """
 
 from __future__ import annotations

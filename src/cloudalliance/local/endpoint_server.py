@@ -210,7 +210,7 @@ def ensure_local_endpoint(artifact: str | os.PathLike, endpoint_name: str = ENDP
 def serve_main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="cloudalliance.serving", description="Serve an unpacked model artifact.")
+    p = argparse.ArgumentParser(prog="cloudalliance.local.endpoint_server", description="Serve an unpacked model artifact.")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--name", default=ENDPOINT_NAME)
     p.add_argument("--port", type=int, default=8080)

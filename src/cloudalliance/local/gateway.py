@@ -311,7 +311,7 @@ def serve_run(run, endpoint_name: str = ENDPOINT_NAME) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="cloudalliance.api")
+    p = argparse.ArgumentParser(prog="cloudalliance.local.gateway")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gateway", help="serve the local API gateway")
     g.add_argument("--port", type=int, default=3000)
