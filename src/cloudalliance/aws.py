@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from .errors import CloudallianceError
 
 
 RUN_TAG = "cloudalliance:run-id"
@@ -34,7 +35,7 @@ ROLE_HELP = ("set ROLE_ARN in params/aws.yaml to an IAM role that trusts sagemak
              "AmazonSageMakerFullAccess and may read and write the bucket (README, 'On AWS')")
 
 
-class AwsError(RuntimeError):
+class AwsError(CloudallianceError):
     """A setting or an account resource the aws backend cannot use, with what to do."""
 
 

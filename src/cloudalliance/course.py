@@ -35,6 +35,7 @@ import yaml
 
 from .local import services
 from .runs import RunContext, new_run_id, open_run
+from .errors import CloudallianceError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -42,8 +43,10 @@ _TOP_KEYS = {"backend", "run_id", "runs_dir", "parameters", "notebooks", "kernel
 _PARAM_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-class CourseError(RuntimeError):
+class CourseError(CloudallianceError):
     """A course run that could not start or whose notebook failed."""
+
+    exit_code = 1
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from .errors import CloudallianceError
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -29,7 +30,7 @@ BACKENDS = ("local", "aws")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class RecordError(ValueError):
+class RecordError(CloudallianceError, ValueError):
     """A record that does not follow the schema."""
 
 

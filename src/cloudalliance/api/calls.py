@@ -13,11 +13,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
+from ..errors import CloudallianceError
 
 ROUTE = "/predict"
 
 
-class ApiClientError(RuntimeError):
+class ApiClientError(CloudallianceError):
     """The API could not be reached or answered something that is not JSON."""
 
 

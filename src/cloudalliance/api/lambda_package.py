@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from ..aws import SAM_DIR
 from ..defaults import REGION
+from ..errors import CloudallianceError
 
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -92,7 +93,7 @@ TRIM_SUFFIXES = (".pyc", ".pyi", ".h", ".hpp", ".pxd", ".c", ".cpp")
 ARTIFACT_DROPPED = ("model.pt",)  # PyTorch weights: the function runs model.onnx
 
 
-class PackageError(ValueError):
+class PackageError(CloudallianceError, ValueError):
     """The package cannot be built (bad input, a wheel that does not exist, a limit passed)."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .calls import ROUTE
 from .lambda_package import REPO_ROOT
+from ..errors import CloudallianceError
 
 
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
@@ -140,7 +141,7 @@ NEWMAN_VERSION = "6.2.2"
 TOOLS_DIR = REPO_ROOT / ".tools" / "node"
 
 
-class NewmanUnavailable(RuntimeError):
+class NewmanUnavailable(CloudallianceError):
     """node/npm are not installed, or npm could not install newman."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from ..records import Record
 from .charts import UPLOAD_RECORD, _latest
+from ..errors import CloudallianceError
 
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
@@ -29,7 +30,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 PACKED = ("records", "figures")  # what `records pack` carries: no data, models or checkpoints
 
 
-class CompareError(ValueError):
+class CompareError(CloudallianceError, ValueError):
     """Runs that cannot be compared (exit 2 on the CLI)."""
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Callable
 
 from .. import __version__
+from ..errors import CloudallianceError
 from . import api, aws, bench, course, data, records, s3, serve, train
 from .common import _FITS, _UPLOAD_TOOLS
 
@@ -33,22 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from ..course import CourseError
-    from ..data.folders import DataError
-    from ..api.calls import ApiClientError
-    from ..aws import AwsError
-    from ..training.results import LaunchError
-    from ..training.models import ModelError
-    from ..serving.model_artifact import ServingError
-    from ..records import RecordError
-    from ..local.services import ServiceError
-    from ..storage import StorageError
-
-    return (DataError, StorageError, ServiceError, RecordError, CourseError, LaunchError, ModelError,
-            ServingError, ApiClientError, AwsError, FileNotFoundError, ValueError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,10 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cloudalliance records ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
-    except _known_errors() as exc:
-        from ..course import CourseError
-
+    except (CloudallianceError, FileNotFoundError, ValueError) as exc:  # each says what to do
         print(f"error: {exc}", file=sys.stderr)
-        from ..training.results import LaunchError
-
-        return 1 if isinstance(exc, (CourseError, LaunchError)) else 2
+        return getattr(exc, "exit_code", 2)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from ..errors import CloudallianceError
 
 
 
@@ -33,7 +34,7 @@ EXPECTED_SIZE = (150, 150)
 KAGGLE_DATASET = "puneet6060/intel-image-classification"
 
 
-class DataError(RuntimeError):
+class DataError(CloudallianceError):
     """A data folder that cannot be used, with what to do about it."""
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ..records import _atomic_write_text
+from ..errors import CloudallianceError
 
 
 STATE_ENV = "CLOUDALLIANCE_STATE_DIR"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(CloudallianceError):
     """A local service that could not be started, reached or stopped."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ..errors import CloudallianceError
 
 
 # code/requirements.txt of the artifact, installed by the toolkit at container start. Not numpy: the container
@@ -30,7 +31,7 @@ ARTIFACT_FILES = ("model.pt", "labels.json", "preprocess.json", "config.json", "
 CODE_DIR = Path(__file__).resolve().parent / "artifact_code"
 
 
-class ServingError(RuntimeError):
+class ServingError(CloudallianceError):
     """An artifact or endpoint problem, with what to do."""
 
 

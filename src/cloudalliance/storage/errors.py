@@ -1,6 +1,7 @@
 """What goes wrong with S3 and what to do about it: :class:`StorageError`, the permanent error codes."""
 
 from __future__ import annotations
+from ..errors import CloudallianceError
 
 
 # Errors that retrying cannot fix: stop and say what to do.
@@ -14,7 +15,7 @@ PERMANENT_ERRORS = {
 }
 
 
-class StorageError(RuntimeError):
+class StorageError(CloudallianceError):
     """An S3 problem with a message that says what to do."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from ..errors import CloudallianceError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ WEIGHTS_NORMALIZATION = {arch: ((127 / 255,) * 3, (128 / 255,) * 3) for arch in 
 PRETRAINED_CHOICES = ("auto", "yes", "no")
 
 
-class ModelError(RuntimeError):
+class ModelError(CloudallianceError):
     """An architecture or weights that cannot be used, with what to do."""
 
 
