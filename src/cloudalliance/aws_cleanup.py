@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping
 
 from .aws import AwsError, CREDENTIALS_HELP, ENDPOINT_TAG, RUN_TAG, boto_session
 from .aws_preflight import _error_code, _short
+from .runs import RunContext
 
 
 def _tagged(sm, arn: str, run_id: str) -> bool:
@@ -165,7 +166,7 @@ def _delete_objects(s3, bucket: str, prefixes: Iterable[str], removed: dict, not
 
 def data_prefixes(prefix: str, run_id: str) -> list[str]:
     """What a run wrote to S3: the data set (and the tools' comparison copies), the model, the checkpoints."""
-    return [prefix, f"{prefix}-compare", f"models/{run_id}", f"checkpoints/{run_id}"]
+    return [prefix, f"{prefix}-compare", *RunContext.s3_prefixes(run_id)]
 
 
 def format_removed(removed: Mapping[str, list[str]]) -> str:

@@ -61,6 +61,18 @@ class RunContext:
     def data_dir(self) -> Path:
         return self.path / "data"
 
+    # The run in S3, beside the data set's prefix: training jobs' output and the endpoint's artifact under models/,
+    # spot checkpoints under checkpoints/ (cleanup removes both)
+    @staticmethod
+    def s3_prefixes(run_id: str) -> tuple[str, str]:
+        return f"models/{run_id}", f"checkpoints/{run_id}"
+
+    def s3_models(self, bucket: str) -> str:
+        return f"s3://{bucket}/{self.s3_prefixes(self.run_id)[0]}"
+
+    def s3_checkpoints(self, bucket: str) -> str:
+        return f"s3://{bucket}/{self.s3_prefixes(self.run_id)[1]}"
+
     def write_record(self, record: _records.Record) -> Path:
         if record.backend != self.backend:
             record.backend = self.backend

@@ -181,13 +181,13 @@ def train_instance(backend: str, instance: str, run, data_root: str | os.PathLik
             raise LaunchError(f"The aws backend needs ROLE_ARN: {exc}") from None
         result = run_sagemaker(train_loc.uri, model_dir, instance, role, hyperparameters, test_s3_uri=test_loc.uri,
                                region=region, use_spot=use_spot, instance_count=instance_count,
-                               output_path=f"s3://{location.bucket}/models/{run.run_id}/training",
+                               output_path=f"{run.s3_models(location.bucket)}/training",
                                # one prefix per job: SageMaker restores a spot job's checkpoints from it within the
                                # job, while a rerun of the notebook starts afresh instead of "resuming" a finished
                                # run after its last epoch (a job that trains nothing and still bills)
-                               checkpoint_s3_uri=f"s3://{location.bucket}/checkpoints/{run.run_id}/{instance}/"
+                               checkpoint_s3_uri=f"{run.s3_checkpoints(location.bucket)}/{instance}/"
                                                  f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
-                               staging_s3_uri=f"s3://{location.bucket}/models/{run.run_id}",
+                               staging_s3_uri=run.s3_models(location.bucket),
                                boto_session=session, run_id=run.run_id)
     else:
         raise LaunchError(f"Unknown backend {backend!r}; choose one of: local, aws")
