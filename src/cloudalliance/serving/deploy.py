@@ -1,10 +1,10 @@
 """A SageMaker endpoint with SDK v3: the artifact uploaded to S3, the model, the endpoint configuration and the
-endpoint (``deploy_sagemaker``), a call to it through ``sagemaker-runtime`` (``invoke``), and its deletion.
+endpoint (``deploy_sagemaker``), the ``sagemaker-runtime`` client that calls it (notebook 05 shows
+``invoke_endpoint``), and its deletion.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -26,12 +26,6 @@ def runtime_client(endpoint_url: str | None = None, region: str | None = None):
     else:
         kwargs["region_name"] = region
     return boto3.client("sagemaker-runtime", **kwargs)
-
-
-def invoke(client, endpoint_name: str, image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
-    response = client.invoke_endpoint(EndpointName=endpoint_name, Body=image, ContentType=content_type,
-                                      Accept="application/json")
-    return json.loads(response["Body"].read())
 
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch inference container
