@@ -58,3 +58,35 @@ def test_each_notebook_checks_something(notebook):
     """nbval runs every cell; a cell of asserts is what makes a notebook able to fail on a wrong result."""
     asserts = [n for c in _code(notebook) for n in ast.walk(ast.parse("".join(c["source"]))) if isinstance(n, ast.Assert)]
     assert len(asserts) >= 2
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python_blocks(notebook: str) -> list[str]:
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("notebook,source", [
+    ("03_training.ipynb", "src/cloudalliance/training/sagemaker.py"),
+    ("05_deployment.ipynb", "src/cloudalliance/serving/deploy.py"),
+    ("06_lambda_api.ipynb", "lambda/src/handler.py"),
+])
+def test_the_calls_a_notebook_shows_are_the_ones_the_library_makes(notebook, source):
+    """The SDK and handler calls shown in a notebook's text name only classes, functions and arguments that the code
+    behind it really uses (a shown call cannot drift from the one that runs)."""
+    import re
+
+    blocks = _python_blocks(notebook)
+    assert blocks, f"{notebook} shows the calls it teaches"
+    code = (ROOT / source).read_text()
+    if source.endswith("handler.py"):
+        code += (ROOT / "lambda" / "src" / "guards.py").read_text()
+    names = set()
+    for block in blocks:
+        names |= set(re.findall(r"\b([A-Za-z_]\w*)\(", block)) | set(re.findall(r"\b([A-Za-z_]\w*)=(?!=)", block))
+    ignored = {"dict", "json", "f", "print", "range", "len", "str"}
+    missing = sorted(n for n in names - ignored if not re.search(rf"\b{re.escape(n)}\b", code))
+    assert not missing, f"{notebook} shows {missing}, which {source} does not use"
