@@ -8,7 +8,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def guide_rows():
     text = (ROOT / "README.md").read_text()
-    guide = text[text.index("### Reading the code"):text.index("### Data\n")]
+    start = text.index("### Reading the code\n")
+    body = text.index("\n", start)
+    end = body + re.search(r"^#{1,3} ", text[body:], re.M).start()  # the guide ends at the next heading
+    guide = text[start:end]
     rows = [line for line in guide.splitlines() if re.match(r"\| 0\d \|", line)]
     assert len(rows) == 7, "one row per notebook"
     return rows

@@ -159,7 +159,8 @@ def test_every_role_hint_asks_for_read_and_write_on_the_bucket():
 
     root = TEMPLATE.parents[1]
     assert "read and write the bucket" in aws.ROLE_HELP
-    for path in [root / "README.md", root / "params" / "aws.yaml", *sorted((root / "src").rglob("*.py")),
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "params" / "aws.yaml",
+                 *sorted((root / "src").rglob("*.py")),
                  *sorted((root / "notebooks").glob("*.ipynb"))]:
         text = " ".join(path.read_text().split())
         for phrase in ("read access to the bucket", "may read the bucket", "can read the bucket"):
