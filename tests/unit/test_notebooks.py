@@ -54,10 +54,11 @@ def test_runs_on_the_python3_kernel(notebook):
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_each_notebook_checks_something(notebook):
-    """nbval runs every cell; a cell of asserts is what makes a notebook able to fail on a wrong result."""
+def test_each_notebook_keeps_one_short_check(notebook):
+    """One visible check per notebook makes nbval able to fail on a wrong result; the rest are out of the lessons,
+    in tests/integration/test_course_results.py, which asserts on what a course run recorded."""
     asserts = [n for c in _code(notebook) for n in ast.walk(ast.parse("".join(c["source"]))) if isinstance(n, ast.Assert)]
-    assert len(asserts) >= 2
+    assert len(asserts) == 1
 
 
 ROOT = Path(__file__).resolve().parents[2]

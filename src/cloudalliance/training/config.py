@@ -18,7 +18,7 @@ DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 CHECKPOINT_NAME = "last.pt"
 
 # Named recipes; flags given beside --preset override its values. Times are for 2 CPU cores with
-# the ~7,900 training images of the Intel set (see the README's training section).
+# the ~7,900 training images of the Intel set (docs/measurements.md, "Training").
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # TrainConfig's: 2 epochs at 150 px (= fast), then 3 at 192 px; first 3 blocks frozen
     "fast": {"img_size": 150, "epochs": 2, "first_epochs": 0},
