@@ -22,6 +22,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+# the layer a learner may skip; cloudalliance.services is where it lived before the stage packages (--root of an
+# older checkout)
 MACHINERY = ("cloudalliance.local", "lambda.guards", "cloudalliance.storage.server", "cloudalliance.services")
 
 

@@ -145,7 +145,7 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
             if str(original) in ("413", "415", "400", "422"):
                 return model_refused(original)
             return ApiError(502, f"The model failed (HTTP {original or status})")
-        # The local endpoint (cloudalliance.serving) answers its container's status without an error code.
+        # The local endpoint (cloudalliance.local.endpoint_server) answers its container's status without an error code.
         if status in (413, 415):
             return model_refused(status)
         if status == 404:

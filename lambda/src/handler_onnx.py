@@ -52,7 +52,7 @@ def inference_threads(env=None) -> int:
     """ONNX Runtime's thread count: ``INFERENCE_THREADS`` when it is a number (0: ONNX Runtime's default), else
     the whole vCPUs that ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` (set by Lambda) buys, at least 1 and at most the
     cores this process sees; outside Lambda, without that variable, 0. (The local gateway passes the same count
-    as a number: ``cloudalliance.api.in_lambda_environment``.)"""
+    as a number: ``cloudalliance.local.gateway.in_lambda_environment``.)"""
     env = os.environ if env is None else env
     given = (env.get("INFERENCE_THREADS") or "auto").strip().lower()
     if given != "auto":

@@ -115,7 +115,7 @@ def test_train_instance_passes_instance_count_and_the_run(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setattr(launch, "run_sagemaker", fake_run_sagemaker)
     with pytest.raises(launch.LaunchError, match="stop here"):
-        launch.train_instance("aws", "ml.m5.xlarge", open_run("r9", tmp_path), tmp_path, {}, location="s3://b/p",
+        launch.train_instance("aws", "ml.m5.xlarge", open_run("r9", tmp_path), {}, location="s3://b/p",
                               role=ROLE, region="us-east-1", instance_count=3)
     assert seen["instance_count"] == 3 and seen["run_id"] == "r9"
     assert seen["output_path"] == "s3://b/models/r9/training"

@@ -80,7 +80,7 @@ def test_aws_backend_needs_a_role(tmp_path):
     from cloudalliance.runs import open_run
 
     with pytest.raises(launch.LaunchError, match="needs ROLE_ARN"):
-        launch.train_instance("aws", "ml.m5.xlarge", open_run("r", tmp_path), tmp_path, {},
+        launch.train_instance("aws", "ml.m5.xlarge", open_run("r", tmp_path), {},
                               location="s3://b/p", role="")
 
 

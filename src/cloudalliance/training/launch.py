@@ -143,9 +143,8 @@ def run_local(train_dir: str | os.PathLike, model_dir: str | os.PathLike, profil
     return TrainingResult(profile, "local", model_dir, metrics, config, wall)
 
 
-def train_instance(backend: str, instance: str, run, data_root: str | os.PathLike,
-                   hyperparameters: Mapping[str, Any], *, s3=None, location=None, role: str = "",
-                   region: str | None = None, use_spot: bool = False, progress: bool = True,
+def train_instance(backend: str, instance: str, run, hyperparameters: Mapping[str, Any], *, s3=None, location=None,
+                   role: str = "", region: str | None = None, use_spot: bool = False, progress: bool = True,
                    instance_count: int = 1):
     """What notebook 03 runs for one instance type: the channel from S3, training, the record.
 

@@ -94,7 +94,7 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     With more than one process in all (instances x GPUs per instance), SDK v3's ``Torchrun`` driver starts
     one process per GPU on every instance (sagemaker/train/distributed.py:113, ``Torchrun``; without it the
     basic script driver runs one process per host) and torchrun sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``,
-    which the script reads (training.py ``dist_from_env``).
+    which the script reads (``runtime.dist_from_env``).
 
     ``staging_s3_uri`` (``s3://bucket/prefix``): where the SDK uploads the source code. Without it the SDK uses
     the session's default bucket, ``sagemaker-<region>-<account>``, creating it if needed

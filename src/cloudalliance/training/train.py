@@ -17,7 +17,7 @@ The model folder gets ``model.pt``, ``labels.json``, ``preprocess.json``,
 ``config.json`` (the resolved configuration) and ``metrics.json`` (per epoch).
 
 :func:`run` reads top to bottom: the training set in one call into the data layer
-(:func:`cloudalliance.data.prepare_training_data`), the model and its recipe
+(:func:`cloudalliance.data.training_set.prepare_training_data`), the model and its recipe
 (:func:`create_recipe`: frozen trunk, optimizer, loss, weight average; one
 :func:`start_stage` per stage of :func:`stages`), :func:`resume` from a checkpoint,
 then per epoch :func:`train_one_epoch`, :func:`evaluate` and a checkpoint, and the
