@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from .defaults import REGION
 from .aws import AwsError, CREDENTIALS_HELP, ROLE_HELP, RUN_TAG, SAM_DIR, boto_session, resolve_role
+from .bench import prices
 
 
 @dataclasses.dataclass
@@ -294,7 +295,6 @@ def training_instances(params: Mapping[str, Any]) -> list[str]:
 
 def estimate(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The run's ESTIMATED cost from :mod:`cloudalliance.bench.prices` (list prices; see its date and region)."""
-    from .bench import prices
 
     count = int(params.get("INSTANCE_COUNT") or 1)
     return prices.estimate_run([(i, count) for i in training_instances(params)],
@@ -313,7 +313,6 @@ def format_table(rows: Iterable[Check], cost: list[dict[str, Any]] | None = None
     lines = [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  ------"]
     lines += [f"{r.check:<{width}}  {r.status:<6}  {r.detail}" for r in rows]
     if cost is not None:
-        from .bench import prices
 
         lines += ["", f"ESTIMATED COST (list prices, {prices.REGION}, {prices.PRICES_DATE}; check before you rely on it)"]
         total = 0.0

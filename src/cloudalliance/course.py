@@ -36,6 +36,7 @@ import yaml
 from .local import services
 from .runs import RunContext, new_run_id, open_run
 from .errors import CloudallianceError
+from . import aws_cleanup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -389,7 +390,6 @@ def _stop_aws_training(run_id: str, region: str | None) -> None:
     """Stop the run's running SageMaker training jobs after an interrupt, saying what happened (never raising: the
     interrupt is what the user asked for)."""
     try:
-        from . import aws_cleanup
 
         for line in aws_cleanup.stop_training_jobs(run_id, region=region) or ["no training job of this run was running"]:
             print(f"[course] interrupted: {line}", flush=True)

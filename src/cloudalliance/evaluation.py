@@ -15,6 +15,12 @@ import numpy as np
 
 from .presets import Preprocess
 from .stats import format_accuracy, wilson_interval
+from .data.folders import load_image_folder, resolve_split
+from .data.training_set import decode_images, usable_files
+from .presets import FITS, _to_rgb, fit_square
+from .records import Record
+from .training.onnxrt import onnx_copy_or_none
+from .training.recipe import predict
 
 
 @dataclasses.dataclass
@@ -148,9 +154,6 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
 
     ``engine``: on a CPU, ``auto`` scores with ONNX Runtime (an export of the same weights, several
     times faster than PyTorch there) where it can; ``torch`` keeps PyTorch; ``onnx`` insists."""
-    from .data.training_set import decode_images, usable_files
-    from .data.folders import load_image_folder, resolve_split
-    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -168,7 +171,6 @@ def evaluate(model_dir: str | os.PathLike, data_dir: str | os.PathLike, split: s
     images = decode_images(files, prep.size, workers, progress, "decoding", prep.fit, prep.interpolation)
     decode_seconds = time.perf_counter() - t0
     use_tta = loaded.config.get("tta", True) if tta is None else tta
-    from .training.onnxrt import onnx_copy_or_none
 
     scorer = onnx_copy_or_none(loaded.model, loaded.preprocess.size, engine, dev.type) or loaded.model
     preds = predict(scorer, images, loaded.preprocess, dev, batch_size, use_tta, progress=progress)
@@ -201,11 +203,6 @@ def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspe
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .data.folders import load_image_folder
-    from .data.training_set import usable_files
-    from .training.onnxrt import onnx_copy_or_none
-    from .presets import FITS, _to_rgb, fit_square
-    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -237,9 +234,6 @@ def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspe
 def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limit: int = 0, device: str = "auto",
                    progress: bool = False) -> list[dict[str, Any]]:
     """Predictions for unlabeled images (``seg_pred``): file, label, confidence."""
-    from .data.training_set import decode_images
-    from .data.folders import load_image_folder
-    from .training.recipe import predict
 
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
@@ -254,7 +248,6 @@ def predict_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, limi
 
 def evaluation_record(result: EvaluationResult, name: str, model_dir: str, data_dir: str, backend: str = "local",
                       instance: str = ""):
-    from .records import Record
 
     d = result.to_dict()
     return Record(

@@ -19,7 +19,9 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
 from .errors import CloudallianceError
+from . import machine as _machine
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -32,7 +34,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class RecordError(CloudallianceError, ValueError):
     """A record that does not follow the schema."""
-
 
 @dataclasses.dataclass
 class Record:
@@ -60,7 +61,6 @@ class Record:
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        from . import machine as _machine
 
         if self.machine is None:
             self.machine = _machine.machine_block()

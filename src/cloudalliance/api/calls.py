@@ -13,14 +13,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
+
 from ..errors import CloudallianceError
+from ..bench import prices
+from ..records import Record
 
 ROUTE = "/predict"
 
 
 class ApiClientError(CloudallianceError):
     """The API could not be reached or answered something that is not JSON."""
-
 
 @dataclasses.dataclass
 class ApiReply:
@@ -152,8 +154,6 @@ def measure_latency(api_url: str, payloads: Sequence[dict[str, Any]], requests: 
 def api_record(latency: LatencyResult, backend: str, api_url: str, hosting_instance: str = "ml.m5.large",
                lambda_memory_mb: int = 512):
     """The api stage's record: latency percentiles and what 1,000 predictions cost on AWS."""
-    from ..bench import prices
-    from ..records import Record
 
     d = latency.to_dict()
     mean_s = d["mean_ms"] / 1000 if latency.seconds else 0.0

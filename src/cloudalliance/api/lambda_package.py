@@ -35,6 +35,8 @@ from typing import Any, Sequence
 from ..aws import SAM_DIR
 from ..defaults import REGION
 from ..errors import CloudallianceError
+from ..serving.model_artifact import ServingError, sha256_of, unpack_artifact
+from ..training.sagemaker import pinned_requirements
 
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -96,7 +98,6 @@ ARTIFACT_DROPPED = ("model.pt",)  # PyTorch weights: the function runs model.onn
 class PackageError(CloudallianceError, ValueError):
     """The package cannot be built (bad input, a wheel that does not exist, a limit passed)."""
 
-
 @dataclasses.dataclass
 class PackageInfo:
     path: Path
@@ -152,7 +153,6 @@ def install_wheels(target: Path, arch: str, python: str = RUNTIME_PYTHON, cache:
     ``--no-deps``: ONNX Runtime's other requirements (protobuf, sympy, flatbuffers, coloredlogs, packaging) serve
     its model tools, not ``InferenceSession`` (checked by importing the package with no site-packages).
     """
-    from ..training.sagemaker import pinned_requirements
 
     pins = pinned_requirements(RUNTIME_PACKAGES)
     cache = Path(cache) / f"cp{python.replace('.', '')}-{arch}"
@@ -257,7 +257,6 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
     Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
     package needs an ``out`` of its own.
     """
-    from ..serving.model_artifact import ServingError, sha256_of, unpack_artifact
 
     started = time.perf_counter()
     artifact = Path(artifact)

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .calls import ROUTE, check_api_urls
+from ..data.folders import resolve_split
+from ..local.endpoint_server import ensure_local_endpoint
+from ..local.gateway import start_image_server, start_local_gateway
+from ..serving.model_artifact import ensure_artifact
+from .lambda_package import build_package
 
 
 @dataclasses.dataclass
@@ -39,10 +44,6 @@ def start_api(backend: str, run, root: str | os.PathLike, files: Sequence[Path],
     check_api_urls(backend, api_url, image_url)
     if backend != "local":
         return ApiStack(backend, api_url, image_url)
-    from ..data.folders import resolve_split
-    from ..local.endpoint_server import ensure_local_endpoint
-    from ..local.gateway import start_image_server, start_local_gateway
-    from ..serving.model_artifact import ensure_artifact
 
     artifact, _ = ensure_artifact(run, root)
     endpoint = ensure_local_endpoint(artifact, endpoint_name)
@@ -59,8 +60,6 @@ def add_model_in_lambda(stack: ApiStack, lambda_dir: str | os.PathLike, lambda_a
     if not stack.local:
         stack.lambda_url = lambda_api_url or None
         return stack.lambda_url
-    from ..local.gateway import start_local_gateway
-    from .lambda_package import build_package
 
     stack.local_package = build_package(stack.artifact, Path(lambda_dir) / "package-local", platform_name="local")
     inside = start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=stack.local_package.path)

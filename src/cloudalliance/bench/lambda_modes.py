@@ -26,6 +26,10 @@ from typing import Any, Sequence
 from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
 from ..api.lambda_package import FUNCTION_DIR, PackageError, PackageInfo, RUNTIME_PYTHON, _machine_arch, build_package, layer_stand_in
 from ..api.lambda_package import find_python
+from . import prices
+from ..api.calls import call_api, image_payload, measure_latency
+from ..local.gateway import http_api_event, in_lambda_environment
+from ..records import Record
 
 
 # Standard memory sizes to recommend from (MB); Lambda gives a full vCPU at 1,769 MB
@@ -93,7 +97,6 @@ class ColdStart:
 
 def image_event(image: bytes) -> dict[str, Any]:
     """A payload-2.0 event carrying ``{"image": <base64>}``, as the local gateway builds it."""
-    from ..local.gateway import http_api_event
 
     body = json.dumps({"image": base64.b64encode(image).decode()}).encode()
     return http_api_event("POST", "/predict", {"content-type": "application/json"}, body)
@@ -108,7 +111,6 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
     interpreter for a self-contained package (e.g. a CPython 3.12 for the package built for Lambda's python3.12)."""
     from tqdm.auto import tqdm
 
-    from ..local.gateway import in_lambda_environment
 
     folder = Path(folder)
     isolated = (folder / "numpy").is_dir() and (folder / "onnxruntime").is_dir()
@@ -176,8 +178,6 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
                 packages: Sequence[PackageInfo] = (), memory_mb: int | None = None):
     """The api stage's record of one way to serve (``mode-endpoint`` / ``mode-lambda``): cold start, warm
     latency through the gateway, the handler's own warm duration, peak RSS and package sizes."""
-    from . import prices
-    from ..records import Record
 
     metrics: dict[str, Any] = {k: round(v, 3) for k, v in latency.to_dict().items() if k.endswith("_ms")}
     metrics = {f"warm_{k}": v for k, v in metrics.items()}
@@ -213,7 +213,6 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
     calling the endpoint at ``endpoint_url`` (its cold start is the function's: boto3's import and client, then
     one endpoint call; the endpoint itself is already up, as on AWS).
     """
-    from ..api.calls import measure_latency
 
     cold = None
     if runs and backend == "local":
@@ -264,7 +263,6 @@ def modes_table(records) -> list[dict[str, Any]]:
 
 def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Each image through both APIs: the two labels and the largest probability difference."""
-    from ..api.calls import call_api, image_payload
 
     rows = []
     for path in files:
@@ -283,7 +281,6 @@ BAD_REQUESTS = {"malformed JSON": b"{not json", "not an image": {"image": "aGVsb
 
 def compare_refusals(endpoint_api: str, lambda_api: str) -> dict[str, tuple[int, int]]:
     """The statuses both APIs answer to :data:`BAD_REQUESTS`: (endpoint mode, in Lambda)."""
-    from ..api.calls import call_api
 
     return {name: (call_api(endpoint_api, body).status, call_api(lambda_api, body).status)
             for name, body in BAD_REQUESTS.items()}

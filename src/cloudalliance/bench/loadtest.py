@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..api.calls import ApiClientError
+from ..api.calls import image_payload
+from ..records import Record
 
 MAX_SECONDS = 600.0
 MAX_CONCURRENCY = 1024
@@ -253,7 +255,6 @@ HEADER = f"{'concurrency':>11} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 
 def load_record(results: Sequence[LevelResult], backend: str, api_url: str, payload: str, payload_bytes: int,
                 seconds: float, name: str = "load"):
     """The api stage's ``load`` record: one entry per concurrency level (``bench.figure_api_load`` draws it)."""
-    from ..records import Record
 
     rows = [r.to_dict() for r in results]
     return Record(
@@ -271,7 +272,6 @@ def payload_from_args(payload_file: str | None, image: str | None, image_url: st
     """The request body and a short description of it, from exactly one of the CLI's three sources."""
     from pathlib import Path
 
-    from ..api.calls import image_payload
 
     given = [x for x in (payload_file, image, image_url) if x]
     if len(given) != 1:

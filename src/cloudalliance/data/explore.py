@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .folders import DataError, EXPECTED_SIZE, ImageFolder, load_image_folder
+from ..records import Record
 
 
 @dataclasses.dataclass
@@ -186,7 +187,6 @@ def problems_table(reports: dict[str, ValidationReport]):
 
 
 def data_record(reports: dict[str, ValidationReport], source: str, seconds: float, backend: str = "local"):
-    from ..records import Record
 
     sizes: dict[str, Any] = {}
     for split, rep in reports.items():

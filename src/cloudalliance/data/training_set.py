@@ -16,6 +16,7 @@ import numpy as np
 from ..presets import DEFAULT_FIT
 from .explore import validate_folder
 from .folders import ImageFolder, load_image_folder, materialize_shards, stratified_split
+from ..presets import load_rgb
 
 
 def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: bool = True,
@@ -23,7 +24,6 @@ def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: 
     """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
     from tqdm.auto import tqdm
 
-    from ..presets import load_rgb
 
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
 

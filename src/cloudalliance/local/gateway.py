@@ -27,6 +27,8 @@ from . import hardening, services
 from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB, IN_LAMBDA_MEMORY_MB, LAMBDA_MB_PER_VCPU
 from ..api.postman import POSTMAN_IMAGE, POSTMAN_PORTS
 from ..api.calls import ROUTE
+from ..serving.model_artifact import artifact_path
+from .endpoint_server import ensure_local_endpoint
 
 
 GATEWAY_SERVICE = "gateway"
@@ -289,8 +291,6 @@ def serve_run(run, endpoint_name: str = ENDPOINT_NAME) -> dict[str, str]:
     """A finished run's API, up again for Postman, newman or curl: the local endpoint with the run's artifact,
     the gateway on port 8780 and the collection's image on 8781 (other free ports where those are taken; then
     ``newman_command`` names them). Returns the URLs and the collection's path."""
-    from ..serving.model_artifact import artifact_path
-    from .endpoint_server import ensure_local_endpoint
 
     artifact, images = artifact_path(run), run.path / "postman"
     if not artifact.is_file():

@@ -12,6 +12,10 @@ from typing import Any
 
 from ..defaults import ENDPOINT_NAME, REGION
 from .model_artifact import ServingError, sha256_of
+from ..aws import ENDPOINT_TAG, tag_list, use_region
+from ..bench import prices
+from ..records import Record
+from ..storage import S3Location
 
 
 def runtime_client(endpoint_url: str | None = None, region: str | None = None):
@@ -42,7 +46,6 @@ def upload_artifact(s3_client, artifact: str | os.PathLike, s3_uri: str) -> str:
     fleet keeps serving, and an instance it replaces loads the ModelDataUrl again: under one shared key it would
     load the new artifact. The same artifact gets the same key, so a rerun uploads it to where it already is.
     """
-    from ..storage import S3Location
 
     loc = S3Location.parse(s3_uri)
     key = loc.prefix if loc.prefix.endswith(".tar.gz") else loc.key(f"{sha256_of(artifact)[:16]}/model.tar.gz")
@@ -77,7 +80,6 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
 
     import boto3
 
-    from ..aws import use_region
 
     use_region(region or (boto_session.region_name if boto_session else None))  # before the SDK is imported
     from sagemaker.core import image_uris
@@ -85,7 +87,6 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
     from sagemaker.core.resources import Endpoint
     from sagemaker.serve.model_builder import ModelBuilder
 
-    from ..aws import ENDPOINT_TAG, tag_list
 
     boto_session = boto_session or boto3.Session(region_name=region)
     _check_deploy_inputs(boto_session, role, kind, serverless_memory_mb, serverless_max_concurrency)
@@ -131,7 +132,6 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
 
 
 def _check_deploy_inputs(boto_session, role: str, kind: str, memory_mb: int, max_concurrency: int) -> None:
-    from ..bench import prices
 
     if not boto_session.region_name:
         raise ServingError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
@@ -262,8 +262,6 @@ def wait_endpoint_deleted(sm, endpoint_name: str, timeout_s: float = 600.0, poll
 
 def deployment_record(name: str, backend: str, instance: str, timings: dict[str, float], sizes: dict[str, Any],
                       metrics: dict[str, Any], config: dict[str, Any]):
-    from ..bench import prices
-    from ..records import Record
 
     rate = prices.HOSTING_PER_HOUR.get(instance, 0.0 if backend == "local" else None)
     cost = {"currency": "USD", "prices_date": prices.PRICES_DATE, "price_per_hour": rate,

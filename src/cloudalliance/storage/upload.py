@@ -23,6 +23,7 @@ from .progress import _progress
 from .s5cmd import _only_plain_files, _put_s5cmd, _run_s5cmd, s5cmd_binary
 from .shards import _shards_with_tools, _upload_shards, gnu_tar
 from ..machine import mark_start
+from ..records import Record
 
 MODES = ("objects", "shards")
 ENGINES = ("auto", "s5cmd", "boto3")
@@ -226,7 +227,6 @@ def _write_manifest(client, root: Path, location: S3Location, entries, shards: l
 
 def upload_record(result: UploadResult, name: str | None = None, backend: str = "local", instance: str = ""):
     """The upload stage's :class:`~cloudalliance.records.Record` for ``result``."""
-    from ..records import Record
 
     return Record(
         stage="upload",

@@ -20,6 +20,10 @@ from typing import Any, Mapping
 from ..machine import mark_start
 from .results import LaunchError, TrainingResult, training_record
 from .sagemaker import run_sagemaker
+from ..aws import AwsError, boto_session, resolve_role
+from ..data.folders import resolve_split
+from ..local.services import free_port
+from ..storage import S3Location, download_prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,6 @@ def hyperparameter_flags(hyperparameters: Mapping[str, Any]) -> list[str]:
 
 
 def _free_port() -> int:
-    from ..local.services import free_port
 
     return free_port()
 
@@ -153,7 +156,6 @@ def train_instance(backend: str, instance: str, run, hyperparameters: Mapping[st
     aws: a SageMaker training job on ``instance`` reads the same prefix.
     Returns ``(TrainingResult, Record)``; the record is written to the run.
     """
-    from ..storage import S3Location, download_prefix
 
     if location is None:
         raise LaunchError("train_instance needs the S3 location the data was uploaded to")
@@ -171,7 +173,6 @@ def train_instance(backend: str, instance: str, run, hyperparameters: Mapping[st
                            checkpoint_dir=run.path / "checkpoints" / instance, progress=progress,
                            log_file=run.path / "logs" / f"training-{instance}.log" if not progress else None)
     elif backend == "aws":
-        from ..aws import AwsError, boto_session, resolve_role
 
         session = boto_session(region)
         try:
@@ -216,7 +217,6 @@ def pick_model(run, instance: str = "", data_root: str | os.PathLike | None = No
         return Path(best.config["model_dir"])
     if fallback is None or data_root is None:
         raise LaunchError(f"No model trained in run {run.run_id}: run notebook 03 first")
-    from ..data.folders import resolve_split
 
     result = run_local(resolve_split(data_root, "train"), run.path / "models" / "local-2cpu", "local-2cpu",
                        dict(fallback), test_dir=resolve_split(data_root, "test"),

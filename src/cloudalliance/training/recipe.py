@@ -17,6 +17,7 @@ from ..presets import Preprocess
 from ..stats import format_accuracy
 from .config import TrainConfig
 from .runtime import Dist, Runtime, batches, rank_batch
+from ..presets import normalize
 
 
 @dataclasses.dataclass
@@ -166,7 +167,6 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
     import torch
     from tqdm.auto import tqdm
 
-    from ..presets import normalize
 
     def train_mode() -> None:
         model.train()
@@ -235,7 +235,6 @@ def predict(model, images: np.ndarray, prep: Preprocess, device, batch_size: int
     import torch
     from tqdm.auto import tqdm
 
-    from ..presets import normalize
 
     model.eval()
     out = []

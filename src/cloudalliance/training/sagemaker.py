@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 from ..bench import prices
 from ..machine import mark_start
 from .results import LaunchError, TrainingResult
+from ..aws import RUN_TAG, use_region
+from ..storage import S3Location
 
 
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch training container
@@ -103,7 +105,6 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     where ``cloudalliance aws cleanup --delete-data`` finds it.
     """
     import boto3
-    from ..aws import use_region
 
     use_region(region or (boto_session.region_name if boto_session else None))  # before the SDK is imported
     from sagemaker.core import image_uris
@@ -117,7 +118,6 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     if not region:
         raise LaunchError("No AWS region: set REGION in params/aws.yaml or AWS_DEFAULT_REGION")
     if staging_s3_uri:
-        from ..storage import S3Location
 
         staging = S3Location.parse(staging_s3_uri)
         session = Session(boto_session=boto_session, default_bucket=staging.bucket,
@@ -148,7 +148,6 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     if run_id:
         from sagemaker.core.shapes import Tag
 
-        from ..aws import RUN_TAG
 
         kwargs["tags"] = [Tag(key=RUN_TAG, value=run_id)]
     if output_path:
@@ -288,7 +287,6 @@ def fetch_model_artifact(s3_client, artifact_uri: str, dest: str | os.PathLike) 
     """Download ``model.tar.gz`` and unpack it into ``dest`` (the model folder)."""
     import tarfile
 
-    from ..storage import S3Location
 
     loc = S3Location.parse(artifact_uri)
     dest = Path(dest)

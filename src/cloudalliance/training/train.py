@@ -41,6 +41,8 @@ from ..stats import format_accuracy
 from .config import CHECKPOINT_NAME, TrainConfig, config_from_args, parse_args
 from .recipe import Recipe, Stage, check_within_epoch, create_recipe, evaluate, stage_of, stages, start_stage, train_one_epoch
 from .runtime import barrier, create_log, setup_runtime
+from ..presets import resolve_preprocess
+from .models import WEIGHTS_NORMALIZATION, create_model
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
@@ -110,8 +112,6 @@ def summarize(history: list[dict[str, Any]], checks: list, data_seconds: float, 
 def run(cfg: TrainConfig, train_dir: str, model_dir: str, output_dir: str, checkpoint_dir: str,
         test_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train, validate each epoch, checkpoint, and write the model folder; return the metrics."""
-    from .models import WEIGHTS_NORMALIZATION, create_model
-    from ..presets import resolve_preprocess
 
     t_start = time.perf_counter()
     rt = setup_runtime(cfg)
