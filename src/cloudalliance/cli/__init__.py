@@ -3,6 +3,9 @@ handlers (data, s3, course, train, serve, api, bench, aws, records); helpers the
 
 Exit codes: 0 done, 1 the work failed (a notebook, a check), 2 bad input or
 an environment problem (with a message that says what to do).
+
+Each handler imports the library when it runs, not at the top: the command starts (``--help``, a typo's exit 2)
+quickly, without importing boto3, torch or the servers' packages.
 """
 
 from __future__ import annotations
