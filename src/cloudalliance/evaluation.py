@@ -203,7 +203,6 @@ def compare_fits(model_dir: str | os.PathLike, data_dir: str | os.PathLike, aspe
     from PIL import Image
     from tqdm.auto import tqdm
 
-
     dev = _device(device)
     loaded = load_model(model_dir, str(dev))
     folder = load_image_folder(Path(data_dir), None, classes=loaded.classes)

@@ -111,7 +111,6 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
     interpreter for a self-contained package (e.g. a CPython 3.12 for the package built for Lambda's python3.12)."""
     from tqdm.auto import tqdm
 
-
     folder = Path(folder)
     isolated = (folder / "numpy").is_dir() and (folder / "onnxruntime").is_dir()
     with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp:

@@ -272,7 +272,6 @@ def payload_from_args(payload_file: str | None, image: str | None, image_url: st
     """The request body and a short description of it, from exactly one of the CLI's three sources."""
     from pathlib import Path
 
-
     given = [x for x in (payload_file, image, image_url) if x]
     if len(given) != 1:
         raise ValueError("give exactly one of --payload-file, --image or --image-url")

@@ -24,7 +24,6 @@ def decode_images(files: Sequence[Path], size: int, workers: int = 4, progress: 
     """Decode every file once into one ``NxHxWx3`` uint8 array (PIL releases the GIL: threads scale)."""
     from tqdm.auto import tqdm
 
-
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
 
     def work(i: int) -> None:

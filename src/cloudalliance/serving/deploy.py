@@ -80,13 +80,11 @@ def deploy_sagemaker(artifact_s3_uri: str, role: str, instance_type: str = "ml.m
 
     import boto3
 
-
     use_region(region or (boto_session.region_name if boto_session else None))  # before the SDK is imported
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.resources import Endpoint
     from sagemaker.serve.model_builder import ModelBuilder
-
 
     boto_session = boto_session or boto3.Session(region_name=region)
     _check_deploy_inputs(boto_session, role, kind, serverless_memory_mb, serverless_max_concurrency)

@@ -69,7 +69,6 @@ def check_onnx(model_dir: str | os.PathLike, images: np.ndarray, onnx_path: str 
 
     import torch
 
-
     loaded = load_model(model_dir, "cpu")
     cfg = loaded.preprocess
     onnx_path = onnx_path or Path(model_dir) / "model.onnx"

@@ -167,7 +167,6 @@ def train_one_epoch(model, images: np.ndarray, labels: np.ndarray, optimizer, sc
     import torch
     from tqdm.auto import tqdm
 
-
     def train_mode() -> None:
         model.train()
         for part in frozen:  # frozen layers keep their BatchNorm statistics
@@ -234,7 +233,6 @@ def predict(model, images: np.ndarray, prep: Preprocess, device, batch_size: int
     """Softmax probabilities for uint8 NHWC images (with a horizontal-flip average when ``tta``)."""
     import torch
     from tqdm.auto import tqdm
-
 
     model.eval()
     out = []

@@ -148,7 +148,6 @@ def create_model_trainer(instance_type: str, role: str, hyperparameters: Mapping
     if run_id:
         from sagemaker.core.shapes import Tag
 
-
         kwargs["tags"] = [Tag(key=RUN_TAG, value=run_id)]
     if output_path:
         kwargs["output_data_config"] = OutputDataConfig(s3_output_path=output_path)
@@ -286,7 +285,6 @@ def describe_training_job(job_name: str, sagemaker_client) -> dict[str, Any]:
 def fetch_model_artifact(s3_client, artifact_uri: str, dest: str | os.PathLike) -> Path:
     """Download ``model.tar.gz`` and unpack it into ``dest`` (the model folder)."""
     import tarfile
-
 
     loc = S3Location.parse(artifact_uri)
     dest = Path(dest)
