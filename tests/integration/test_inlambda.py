@@ -149,6 +149,21 @@ def test_cold_starts_in_fresh_processes(local_package, tiny_artifact):
     assert lambda_modes.recommend_memory(summary["peak_rss_mb"]) >= 1024
 
 
+def test_the_bare_library_is_measured_beside_the_function_and_the_record_keeps_the_ratios(local_package, tiny_artifact):
+    """Issue 23's yardstick: the same model.onnx in a fresh interpreter that imports only numpy and onnxruntime."""
+    image = tiny_artifact[1][0].read_bytes()
+    cold = lambda_modes.measure_cold_starts(local_package.path, image, runs=2, warm=5, progress=False)
+    bare = lambda_modes.measure_bare(local_package.path, runs=2, warm=5, threads=2)
+    assert bare["bare_threads"] == 2 and 0 < bare["bare_inside_median_ms"] < bare["bare_cold_start_median_ms"]
+    assert 0 < bare["bare_warm_p50_ms"] and 0 < bare["bare_warm_p50_ms_1_thread"] and 20 < bare["bare_peak_rss_mb"]
+    latency = calls.LatencyResult(requests=1, errors=0, seconds=[0.01])
+    record = lambda_modes.mode_record("lambda", "local", cold, latency, "x", bare=bare)
+    ratio = record.metrics["cold_start_median_ms"] / record.metrics["bare_cold_start_median_ms"]
+    assert record.metrics["cold_start_vs_bare"] == pytest.approx(ratio, abs=0.01)
+    (row,) = lambda_modes.modes_table([record])
+    assert row["cold start ÷ bare ONNX Runtime"] == record.metrics["cold_start_vs_bare"]
+
+
 def test_a_broken_package_fails_the_cold_start_with_its_error(local_package, tmp_path, tiny_artifact):
     import shutil
 

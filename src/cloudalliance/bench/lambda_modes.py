@@ -76,6 +76,71 @@ print(json.dumps({"warm_s": durations, "maxrss_mb": peak_rss_mb()}),
 """
 
 
+# The bare library, for the ratios: a fresh interpreter that imports numpy and onnxruntime, opens the same
+# model.onnx and runs one image; then the same session's warm runs with 1 thread and with the function's threads.
+_BARE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import onnxruntime as ort
+model, size, threads, warm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+
+def session(n):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+image = {"image": np.zeros((1, 3, size, size), np.float32)}
+first = session(threads)
+first.run(None, image)
+print(json.dumps({"inside_s": time.perf_counter() - t0}), flush=True)
+rss = max(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+runs = {}
+for n, s in ((1, session(1)), (threads, first)):
+    s.run(None, image)
+    times = []
+    for _ in range(warm):
+        t = time.perf_counter()
+        s.run(None, image)
+        times.append(time.perf_counter() - t)
+    runs[str(n)] = sorted(times)[len(times) // 2]
+print(json.dumps({"warm_p50_s": runs, "maxrss_mb": rss}), flush=True)
+"""
+
+
+def measure_bare(folder: str | os.PathLike, runs: int = 10, warm: int = 50, python: str | None = None,
+                 threads: int = 1) -> dict[str, float]:
+    """Bare ONNX Runtime on the package's ``model/model.onnx``, started as the cold starts are (same interpreter,
+    no site-packages for a self-contained package): process start to first answer, and warm p50 with 1 thread and
+    with ``threads`` (the function's)."""
+    folder = Path(folder)
+    size = json.loads((folder / "model" / "preprocess.json").read_text())["size"]
+    isolated = (folder / "numpy").is_dir() and (folder / "onnxruntime").is_dir()
+    argv = [python or sys.executable] + (["-S"] if isolated else [])
+    argv += ["-c", _BARE, str(folder / "model" / "model.onnx"), str(size), str(threads), str(warm)]
+    env = {**os.environ, "PYTHONPATH": str(folder) if isolated else os.environ.get("PYTHONPATH", "")}
+    cold, inside, peak, warm_p50 = [], [], [], {}
+    for i in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        line = proc.stdout.readline()
+        cold.append(time.perf_counter() - started)
+        more, err = proc.communicate(timeout=120)
+        try:
+            inside.append(json.loads(line)["inside_s"])
+            peak.append(json.loads(more)["maxrss_mb"])
+            if i == 0:
+                warm_p50 = json.loads(more)["warm_p50_s"]
+        except ValueError:
+            raise PackageError(f"bare ONNX Runtime on {folder} failed:\n{err.strip()[-2000:]}") from None
+    return {"bare_cold_start_median_ms": 1000 * statistics.median(cold),
+            "bare_inside_median_ms": 1000 * statistics.median(inside),
+            "bare_warm_p50_ms_1_thread": 1000 * warm_p50["1"], "bare_warm_p50_ms": 1000 * warm_p50[str(threads)],
+            "bare_threads": threads, "bare_peak_rss_mb": max(peak)}
+
+
 @dataclasses.dataclass
 class ColdStart:
     mode: str
@@ -174,7 +239,7 @@ def recommend_memory(peak_rss_mb: float, headroom: float = 1.3) -> int:
 
 
 def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_url: str,
-                packages: Sequence[PackageInfo] = (), memory_mb: int | None = None):
+                packages: Sequence[PackageInfo] = (), memory_mb: int | None = None, bare: dict | None = None):
     """The api stage's record of one way to serve (``mode-endpoint`` / ``mode-lambda``): cold start, warm
     latency through the gateway, the handler's own warm duration, peak RSS and package sizes."""
 
@@ -187,6 +252,11 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
                         "init_ms": [round(1000 * t, 1) for t in cold.import_s],
                         "handler_warm_ms": [round(1000 * t, 3) for t in cold.warm_s]})
         memory_mb = memory_mb or (recommend_memory(max(cold.maxrss_mb)) if mode == "lambda" else FUNCTION_MEMORY_MB)
+    if cold is not None and bare:  # ours divided by the bare library's, measured in the same run
+        metrics.update({k: round(v, 3) for k, v in bare.items()})
+        metrics["cold_start_vs_bare"] = round(metrics["cold_start_median_ms"] / bare["bare_cold_start_median_ms"], 2)
+        metrics["handler_warm_vs_bare"] = round(metrics["handler_warm_p50_ms"] / bare["bare_warm_p50_ms"], 2)
+        metrics["peak_rss_vs_bare"] = round(metrics["peak_rss_mb"] / bare["bare_peak_rss_mb"], 2)
     sizes: dict[str, Any] = {"requests": latency.requests, "errors": latency.errors}
     for info in packages:
         sizes[f"package_{info.arch}_unzipped_mb"] = round(info.unzipped_bytes / 1e6, 2)
@@ -213,15 +283,17 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
     one endpoint call; the endpoint itself is already up, as on AWS).
     """
 
-    cold = None
+    cold = bare = None
     if runs and backend == "local":
         if mode == "lambda":
             cold = measure_cold_starts(package, image, runs, module="handler_onnx", progress=progress, python=python)
+            threads = int(in_lambda_environment()["INFERENCE_THREADS"])
+            bare = measure_bare(package, runs, python=python, threads=threads)
         else:
             cold = measure_cold_starts(FUNCTION_DIR, image, runs, module="handler", progress=progress,
                                        env={"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url})
     latency = measure_latency(api_url, payloads, requests=requests, progress=progress)
-    record = mode_record(mode, backend, cold, latency, api_url, packages)
+    record = mode_record(mode, backend, cold, latency, api_url, packages, bare=bare)
     if cold is not None:
         record.config["cold_start_of"] = cold_start_of or ("lambda/src/handler.py with this environment's boto3"
                                                            if mode == "endpoint" else str(package))
@@ -255,6 +327,8 @@ def modes_table(records) -> list[dict[str, Any]]:
                      "cold start max (ms)": m.get("cold_start_max_ms"), "warm p50 (ms)": m.get("warm_p50_ms"),
                      "warm p99 (ms)": m.get("warm_p99_ms"), "handler warm p50 (ms)": m.get("handler_warm_p50_ms"),
                      "peak RSS (MB)": m.get("peak_rss_mb"), "memory (MB)": r.config.get("lambda_memory_mb"),
+                     "cold start ÷ bare ONNX Runtime": m.get("cold_start_vs_bare"),
+                     "handler warm ÷ bare": m.get("handler_warm_vs_bare"), "peak RSS ÷ bare": m.get("peak_rss_vs_bare"),
                      **{k.replace("package_", "package ").replace("_mb", " (MB)"): v for k, v in s.items()
                         if k.startswith("package_")}})
     return rows
