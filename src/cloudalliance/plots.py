@@ -32,7 +32,9 @@ def class_counts(counts_by_split: Mapping[str, Mapping[str, int]], title: str = 
     ax.set_xticks(x, classes)
     ax.set_ylabel("images")
     ax.set_title(title)
-    ax.legend()
+    top = max((v for s in splits for v in counts_by_split[s].values()), default=1)
+    ax.set_ylim(0, top * 1.2)  # room above the tallest bar's label for the legend, which then covers no bar
+    ax.legend(ncol=max(1, len(splits)), loc="upper center", frameon=False)
     fig.tight_layout()
     return fig
 
