@@ -217,7 +217,7 @@ def test_no_break_even_beyond_what_one_instance_can_serve():
     label = "model in Lambda, x86_64, 1024 MB"
     assert costs["break_even_per_hour"][label] is None
     table = serving_costs.serving_cost_table(modes)
-    assert table.loc[label, "break-even vs endpoint (req/h)"] == "never"
+    assert table.loc[label, "endpoint cheaper above (req/h)"] == "never"
     # below 1,769 MB the function gets a share of a vCPU: the duration grows as memory shrinks
     assert "8.6 ms at 1024 MB" in costs["notes"][label]
 

@@ -36,7 +36,7 @@ def reduction_vs_slowest(values: Mapping[str, float]) -> dict[str, float]:
     if not values:
         return {}
     slowest = max(values.values())
-    return {k: (100.0 * (slowest - v) / slowest if slowest > 0 else 0.0) for k, v in values.items()}
+    return {k: (round(100.0 * (slowest - v) / slowest, 1) if slowest > 0 else 0.0) for k, v in values.items()}
 
 
 def _bar_panel(ax, values: Mapping[str, float], title: str, unit: str = "s") -> None:

@@ -319,19 +319,25 @@ def cold_start_package(artifact: str | os.PathLike, work: str | os.PathLike, bui
 
 
 def modes_table(records) -> list[dict[str, Any]]:
-    """One row per serving mode from its record: what the comparison in notebooks 06 and 07 shows."""
+    """One row per serving mode from its record: what the comparison in notebooks 06 and 07 shows (rounded; a
+    dash where a mode has no such figure)."""
+    def shown(value, digits: int = 1):
+        return "–" if value is None else round(value, digits) if isinstance(value, float) else value
+
     rows = []
     for r in records:
         m, s = r.metrics, r.sizes
-        rows.append({"mode": r.config.get("mode", r.name), "cold start median (ms)": m.get("cold_start_median_ms"),
-                     "cold start max (ms)": m.get("cold_start_max_ms"), "warm p50 (ms)": m.get("warm_p50_ms"),
-                     "warm p99 (ms)": m.get("warm_p99_ms"), "handler warm p50 (ms)": m.get("handler_warm_p50_ms"),
-                     "peak RSS (MB)": m.get("peak_rss_mb"), "memory (MB)": r.config.get("lambda_memory_mb"),
-                     "cold start ÷ bare ONNX Runtime": m.get("cold_start_vs_bare"),
-                     "handler warm ÷ bare": m.get("handler_warm_vs_bare"), "peak RSS ÷ bare": m.get("peak_rss_vs_bare"),
-                     **{k.replace("package_", "package ").replace("_mb", " (MB)"): v for k, v in s.items()
-                        if k.startswith("package_")}})
-    return rows
+        row = {"mode": r.config.get("mode", r.name), "cold start median (ms)": m.get("cold_start_median_ms"),
+               "cold start max (ms)": m.get("cold_start_max_ms"), "warm p50 (ms)": m.get("warm_p50_ms"),
+               "warm p99 (ms)": m.get("warm_p99_ms"), "handler warm p50 (ms)": m.get("handler_warm_p50_ms"),
+               "peak RSS (MB)": m.get("peak_rss_mb"), "memory (MB)": r.config.get("lambda_memory_mb"),
+               **{k.replace("package_", "package ").replace("_mb", " (MB)"): v for k, v in s.items()
+                  if k.startswith("package_")}}
+        ratios = {"cold start ÷ bare ONNX Runtime": m.get("cold_start_vs_bare"),
+                  "handler warm ÷ bare": m.get("handler_warm_vs_bare"), "peak RSS ÷ bare": m.get("peak_rss_vs_bare")}
+        rows.append({**{k: shown(v) for k, v in row.items()}, **{k: shown(v, 2) for k, v in ratios.items()}})
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k, "–") for k in keys} for row in rows]
 
 
 def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:

@@ -249,6 +249,14 @@ def format_row(d: dict[str, Any]) -> str:
             f"{d['p95_ms']:>8.1f} {d['p99_ms']:>8.1f}  {errors}")
 
 
+def levels_table(record) -> list[dict[str, Any]]:
+    """A load record's levels as a table a reader takes in: units in the column names, errors as one text."""
+    return [{"concurrency": d["concurrency"], "requests": d["requests"], "requests/s": round(d["requests_per_s"], 1),
+             "p50 (ms)": round(d["p50_ms"], 1), "p95 (ms)": round(d["p95_ms"], 1), "p99 (ms)": round(d["p99_ms"], 1),
+             "errors": ", ".join(f"{k}: {v}" for k, v in d["errors"].items()) or "none"}
+            for d in record.metrics["levels"]]
+
+
 HEADER = f"{'concurrency':>11} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors"
 
 

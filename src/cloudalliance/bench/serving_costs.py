@@ -142,8 +142,9 @@ def serving_cost_table(run_or_modes, **kwargs):
         for rate in (1, 100, 10_000):
             row[f"$ / month at {rate:,}/h"] = round(flat + per * rate * prices.HOURS_PER_MONTH, 2)
         be = costs["break_even_per_hour"].get(label)
-        row["break-even vs endpoint (req/h)"] = (round(be) if be else "never" if label in costs["break_even_per_hour"]
-                                                 else None)
+        # where the endpoint becomes the cheaper way: a rate, "never" (Lambda stays cheaper), or a dash (the endpoint)
+        crosses = label in costs["break_even_per_hour"]
+        row["endpoint cheaper above (req/h)"] = f"{round(be):,}" if be else "never" if crosses else "–"
         rows.append(row)
     return pd.DataFrame(rows).set_index("way to serve") if rows else pd.DataFrame()
 

@@ -62,6 +62,13 @@ class OnnxCheck:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def table(self) -> dict[str, Any]:
+        """The check as a reader takes it in: the agreement, and each engine's time per image."""
+        return {"images": self.images, "same label": f"{self.same_label:.0%}",
+                "largest probability difference": f"{self.max_abs_diff:.1e}",
+                "PyTorch (ms per image)": round(self.torch_ms_per_image, 1),
+                "ONNX Runtime (ms per image)": round(self.onnx_ms_per_image, 1)}
+
 
 def check_onnx(model_dir: str | os.PathLike, images: np.ndarray, onnx_path: str | os.PathLike | None = None) -> OnnxCheck:
     """Compare ONNX Runtime with PyTorch on real images: probability difference and label agreement."""

@@ -166,8 +166,8 @@ def train_instance(backend: str, instance: str, run, hyperparameters: Mapping[st
     channel_seconds = 0.0
     if backend == "local":
         channels = run.path / "channels"
-        got = download_prefix(s3, train_loc, channels / "train", progress=progress)
-        got_test = download_prefix(s3, test_loc, channels / "test", progress=progress)
+        got = download_prefix(s3, train_loc, channels / "train", progress=False)  # no bar at 0 % in a notebook
+        got_test = download_prefix(s3, test_loc, channels / "test", progress=False)
         channel_seconds = got["seconds"] + got_test["seconds"]
         result = run_local(channels / "train", model_dir, instance, hyperparameters, test_dir=channels / "test",
                            checkpoint_dir=run.path / "checkpoints" / instance, progress=progress,
