@@ -169,7 +169,8 @@ def figure_serving_cost(run_or_modes, **kwargs):
                         ha="right", fontsize=8)
     capacity = costs["instance_capacity_per_hour"]
     if base and np.isfinite(capacity) and capacity <= rates[-1]:
-        ax.axvline(capacity, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(capacity, color="grey", linestyle=":", linewidth=1,
+                   label=f"one {costs['hosting_instance']}'s capacity (the endpoint adds instances past it)")
         ax.annotate(f"one {costs['hosting_instance']} at most\n~{capacity:,.0f} req/h", (capacity, ax.get_ylim()[0]),
                     textcoords="offset points", xytext=(4, 8), fontsize=8, color="grey")
     if not costs["lines"]:
