@@ -49,7 +49,7 @@ def gateways(tiny_artifact, local_package):
 
 def test_local_package_layout_and_manifest(local_package, tiny_artifact):
     root = local_package.path
-    for name in ("handler.py", "guards.py", "handler_onnx.py", "package.json", "model/model.onnx",
+    for name in ("handler.py", "guards.py", "url_fetch.py", "handler_onnx.py", "package.json", "model/model.onnx",
                  "model/labels.json", "model/preprocess.json", "model/code/inference.py", "model/code/presets.py"):
         assert (root / name).is_file(), name
     assert not (root / "model" / "model.pt").exists()  # PyTorch weights: the function runs model.onnx
@@ -57,7 +57,7 @@ def test_local_package_layout_and_manifest(local_package, tiny_artifact):
     assert manifest["platform"] == "local" and manifest["handler"] == "handler_onnx.lambda_handler"
     with zipfile.ZipFile(local_package.zip_path) as zf:
         names = set(zf.namelist())
-    assert {"handler.py", "guards.py", "handler_onnx.py", "model/model.onnx"} <= names
+    assert {"handler.py", "guards.py", "url_fetch.py", "handler_onnx.py", "model/model.onnx"} <= names
     assert len(names) == local_package.files
     assert local_package.unzipped_bytes == sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 

@@ -1,7 +1,7 @@
 """The Lambda deployment package, for the forwarding function and for the model inside the function.
 
 ``build_package`` turns ``model.tar.gz`` into what Lambda runs: ``handler.py``
-(the request side, with ``guards.py``) and ``handler_onnx.py`` (the model backend) from ``lambda/src/``,
+(the request side, with ``guards.py`` and ``url_fetch.py``) and ``handler_onnx.py`` (the model backend) from ``lambda/src/``,
 the unpacked artifact under ``model/`` (``model.onnx``, labels, preprocessing,
 ``code/inference.py`` and ``code/presets.py``, so the predictions are the
 endpoint's), and, for the Lambda platform, ONNX Runtime, numpy and Pillow as
@@ -48,7 +48,7 @@ LAMBDA_DIR = REPO_ROOT / "lambda"
 FUNCTION_DIR = LAMBDA_DIR / "src"  # both handlers; the forwarding function's CodeUri
 
 
-HANDLER_FILES = ("handler.py", "guards.py", "handler_onnx.py")
+HANDLER_FILES = ("handler.py", "guards.py", "url_fetch.py", "handler_onnx.py")
 
 
 HANDLER = "handler_onnx.lambda_handler"  # template.yaml's Handler for the in-Lambda function
