@@ -5,7 +5,7 @@ the botocore service models). moto keeps SageMaker's *control plane* (jobs, mode
 but runs no containers, so the proxy in front of it plays the *data plane* with the course's own local pieces:
 
 - CreateTrainingJob: once moto accepts the job, its channels are downloaded from the emulated S3 and the course's
-  entry script runs under SageMaker's contract (``cloudalliance.launch.run_local``); ``/opt/ml/model`` is tarred
+  entry script runs under SageMaker's contract (``cloudalliance.training.launch.run_local``); ``/opt/ml/model`` is tarred
   into ``model.tar.gz`` at the job's ``ModelArtifacts`` path. Until then DescribeTrainingJob says InProgress (moto
   says Completed at once: moto/sagemaker/models.py, ``FakeTrainingJob.__init__``, ``training_job_status =
   "Completed"``); a failed script makes it say Failed with the log's last lines.

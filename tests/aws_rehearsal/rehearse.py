@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from cloudalliance.local import gateway as local_gateway
         from cloudalliance.data import folders, layout, synthetic
-        from cloudalliance import services as _services
+        from cloudalliance.local import services as _services
 
         services = _services
         images_root = layout.prepare_dataset("synthetic", workdir / "images", synthetic.SyntheticSpec(1, 1, 1, 0),
