@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
-from ..api.lambda_package import FUNCTION_DIR, PackageError, PackageInfo, RUNTIME_PYTHON, _machine_arch, build_package, layer_stand_in
-from ..api.lambda_package import find_python
-from . import prices
 from ..api.calls import call_api, image_payload, measure_latency
+from ..api.lambda_package import (FUNCTION_DIR, RUNTIME_PYTHON, PackageError, PackageInfo, _machine_arch,
+                                  build_package, find_python, layer_stand_in)
+from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
 from ..local.gateway import http_api_event, in_lambda_environment
 from ..records import Record
+from . import prices
 
 
 # Standard memory sizes to recommend from (MB); Lambda gives a full vCPU at 1,769 MB
@@ -98,7 +98,8 @@ first.run(None, image)
 print(json.dumps({"inside_s": time.perf_counter() - t0}), flush=True)
 rss = max(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 runs = {}
-for n, s in ((1, session(1)), (threads, first)):
+sessions = {1: session(1) if threads != 1 else first, threads: first} if warm else {}  # one session when equal
+for n, s in sessions.items():
     s.run(None, image)
     times = []
     for _ in range(warm):
@@ -119,15 +120,21 @@ def measure_bare(folder: str | os.PathLike, runs: int = 10, warm: int = 50, pyth
     size = json.loads((folder / "model" / "preprocess.json").read_text())["size"]
     isolated = (folder / "numpy").is_dir() and (folder / "onnxruntime").is_dir()
     argv = [python or sys.executable] + (["-S"] if isolated else [])
-    argv += ["-c", _BARE, str(folder / "model" / "model.onnx"), str(size), str(threads), str(warm)]
+    argv += ["-c", _BARE, str(folder / "model" / "model.onnx"), str(size), str(threads)]
     env = {**os.environ, "PYTHONPATH": str(folder) if isolated else os.environ.get("PYTHONPATH", "")}
     cold, inside, peak, warm_p50 = [], [], [], {}
     for i in range(runs):
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        # the warm runs once, in the first process: the others are cold starts only
+        proc = subprocess.Popen(argv + [str(warm if i == 0 else 0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, text=True)
         line = proc.stdout.readline()
         cold.append(time.perf_counter() - started)
-        more, err = proc.communicate(timeout=120)
+        more = proc.stdout.readline()  # not communicate(): readline may already hold this line in its buffer
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+        proc.stdout.close()
+        proc.stderr.close()
         try:
             inside.append(json.loads(line)["inside_s"])
             peak.append(json.loads(more)["maxrss_mb"])
