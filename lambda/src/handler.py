@@ -13,12 +13,11 @@ guards.py (shipped beside this file) keeps it standing under hostile traffic: de
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import threading
-
-from aws_lambda_powertools import Logger
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # Lambda puts the function's folder on sys.path; the local gateway imports this file by path
@@ -27,7 +26,9 @@ if HERE not in sys.path:  # Lambda puts the function's folder on sys.path; the l
 import guards  # noqa: E402 - lambda/src/guards.py: the machinery a learner may skip
 from guards import ApiError, call_within  # noqa: E402
 
-logger = Logger(service="cloudalliance-predict")
+# On Lambda the runtime writes each line as JSON with the request id and the `extra` keys (template.yaml's
+# LoggingConfig, LogFormat JSON), so the standard library's logging is all the function needs.
+logger = logging.getLogger("cloudalliance-predict")
 
 MIN_ENDPOINT_S = 0.5  # below this there is no point in calling the endpoint
 ENDPOINT_CONNECT_TIMEOUT_S = 3.0
@@ -184,12 +185,9 @@ def predict(image: bytes, kind: str, settings: dict) -> dict:
 
 
 def make_handler(predict_fn):
-    """The entry point ``(event, context) -> response`` for a backend; a Lambda context's keys go in every log line."""
-    logged = logger.inject_lambda_context(lambda event, context: handle(event, context, predict_fn), clear_state=True)
+    """The entry point ``(event, context) -> response`` for a backend ``predict_fn``."""
 
     def entry(event, context) -> dict:
-        if hasattr(context, "function_name") and hasattr(context, "aws_request_id"):
-            return logged(event, context)
         return handle(event, context, predict_fn)
 
     return entry

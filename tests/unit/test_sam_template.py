@@ -99,12 +99,17 @@ def test_each_mode_gets_its_routes():
         assert props["TimeoutInMillis"] <= 30000  # HTTP API's maximum integration timeout
 
 
-def test_architecture_chooses_the_powertools_layer_variant():
+def test_architecture_and_json_logs_for_both_functions():
+    """The handlers log with the standard library: Lambda's JSON log format writes each line with the request id
+    and its ``extra`` keys (awslambdaric's ``JsonFormatter``: every non-reserved record attribute), and its
+    application log level lets ``logger.info`` through (the runtime sets the root logger to it)."""
     doc = _resources()
     assert doc["Parameters"]["Architecture"]["AllowedValues"] == ["x86_64", "arm64"]
-    assert doc["Globals"]["Function"]["Architectures"] == [{"!Ref": "Architecture"}]
-    (layer,) = doc["Globals"]["Function"]["Layers"]
-    assert "AWSLambdaPowertoolsPythonV3-python312-${Architecture}:" in layer["!Sub"]
+    function = doc["Globals"]["Function"]
+    assert function["Architectures"] == [{"!Ref": "Architecture"}]
+    assert function["LoggingConfig"]["LogFormat"] == "JSON"
+    assert function["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
+    assert "Layers" not in function
 
 
 def test_sam_validate_lint_passes():

@@ -7,11 +7,11 @@ the unpacked artifact under ``model/`` (``model.onnx``, labels, preprocessing,
 endpoint's), and, for the Lambda platform, ONNX Runtime, numpy and Pillow as
 manylinux wheels for the runtime's Python and the chosen architecture
 (``pip install --platform ... --only-binary=:all: --target``; the versions of
-``requirements/constraints.txt``). ``aws_lambda_powertools`` is not packaged:
-the function uses AWS's public Powertools layer, as the forwarding function does.
+``requirements/constraints.txt``). Nothing else: the handlers log with the
+standard library (Lambda writes the lines as JSON), so no layer either.
 
 Limits (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html):
-250 MB unzipped, function and layers together; 50 MB zipped for a direct
+250 MB unzipped; 50 MB zipped for a direct
 upload (``sam deploy`` uploads through S3, where the zip may be larger).
 
 Its cold and warm starts are measured in :mod:`cloudalliance.bench.lambda_modes`.
@@ -326,23 +326,6 @@ def read_manifest(package: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise PackageError(f"{package} is not a built package (no package.json): run `cloudalliance lambda package`")
     return json.loads(path.read_text())
-
-
-def layer_stand_in(dest: Path) -> Path:
-    """A folder standing in for the Powertools layer (its package and what it imports), by symbolic links."""
-    import importlib.util
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("aws_lambda_powertools", "jmespath", "typing_extensions"):
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
-            continue
-        origin = Path(spec.origin)
-        source = origin.parent if origin.name == "__init__.py" else origin
-        link = dest / source.name
-        if not link.exists():
-            link.symlink_to(source)
-    return dest
 
 
 SAM_CLI_VERSION = "1.170.0"

@@ -3,7 +3,7 @@ model inside the Lambda function against a forwarding function and an endpoint, 
 would, their answers compared, and the memory size recommended.
 
 ``measure_cold_starts`` is Lambda's init as this machine can see it: a fresh Python process (no site-packages when
-the package carries its own wheels, the Powertools package standing in for its layer) imports the handler — ONNX
+the package carries its own wheels, as on Lambda) imports the handler — ONNX
 Runtime's import and the session's creation — and answers its first request; then the same process answers warm
 requests, which is the billed duration.
 """
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..api.calls import call_api, image_payload, measure_latency
 from ..api.lambda_package import (FUNCTION_DIR, RUNTIME_PYTHON, PackageError, PackageInfo, _machine_arch,
-                                  build_package, find_python, layer_stand_in)
+                                  build_package, find_python)
 from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
 from ..local.gateway import http_api_event, in_lambda_environment
 from ..records import Record
@@ -178,8 +178,8 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
                         module: str = "handler_onnx", env: dict[str, str] | None = None,
                         timeout: float = 120.0, progress: bool = True, python: str | None = None) -> ColdStart:
     """``runs`` fresh processes, each importing ``module`` from ``folder`` and answering one image, then ``warm``
-    more. A package with its own wheels runs with ``python -S`` (no site-packages: only what Lambda would have,
-    plus a stand-in for the Powertools layer); otherwise with this interpreter's packages. ``python``: another
+    more. A package with its own wheels runs with ``python -S`` (no site-packages: only what Lambda would have);
+    otherwise with this interpreter's packages. ``python``: another
     interpreter for a self-contained package (e.g. a CPython 3.12 for the package built for Lambda's python3.12)."""
     from tqdm.auto import tqdm
 
@@ -188,12 +188,11 @@ def measure_cold_starts(folder: str | os.PathLike, image: bytes, runs: int = 10,
     with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp:
         event_path = Path(tmp) / "event.json"
         event_path.write_text(json.dumps(image_event(image)))
-        child_env = {**os.environ, **in_lambda_environment(), "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+        child_env = {**os.environ, **in_lambda_environment(), **(env or {})}
         argv = [python or sys.executable]
         if isolated:
-            layer = layer_stand_in(Path(tmp) / "layer")
             argv += ["-S"]
-            child_env["PYTHONPATH"] = str(layer)
+            child_env.pop("PYTHONPATH", None)
             child_env.pop("PYTHONHOME", None)
         argv += ["-c", _CHILD, str(folder), module, str(event_path), str(warm)]
         result = ColdStart(module, [], [], [], [], [], isolated)
