@@ -162,6 +162,9 @@ def test_the_bare_library_is_measured_beside_the_function_and_the_record_keeps_t
     assert record.metrics["cold_start_vs_bare"] == pytest.approx(ratio, abs=0.01)
     (row,) = lambda_modes.modes_table([record])
     assert row["cold start ÷ bare ONNX Runtime"] == record.metrics["cold_start_vs_bare"]
+    # the gateway's share: the p50 through it (10 ms here) less the function's own warm p50
+    assert record.metrics["gateway_adds_p50_ms"] == pytest.approx(10 - record.metrics["handler_warm_p50_ms"], abs=1e-3)
+    assert row["gateway adds p50 (ms)"] == round(record.metrics["gateway_adds_p50_ms"], 1)
 
 
 def test_a_broken_package_fails_the_cold_start_with_its_error(local_package, tmp_path, tiny_artifact):
@@ -388,3 +391,65 @@ def test_a_package_of_an_older_artifact_still_answers(local_package, tiny_artifa
                                json.dumps({"image": image}).encode())
     reply = module.lambda_handler(event, gateway.LocalContext())
     assert reply["statusCode"] == 200 and json.loads(reply["body"])["label"], reply
+
+
+@pytest.fixture(scope="module")
+def int8_package(tiny_artifact, synthetic_root, tmp_path_factory):
+    return lambda_package.build_package(tiny_artifact[0], tmp_path_factory.mktemp("int8") / "local",
+                                        platform_name="local", make_zip=False, quantize="int8",
+                                        calibration_data=synthetic_root)
+
+
+def test_an_int8_package_is_smaller_keeps_its_ends_in_float_and_answers_as_its_model(int8_package, local_package,
+                                                                                  tiny_artifact):
+    """The function serves the int8 model it was built with: what the gateway answers is what the artifact's own
+    inference code gives on that model.onnx. Quantised: the convolutions between the first one and the
+    classifier (QDQ: DequantizeLinear feeds their weights); the first Conv and the Gemm keep float weights."""
+    import onnx
+    from cloudalliance.serving import model_artifact
+
+    int8_onnx = int8_package.path / "model" / "model.onnx"
+    assert lambda_package.read_manifest(int8_package.path)["quantize"] == "int8"
+    assert int8_onnx.stat().st_size < 0.4 * (local_package.path / "model" / "model.onnx").stat().st_size
+    graph = onnx.load(str(int8_onnx)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    dequantized = [n for n in convs if made_by.get(n.input[1]) and made_by[n.input[1]].op_type == "DequantizeLinear"]
+    assert convs[0] not in dequantized and len(dequantized) >= len(convs) - 1 > 0
+    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
+    assert gemm.input[1] not in made_by or made_by[gemm.input[1]].op_type != "DequantizeLinear"
+
+    handlers = model_artifact.load_handlers(int8_package.path / "model")
+    model = handlers.model_fn(str(int8_package.path / "model"))
+    served = gateway.start_local_gateway(mode="lambda", package=int8_package.path, service="int8-gateway")
+    try:
+        url = served.endpoint_url + gateway.ROUTE
+        for path in tiny_artifact[1][:8]:
+            reply = calls.call_api(url, calls.image_payload(path))
+            expected = json.loads(handlers.output_fn(handlers.predict_fn(path.read_bytes(), model))[0])
+            assert reply.status == 200 and reply.body["label"] == expected["label"], path
+    finally:
+        services.stop_service("int8-gateway")
+
+
+def test_int8_against_float_on_the_same_held_out_images(local_package, synthetic_root, tmp_path):
+    from cloudalliance.serving import quantize
+
+    served = local_package.path / "model"
+    int8 = quantize.quantize_int8(served, synthetic_root, tmp_path / "int8.onnx", count=40)
+    rows = quantize.compare(served, int8, synthetic_root)
+    fp32, q = rows
+    assert fp32["images"] == q["images"] == len(tiny_images := list((synthetic_root / "seg_test").rglob("*.jpg")))
+    assert fp32["agreement"] == 1.0 and 0 <= q["agreement"] <= 1 and q["mb"] < fp32["mb"]
+    assert fp32["ci95"][0] <= fp32["accuracy"] <= fp32["ci95"][1]
+    text = quantize.verdict(rows)
+    serve = fp32["ci95"][0] <= q["accuracy"] <= fp32["ci95"][1] and q["agreement"] >= 0.99
+    assert text.endswith("serve int8") == serve and str(len(tiny_images)) in text
+
+
+def test_int8_needs_calibration_images(tiny_artifact, tmp_path, capsys):
+    args = ["lambda", "package", "--artifact", str(tiny_artifact[0]), "--platform", "local", "--out", str(tmp_path / "o")]
+    assert cli.main(args + ["--quantize", "int8"]) == 2
+    assert "--calibration-data" in capsys.readouterr().err
+    assert cli.main(args + ["--quantize", "int8", "--calibration-data", str(tmp_path / "nowhere")]) == 2
+    assert not (tmp_path / "o").exists()

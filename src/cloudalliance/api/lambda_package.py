@@ -36,6 +36,7 @@ from ..aws import SAM_DIR
 from ..defaults import REGION
 from ..errors import CloudallianceError
 from ..serving.model_artifact import ServingError, sha256_of, unpack_artifact
+from ..serving.quantize import quantize_int8
 from ..training.sagemaker import pinned_requirements
 
 
@@ -110,6 +111,8 @@ class PackageInfo:
     files: int
     packages: dict[str, str]
     seconds: float
+    largest: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # the 10 largest files and their bytes
+    quantize: str = ""  # "int8": model.onnx quantised (cloudalliance.serving.quantize)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -120,8 +123,11 @@ class PackageInfo:
 
     def summary(self) -> str:
         zipped = f", {self.zipped_bytes / 1e6:.1f} MB zipped" if self.zipped_bytes else ""
-        text = (f"{self.path}: {self.platform} package for {self.arch} / Python {self.python}, "
-                f"{self.unzipped_bytes / 1e6:.1f} MB unzipped{zipped}, {self.files} files")
+        text = (f"{self.path}: {self.platform} package for {self.arch} / Python {self.python}"
+                f"{', int8 model' if self.quantize else ''}, {self.unzipped_bytes / 1e6:.1f} MB unzipped{zipped}, "
+                f"{self.files} files\nthe largest files: " + ", ".join(
+                    f"{name} {size / 1e6:.1f} MB" if size >= 100_000 else f"{name} {size / 1e3:.0f} kB"
+                    for name, size in self.largest))
         if self.zipped_bytes and self.zipped_bytes > DIRECT_UPLOAD_LIMIT:
             text += (f"\nnote: over Lambda's {DIRECT_UPLOAD_LIMIT / 2**20:.0f} MB limit for a direct zip upload: "
                      "deploy it through S3 (`sam deploy` does; or `aws lambda update-function-code --s3-bucket ...`)")
@@ -246,28 +252,36 @@ def _normalise_modes(folder: Path) -> None:
             path.chmod(0o755 if os.access(path, os.X_OK) else 0o644)
 
 
-def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
-                  platform_name: str = "lambda", python: str | None = None, make_zip: bool = True,
-                  cache: str | os.PathLike = WHEEL_CACHE) -> PackageInfo:
-    """The in-Lambda function's package in ``out`` (replaced as a whole, only once it is complete).
-
-    ``platform_name="lambda"``: self-contained, with the manylinux wheels for ``arch`` and ``python``
-    (default: Lambda's python3.12), byte-compiled for that Python where this machine has it. ``"local"``:
-    handlers and model only, for a gateway on this machine, which brings its own ONNX Runtime, numpy and
-    Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
-    package needs an ``out`` of its own.
-    """
-
-    started = time.perf_counter()
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
+def _check_options(platform_name: str, python: str | None, out, quantize: str, calibration_data) -> None:
     if platform_name not in ("lambda", "local"):
         raise PackageError(f"Unknown platform {platform_name!r}: use lambda or local")
     if platform_name == "local" and python:
         raise PackageError("--python is for the Lambda platform; a local package runs on this Python")
     if platform_name == "local" and not out:
         raise PackageError("A local package needs --out (lambda/package is what `sam deploy` uploads)")
+    if quantize not in ("", "int8") or (quantize and not calibration_data):
+        raise PackageError("--quantize takes int8, with --calibration-data (the data set its training images are in)")
+
+
+def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
+                  platform_name: str = "lambda", python: str | None = None, make_zip: bool = True,
+                  cache: str | os.PathLike = WHEEL_CACHE, quantize: str = "",
+                  calibration_data: str | os.PathLike | None = None) -> PackageInfo:
+    """The in-Lambda function's package in ``out`` (replaced as a whole, only once it is complete).
+
+    ``platform_name="lambda"``: self-contained, with the manylinux wheels for ``arch`` and ``python``
+    (default: Lambda's python3.12), byte-compiled for that Python where this machine has it. ``"local"``:
+    handlers and model only, for a gateway on this machine, which brings its own ONNX Runtime, numpy and
+    Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
+    package needs an ``out`` of its own. ``quantize="int8"`` serves an int8 ``model.onnx`` calibrated on the
+    training images of ``calibration_data`` (:mod:`cloudalliance.serving.quantize`).
+    """
+
+    started = time.perf_counter()
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
+    _check_options(platform_name, python, out, quantize, calibration_data)
     arch = arch or ("x86_64" if platform_name == "lambda" else _machine_arch())
     pip_platforms(arch)  # validates it
     python = python or (RUNTIME_PYTHON if platform_name == "lambda" else f"{sys.version_info[0]}.{sys.version_info[1]}")
@@ -286,6 +300,9 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
             raise PackageError(f"{artifact} is not a model artifact this course built: {exc}") from None
         for name in ARTIFACT_DROPPED:
             (staging / "model" / name).unlink(missing_ok=True)
+        if quantize:
+            os.replace(quantize_int8(staging / "model", calibration_data, staging / "int8.onnx"),
+                       staging / "model" / "model.onnx")
         for name in HANDLER_FILES:
             shutil.copy2(FUNCTION_DIR / name, staging / name)
         packages = {}
@@ -296,7 +313,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         # no build time and no local path: the same artifact gives the same package, byte for byte
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
                     "handler": HANDLER, "packages": packages, "artifact": artifact.name,
-                    "artifact_sha256": sha256_of(artifact), "bytecode": compiled}
+                    "artifact_sha256": sha256_of(artifact), "bytecode": compiled, "quantize": quantize}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]
@@ -317,8 +334,10 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
     if make_zip:
         zip_path = out.with_name(out.name + ".zip")
         zipped = _write_zip(out, zip_path, exclude={"README.md"} if readme is not None else set())
+    largest = sorted(((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file()),
+                     key=lambda item: -item[1])[:10]  # what a smaller package would have to do without
     return PackageInfo(out, zip_path, platform_name, arch, python, unzipped, zipped, len(files), packages,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, largest, quantize)
 
 
 def read_manifest(package: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Int8: a smaller, faster model for the Lambda function, if the accuracy allows it (an option, decided by measurement).
+
+Static quantisation (ONNX Runtime's ``quantize_static``) stores the weights as 8-bit integers and runs the
+convolutions on 8-bit activations. The activations' ranges are measured beforehand by running a few hundred
+training images through the float model (*calibration*). The model gets about 3x smaller and faster on a CPU;
+what it may lose is accuracy, so :func:`compare` scores the float and the int8 model on the same held-out
+images, with their 95 % intervals and the share of images on which both give the same label.
+
+Two layers stay in float: the first convolution, which sees the raw pixels, and the classifier, whose outputs
+are the logits. Quantised too, they cost most of the accuracy int8 loses (docs/measurements.md, "Int8").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.folders import load_image_folder
+from ..data.training_set import decode_images, usable_files
+from ..presets import Preprocess, preprocess_numpy
+from ..stats import wilson_interval
+
+CALIBRATION_IMAGES = 200
+
+
+def _float_ends(model_path: Path) -> list[str]:
+    """The names of the first convolution and the last matrix product (the classifier)."""
+    import onnx
+
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    first_conv = next(n.name for n in nodes if n.op_type == "Conv")
+    last_gemm = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+    return [first_conv, *last_gemm]
+
+
+def _input_name(model_path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+
+
+def _preprocessed(model_dir: Path, files: list[Path]) -> np.ndarray:
+    """The images as the served model sees them: the artifact's own preprocessing, NCHW float32."""
+    cfg = Preprocess.load(model_dir)
+    images = decode_images(files, cfg.size, progress=False, fit=cfg.fit, interpolation=cfg.interpolation)
+    return preprocess_numpy(images, cfg)
+
+
+def quantize_int8(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike,
+                  count: int = CALIBRATION_IMAGES, seed: int = 0) -> Path:
+    """``model_dir/model.onnx`` quantised to int8 in ``out``, calibrated on ``count`` images drawn from the
+    training split of ``data_dir`` (never the images it is scored on)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model_dir, out = Path(model_dir), Path(out)
+    folder = load_image_folder(data_dir, "train")
+    chosen = random.Random(seed).sample(folder.files, min(count, len(folder.files)))
+    files = usable_files(dataclasses.replace(folder, files=chosen, labels=[0] * len(chosen)))[0]  # those that decode
+    if not files:
+        raise ValueError(f"{data_dir} has no training images to calibrate int8 with")
+    batches = iter(_preprocessed(model_dir, files)[:, None])  # one image per calibration step
+    input_name = _input_name(model_dir / "model.onnx")
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            batch = next(batches, None)
+            return None if batch is None else {input_name: batch}
+
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimised, as ONNX Runtime advises
+        quant_pre_process(str(model_dir / "model.onnx"), str(prepared))
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines: stdout stays for --json
+            quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Entropy, nodes_to_exclude=_float_ends(prepared))
+    return out
+
+
+def _score(model_path: Path, batches: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Labels for every image, and the median milliseconds per image (one thread, as a 1,024 MB function)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    labels, times = [], []
+    for batch in batches:
+        started = time.perf_counter()
+        labels.append(int(session.run(None, {name: batch})[0].argmax()))
+        times.append(time.perf_counter() - started)
+    return np.asarray(labels), float(np.median(times) * 1000)
+
+
+def compare(model_dir: str | os.PathLike, int8_path: str | os.PathLike, data_dir: str | os.PathLike,
+            limit: int = 0) -> list[dict[str, Any]]:
+    """The float and the int8 model on the same held-out images (the test split of ``data_dir``): accuracy with
+    its 95 % interval, agreement with the float model's labels, median ms per image and file size."""
+    model_dir = Path(model_dir)
+    classes = json.loads((model_dir / "labels.json").read_text())
+    files, truth, _ = usable_files(load_image_folder(data_dir, "test", classes=classes))
+    files, truth = (files[:limit], truth[:limit]) if limit else (files, truth)
+    batches = list(_preprocessed(model_dir, list(files))[:, None])
+    rows, reference = [], None
+    for name, path in (("float32", model_dir / "model.onnx"), ("int8", Path(int8_path))):
+        labels, ms = _score(path, batches)
+        reference = labels if reference is None else reference
+        correct = int((labels == np.asarray(truth)).sum())
+        low, high = wilson_interval(correct, len(labels))
+        rows.append({"model": name, "images": len(labels), "accuracy": correct / len(labels), "ci95": [low, high],
+                     "agreement": float((labels == reference).mean()), "ms_per_image": round(ms, 2),
+                     "mb": round(path.stat().st_size / 1e6, 2)})
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """The course's rule: serve int8 only if its accuracy is within the float model's 95 % interval and it gives
+    the float model's label on at least 99 % of the images."""
+    fp32, int8 = rows
+    within = fp32["ci95"][0] <= int8["accuracy"] <= fp32["ci95"][1]
+    serve = within and int8["agreement"] >= 0.99
+    return (f"int8: {int8['accuracy']:.1%} against {fp32['accuracy']:.1%} "
+            f"({'within' if within else 'outside'} the float model's interval), the same label on "
+            f"{int8['agreement']:.1%} of {int8['images']} images, {fp32['ms_per_image'] / int8['ms_per_image']:.1f}x "
+            f"as fast -> {'serve int8' if serve else 'keep float32 (int8 stays an option: --quantize int8)'}")
+
+
+def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"model": r["model"], "accuracy (95 % interval)": f"{r['accuracy']:.1%} ({r['ci95'][0]:.1%}-{r['ci95'][1]:.1%})",
+             "same label as float32": f"{r['agreement']:.1%}", "ms per image": r["ms_per_image"], "MB": r["mb"]}
+            for r in rows]
