@@ -258,6 +258,8 @@ def mode_record(mode: str, backend: str, cold: ColdStart | None, latency, api_ur
                         "init_ms": [round(1000 * t, 1) for t in cold.import_s],
                         "handler_warm_ms": [round(1000 * t, 3) for t in cold.warm_s]})
         memory_mb = memory_mb or (recommend_memory(max(cold.maxrss_mb)) if mode == "lambda" else FUNCTION_MEMORY_MB)
+        # what the local gateway and the HTTP round trip add to the function's own warm time (measurement equipment)
+        metrics["gateway_adds_p50_ms"] = round(metrics["warm_p50_ms"] - metrics["handler_warm_p50_ms"], 3)
     if cold is not None and bare:  # ours divided by the bare library's, measured in the same run
         metrics.update({k: round(v, 3) for k, v in bare.items()})
         metrics["cold_start_vs_bare"] = round(metrics["cold_start_median_ms"] / bare["bare_cold_start_median_ms"], 2)
@@ -336,6 +338,7 @@ def modes_table(records) -> list[dict[str, Any]]:
         row = {"mode": r.config.get("mode", r.name), "cold start median (ms)": m.get("cold_start_median_ms"),
                "cold start max (ms)": m.get("cold_start_max_ms"), "warm p50 (ms)": m.get("warm_p50_ms"),
                "warm p99 (ms)": m.get("warm_p99_ms"), "handler warm p50 (ms)": m.get("handler_warm_p50_ms"),
+               "gateway adds p50 (ms)": m.get("gateway_adds_p50_ms"),
                "peak RSS (MB)": m.get("peak_rss_mb"), "memory (MB)": r.config.get("lambda_memory_mb"),
                **{k.replace("package_", "package ").replace("_mb", " (MB)"): v for k, v in s.items()
                   if k.startswith("package_")}}
