@@ -395,41 +395,38 @@ def test_a_package_of_an_older_artifact_still_answers(local_package, tiny_artifa
 
 @pytest.fixture(scope="module")
 def int8_package(tiny_artifact, synthetic_root, tmp_path_factory):
-    return lambda_package.build_package(tiny_artifact[0], tmp_path_factory.mktemp("int8") / "local",
-                                        platform_name="local", make_zip=False, quantize="int8",
-                                        calibration_data=synthetic_root)
+    from cloudalliance.serving import quantize
+
+    work = tmp_path_factory.mktemp("int8")
+    int8 = quantize.quantize_artifact(tiny_artifact[0], synthetic_root, work / "model.onnx", count=40)
+    return lambda_package.build_package(tiny_artifact[0], work / "local", platform_name="local", make_zip=False,
+                                        int8_model=int8)
 
 
-def test_an_int8_package_is_smaller_keeps_its_ends_in_float_and_answers_as_its_model(int8_package, local_package,
-                                                                                  tiny_artifact):
+def test_an_int8_package_is_smaller_has_int8_weights_and_answers_as_its_model(int8_package, local_package,
+                                                                           tiny_artifact):
     """The function serves the int8 model it was built with: what the gateway answers is what the artifact's own
-    inference code gives on that model.onnx. Quantised: the convolutions between the first one and the
-    classifier (QDQ: DequantizeLinear feeds their weights); the first Conv and the Gemm keep float weights."""
+    inference code gives on that model.onnx. Quantised (QDQ): a DequantizeLinear of int8 weights feeds every
+    convolution and the classifier."""
     import onnx
-    from cloudalliance.serving import model_artifact
 
     int8_onnx = int8_package.path / "model" / "model.onnx"
     assert lambda_package.read_manifest(int8_package.path)["quantize"] == "int8"
     assert int8_onnx.stat().st_size < 0.4 * (local_package.path / "model" / "model.onnx").stat().st_size
     graph = onnx.load(str(int8_onnx)).graph
     made_by = {out: node for node in graph.node for out in node.output}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    dequantized = [n for n in convs if made_by.get(n.input[1]) and made_by[n.input[1]].op_type == "DequantizeLinear"]
-    assert convs[0] not in dequantized and len(dequantized) >= len(convs) - 1 > 0
-    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
-    assert gemm.input[1] not in made_by or made_by[gemm.input[1]].op_type != "DequantizeLinear"
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    assert weighted and all(made_by[n.input[1]].op_type == "DequantizeLinear" for n in weighted)
+    int8_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert all(made_by[n.input[1]].input[0] in int8_weights for n in weighted)
 
-    handlers = model_artifact.load_handlers(int8_package.path / "model")
-    model = handlers.model_fn(str(int8_package.path / "model"))
     served = gateway.start_local_gateway(mode="lambda", package=int8_package.path, service="int8-gateway")
     try:
         url = served.endpoint_url + gateway.ROUTE
-        for path in tiny_artifact[1][:8]:
-            reply = calls.call_api(url, calls.image_payload(path))
-            expected = json.loads(handlers.output_fn(handlers.predict_fn(path.read_bytes(), model))[0])
-            assert reply.status == 200 and reply.body["label"] == expected["label"], path
+        rows = lambda_modes.compare_answers(url, url, tiny_artifact[1][:8], int8_package.path / "model")
     finally:
         services.stop_service("int8-gateway")
+    assert len(rows) == 8 and all(r["in Lambda"] == r["its model, here"] for r in rows), rows
 
 
 def test_int8_against_float_on_the_same_held_out_images(local_package, synthetic_root, tmp_path):
@@ -453,3 +450,7 @@ def test_int8_needs_calibration_images(tiny_artifact, tmp_path, capsys):
     assert "--calibration-data" in capsys.readouterr().err
     assert cli.main(args + ["--quantize", "int8", "--calibration-data", str(tmp_path / "nowhere")]) == 2
     assert not (tmp_path / "o").exists()
+    bench = ["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(tiny_artifact[1][0]),
+             "--out", str(tmp_path / "b"), "--quantize", "int8"]
+    assert cli.main(bench) == 2 and "--calibration-data" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -36,7 +36,6 @@ from ..aws import SAM_DIR
 from ..defaults import REGION
 from ..errors import CloudallianceError
 from ..serving.model_artifact import ServingError, sha256_of, unpack_artifact
-from ..serving.quantize import quantize_int8
 from ..training.sagemaker import pinned_requirements
 
 
@@ -252,36 +251,33 @@ def _normalise_modes(folder: Path) -> None:
             path.chmod(0o755 if os.access(path, os.X_OK) else 0o644)
 
 
-def _check_options(platform_name: str, python: str | None, out, quantize: str, calibration_data) -> None:
+def _check_options(platform_name: str, python: str | None, out) -> None:
     if platform_name not in ("lambda", "local"):
         raise PackageError(f"Unknown platform {platform_name!r}: use lambda or local")
     if platform_name == "local" and python:
         raise PackageError("--python is for the Lambda platform; a local package runs on this Python")
     if platform_name == "local" and not out:
         raise PackageError("A local package needs --out (lambda/package is what `sam deploy` uploads)")
-    if quantize not in ("", "int8") or (quantize and not calibration_data):
-        raise PackageError("--quantize takes int8, with --calibration-data (the data set its training images are in)")
 
 
 def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
                   platform_name: str = "lambda", python: str | None = None, make_zip: bool = True,
-                  cache: str | os.PathLike = WHEEL_CACHE, quantize: str = "",
-                  calibration_data: str | os.PathLike | None = None) -> PackageInfo:
+                  cache: str | os.PathLike = WHEEL_CACHE, int8_model: str | os.PathLike | None = None) -> PackageInfo:
     """The in-Lambda function's package in ``out`` (replaced as a whole, only once it is complete).
 
     ``platform_name="lambda"``: self-contained, with the manylinux wheels for ``arch`` and ``python``
     (default: Lambda's python3.12), byte-compiled for that Python where this machine has it. ``"local"``:
     handlers and model only, for a gateway on this machine, which brings its own ONNX Runtime, numpy and
     Pillow. ``out`` defaults to ``lambda/package`` (the template's CodeUri) for the Lambda platform; a local
-    package needs an ``out`` of its own. ``quantize="int8"`` serves an int8 ``model.onnx`` calibrated on the
-    training images of ``calibration_data`` (:mod:`cloudalliance.serving.quantize`).
+    package needs an ``out`` of its own. ``int8_model``: an int8 ``model.onnx`` to serve instead of the artifact's
+    (made by :func:`cloudalliance.serving.quantize.quantize_int8` from it).
     """
 
     started = time.perf_counter()
     artifact = Path(artifact)
     if not artifact.is_file():
         raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
-    _check_options(platform_name, python, out, quantize, calibration_data)
+    _check_options(platform_name, python, out)
     arch = arch or ("x86_64" if platform_name == "lambda" else _machine_arch())
     pip_platforms(arch)  # validates it
     python = python or (RUNTIME_PYTHON if platform_name == "lambda" else f"{sys.version_info[0]}.{sys.version_info[1]}")
@@ -300,9 +296,8 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
             raise PackageError(f"{artifact} is not a model artifact this course built: {exc}") from None
         for name in ARTIFACT_DROPPED:
             (staging / "model" / name).unlink(missing_ok=True)
-        if quantize:
-            os.replace(quantize_int8(staging / "model", calibration_data, staging / "int8.onnx"),
-                       staging / "model" / "model.onnx")
+        if int8_model:
+            shutil.copyfile(int8_model, staging / "model" / "model.onnx")
         for name in HANDLER_FILES:
             shutil.copy2(FUNCTION_DIR / name, staging / name)
         packages = {}
@@ -313,7 +308,8 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         # no build time and no local path: the same artifact gives the same package, byte for byte
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
                     "handler": HANDLER, "packages": packages, "artifact": artifact.name,
-                    "artifact_sha256": sha256_of(artifact), "bytecode": compiled, "quantize": quantize}
+                    "artifact_sha256": sha256_of(artifact), "bytecode": compiled,
+                    "quantize": "int8" if int8_model else ""}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]
@@ -337,7 +333,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
     largest = sorted(((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file()),
                      key=lambda item: -item[1])[:10]  # what a smaller package would have to do without
     return PackageInfo(out, zip_path, platform_name, arch, python, unzipped, zipped, len(files), packages,
-                       time.perf_counter() - started, largest, quantize)
+                       time.perf_counter() - started, largest, "int8" if int8_model else "")
 
 
 def read_manifest(package: str | os.PathLike) -> dict[str, Any]:
@@ -382,7 +378,7 @@ def sam_validate(template: str | os.PathLike = LAMBDA_DIR / "template.yaml", sam
 
 
 def build_packages(artifact: str | os.PathLike, folder: str | os.PathLike, arches: Sequence[str],
-                   log=print) -> list[PackageInfo]:
+                   log=print, int8_model: str | os.PathLike | None = None) -> list[PackageInfo]:
     """The Lambda package for each architecture, for its size; one that cannot be built (no PyPI, no cached
     wheels) is reported and left out. The architectures build side by side (pip runs in its own process and
     zlib compresses outside the GIL), in about the time of one on two cores."""
@@ -390,7 +386,7 @@ def build_packages(artifact: str | os.PathLike, folder: str | os.PathLike, arche
 
     def one(arch: str) -> PackageInfo | str:
         try:
-            return build_package(artifact, Path(folder) / f"package-{arch}", arch=arch)
+            return build_package(artifact, Path(folder) / f"package-{arch}", arch=arch, int8_model=int8_model)
         except PackageError as exc:
             return f"{arch}: not built: {str(exc).splitlines()[0]}"
 

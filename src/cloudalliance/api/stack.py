@@ -54,14 +54,17 @@ def start_api(backend: str, run, root: str | os.PathLike, files: Sequence[Path],
     return ApiStack(backend, api_url or gateway.endpoint_url + ROUTE, image_url, endpoint.endpoint_url, artifact)
 
 
-def add_model_in_lambda(stack: ApiStack, lambda_dir: str | os.PathLike, lambda_api_url: str = "") -> str | None:
+def add_model_in_lambda(stack: ApiStack, lambda_dir: str | os.PathLike, lambda_api_url: str = "",
+                        int8_model: str | os.PathLike | None = None) -> str | None:
     """The second way to serve: the model inside the Lambda function. On aws, ``lambda_api_url`` (a stack deployed
-    with ``InferenceMode: both``), or None; locally its package is built and served by a second gateway."""
+    with ``InferenceMode: both``), or None; locally its package (with ``int8_model`` in place of the artifact's
+    model, if given) is built and served by a second gateway."""
     if not stack.local:
         stack.lambda_url = lambda_api_url or None
         return stack.lambda_url
 
-    stack.local_package = build_package(stack.artifact, Path(lambda_dir) / "package-local", platform_name="local")
+    stack.local_package = build_package(stack.artifact, Path(lambda_dir) / "package-local", platform_name="local",
+                                        int8_model=int8_model)
     inside = start_local_gateway(allowed_private_hosts="127.0.0.1", mode="lambda", package=stack.local_package.path)
     stack.lambda_url = inside.endpoint_url + ROUTE
     return stack.lambda_url

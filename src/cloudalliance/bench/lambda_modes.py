@@ -28,6 +28,7 @@ from ..api.lambda_package import (FUNCTION_DIR, RUNTIME_PYTHON, PackageError, Pa
                                   build_package, find_python)
 from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
 from ..local.gateway import http_api_event, in_lambda_environment
+from ..serving.model_artifact import load_handlers
 from ..records import Record
 from . import prices
 
@@ -309,7 +310,7 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
 
 
 def cold_start_package(artifact: str | os.PathLike, work: str | os.PathLike, built: Sequence[PackageInfo],
-                       local: PackageInfo) -> tuple[Path, str | None, str]:
+                       local: PackageInfo, int8_model: str | os.PathLike | None = None) -> tuple[Path, str | None, str]:
     """What to cold-start, best first: the package built for Lambda (this machine's architecture) run by a
     CPython 3.12 with no site-packages; else the same layout built for this interpreter; else the local package.
     Returns (folder, interpreter, description)."""
@@ -320,7 +321,8 @@ def cold_start_package(artifact: str | os.PathLike, work: str | os.PathLike, bui
             return info.path, python, f"the Lambda package ({arch}, CPython {RUNTIME_PYTHON}, no site-packages)"
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     try:
-        info = build_package(artifact, Path(work) / "package-isolated", arch=arch, python=here, make_zip=False)
+        info = build_package(artifact, Path(work) / "package-isolated", arch=arch, python=here, make_zip=False,
+                             int8_model=int8_model)
         return info.path, None, f"the Lambda layout built for CPython {here} ({arch}, no site-packages)"
     except PackageError as exc:
         return local.path, None, f"the local package with this environment's packages ({str(exc).splitlines()[0]})"
@@ -349,9 +351,15 @@ def modes_table(records) -> list[dict[str, Any]]:
     return [{k: row.get(k, "–") for k in keys} for row in rows]
 
 
-def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Each image through both APIs: the two labels and the largest probability difference."""
+def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os.PathLike],
+                    lambda_model: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Each image through both APIs: the two labels and the largest probability difference; with ``lambda_model``
+    (the model folder the function serves), also the label that model gives when run here, in this process."""
 
+    own = None
+    if lambda_model:
+        handlers = load_handlers(lambda_model)
+        own = (handlers, handlers.model_fn(str(lambda_model)))
     rows = []
     for path in files:
         a, b = call_api(endpoint_api, image_payload(path)), call_api(lambda_api, image_payload(path))
@@ -359,6 +367,9 @@ def compare_answers(endpoint_api: str, lambda_api: str, files: Sequence[str | os
         diff = max((abs(p - pb[c]) for c, p in pa.items() if c in pb), default=float("inf"))
         rows.append({"image": Path(path).name, "endpoint": a.body.get("label"), "in Lambda": b.body.get("label"),
                      "max |p diff|": diff if pa.keys() == pb.keys() else float("inf")})
+        if own:
+            answer = own[0].output_fn(own[0].predict_fn(Path(path).read_bytes(), own[1]))
+            rows[-1]["its model, here"] = json.loads(answer[0])["label"]
     return rows
 
 

@@ -66,10 +66,17 @@ def _serve_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lambda_package(args: argparse.Namespace) -> int:
-    from ..api.lambda_package import build_package
+    import tempfile
 
-    info = build_package(args.artifact, args.out, arch=args.arch, platform_name=args.platform, python=args.python,
-                         make_zip=not args.no_zip, quantize=args.quantize, calibration_data=args.calibration_data)
+    from ..api.lambda_package import build_package
+    from ..serving.quantize import quantize_artifact
+
+    if args.quantize and not args.calibration_data:
+        raise ValueError("--quantize int8 needs --calibration-data: the data set whose training images calibrate it")
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+        int8 = quantize_artifact(args.artifact, args.calibration_data, Path(tmp) / "model.onnx") if args.quantize else None
+        info = build_package(args.artifact, args.out, arch=args.arch, platform_name=args.platform, python=args.python,
+                             make_zip=not args.no_zip, int8_model=int8)
     if args.json:
         _print_json(info.to_dict())
     else:

@@ -106,6 +106,7 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
     from ..local import gateway as local_gateway
     from ..local import services
     from ..records import write_record
+    from ..serving.quantize import quantize_artifact
 
     if args.runs < 1 or args.requests < 1:
         raise ValueError("--runs and --requests must be at least 1")
@@ -119,21 +120,24 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
         load_rgb(image, 32)
     except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a file that is not an image
         raise ValueError(f"--image {args.image} is not an image the model can read ({type(exc).__name__})") from None
+    if args.quantize and not args.calibration_data:
+        raise ValueError("--quantize int8 needs --calibration-data: the data set whose training images calibrate it")
     payloads = [calls.image_payload(args.image)]
     work = Path(args.out)
+    int8 = quantize_artifact(args.artifact, args.calibration_data, work / "int8.onnx") if args.quantize else None
     started: list[str] = []
     try:
         sizes = []
         for arch in args.arch:
             try:
-                info = lambda_package.build_package(args.artifact, work / f"package-{arch}", arch=arch)
+                info = lambda_package.build_package(args.artifact, work / f"package-{arch}", arch=arch, int8_model=int8)
                 sizes.append(info)
                 print(info.summary(), file=sys.stderr if args.json else sys.stdout)  # --json: JSON alone on stdout
             except lambda_package.PackageError as exc:
                 print(f"no {arch} package: {exc}", file=sys.stderr)
         local = lambda_package.build_package(args.artifact, work / "package-local", platform_name="local",
-                                             make_zip=False)
-        cold_pkg, python, described = lambda_modes.cold_start_package(args.artifact, work, sizes, local)
+                                             make_zip=False, int8_model=int8)
+        cold_pkg, python, described = lambda_modes.cold_start_package(args.artifact, work, sizes, local, int8)
         print(f"cold starts of the model in Lambda: {described}", file=sys.stderr if args.json else sys.stdout)
         was_up = services.running(endpoint_server.ENDPOINT_SERVICE) is not None
         endpoint = endpoint_server.ensure_local_endpoint(args.artifact, ENDPOINT_NAME)
@@ -245,6 +249,9 @@ def register(sub) -> None:
                    help="Lambda packages to build for their sizes (none: skip)")
     p.add_argument("--out", default="runs/bench-lambda", help="where the packages are built")
     p.add_argument("--record-dir", help="also write the mode-endpoint and mode-lambda records here")
+    p.add_argument("--quantize", choices=["int8"], default="", help="measure the function with an int8 model.onnx")
+    p.add_argument("--calibration-data", metavar="DIR", help="with --quantize: the data set whose training images "
+                                                            "calibrate it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_lambda)
 
