@@ -453,4 +453,25 @@ def test_int8_needs_calibration_images(tiny_artifact, tmp_path, capsys):
     bench = ["bench", "lambda", "--artifact", str(tiny_artifact[0]), "--image", str(tiny_artifact[1][0]),
              "--out", str(tmp_path / "b"), "--quantize", "int8"]
     assert cli.main(bench) == 2 and "--calibration-data" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+    assert cli.main(bench + ["--calibration-data", str(tmp_path / "nowhere")]) == 2
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+    # the package's own checks come before the minute of calibration, and a lone --calibration-data is refused
+    data = ["--quantize", "int8", "--calibration-data", str(tmp_path)]
+    assert cli.main(["lambda", "package", "--artifact", str(tmp_path / "nope.tar.gz")] + data) == 2
+    assert "No artifact at" in capsys.readouterr().err
+    assert cli.main(["lambda", "package", "--artifact", str(tiny_artifact[0]), "--platform", "local"] + data) == 2
+    assert "needs --out" in capsys.readouterr().err
+    assert cli.main(args + ["--calibration-data", str(tmp_path)]) == 2
+
+
+def test_the_mode_record_names_the_model_the_function_served(gateways, int8_package, local_package, tiny_artifact):
+    _, inside = gateways
+    image = tiny_artifact[1][0].read_bytes()
+    payloads = [calls.image_payload(tiny_artifact[1][0])]
+    for package, model in ((int8_package.path, "int8"), (local_package.path, "float32")):
+        record = lambda_modes.measure_mode("lambda", inside, image, payloads, runs=0, requests=2, package=package,
+                                           progress=False)
+        assert record.config["model"] == model
+        assert lambda_modes.modes_table([record])[0]["model"] == model
+    assert lambda_package.read_manifest(int8_package.path)["model_sha256"] != \
+        lambda_package.read_manifest(local_package.path)["model_sha256"]

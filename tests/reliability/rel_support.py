@@ -286,7 +286,7 @@ def running_stack(artifact, folder: Path):
 
     path, jpeg, png = artifact
     folder.mkdir(parents=True, exist_ok=True)
-    with private_state(folder, FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S), POWERTOOLS_LOG_LEVEL="ERROR"):
+    with private_state(folder, FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S)):
         started = []
         try:
             endpoint = endpoint_server.start_local_endpoint(path, endpoint_name=ENDPOINT_NAME)

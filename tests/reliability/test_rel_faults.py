@@ -130,7 +130,7 @@ def test_kill_restart_and_stop(rel_artifact, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     artifact, jpeg = rel_artifact[0], rel_artifact[1]
-    with private_state(state, FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S), POWERTOOLS_LOG_LEVEL="ERROR"):
+    with private_state(state, FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S)):
         try:
             first = cli_endpoint_start(artifact, state)
             gateway = start_gateway(first["endpoint_url"], "127.0.0.1", "gateway")

@@ -109,6 +109,8 @@ def test_architecture_and_json_logs_for_both_functions():
     assert function["Architectures"] == [{"!Ref": "Architecture"}]
     assert function["LoggingConfig"]["LogFormat"] == "JSON"
     assert function["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
+    # the platform's START and REPORT lines (Init Duration, Billed Duration) are system logs at INFO
+    assert function["LoggingConfig"]["SystemLogLevel"] in ("INFO", "DEBUG")
     assert "Layers" not in function
 
 

@@ -125,7 +125,7 @@ class PackageInfo:
         text = (f"{self.path}: {self.platform} package for {self.arch} / Python {self.python}"
                 f"{', int8 model' if self.quantize else ''}, {self.unzipped_bytes / 1e6:.1f} MB unzipped{zipped}, "
                 f"{self.files} files\nthe largest files: " + ", ".join(
-                    f"{name} {size / 1e6:.1f} MB" if size >= 100_000 else f"{name} {size / 1e3:.0f} kB"
+                    f"{name} {size / 1e6:.1f} MB" if size >= 100_000 else f"{name} {size / 1e3:.1f} kB"
                     for name, size in self.largest))
         if self.zipped_bytes and self.zipped_bytes > DIRECT_UPLOAD_LIMIT:
             text += (f"\nnote: over Lambda's {DIRECT_UPLOAD_LIMIT / 2**20:.0f} MB limit for a direct zip upload: "
@@ -251,7 +251,10 @@ def _normalise_modes(folder: Path) -> None:
             path.chmod(0o755 if os.access(path, os.X_OK) else 0o644)
 
 
-def _check_options(platform_name: str, python: str | None, out) -> None:
+def check_options(artifact: str | os.PathLike, platform_name: str, python: str | None, out) -> None:
+    """What :func:`build_package` refuses, checked before any work (such as quantising the model) is done."""
+    if not Path(artifact).is_file():
+        raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
     if platform_name not in ("lambda", "local"):
         raise PackageError(f"Unknown platform {platform_name!r}: use lambda or local")
     if platform_name == "local" and python:
@@ -275,9 +278,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
 
     started = time.perf_counter()
     artifact = Path(artifact)
-    if not artifact.is_file():
-        raise PackageError(f"No artifact at {artifact}: build one with `cloudalliance package` (or notebook 05)")
-    _check_options(platform_name, python, out)
+    check_options(artifact, platform_name, python, out)
     arch = arch or ("x86_64" if platform_name == "lambda" else _machine_arch())
     pip_platforms(arch)  # validates it
     python = python or (RUNTIME_PYTHON if platform_name == "lambda" else f"{sys.version_info[0]}.{sys.version_info[1]}")
@@ -309,7 +310,7 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         manifest = {"platform": platform_name, "arch": arch, "python": python, "runtime": RUNTIME,
                     "handler": HANDLER, "packages": packages, "artifact": artifact.name,
                     "artifact_sha256": sha256_of(artifact), "bytecode": compiled,
-                    "quantize": "int8" if int8_model else ""}
+                    "quantize": "int8" if int8_model else "", "model_sha256": sha256_of(staging / "model" / "model.onnx")}
         (staging / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]

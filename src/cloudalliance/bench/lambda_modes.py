@@ -303,6 +303,10 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
                                        env={"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url})
     latency = measure_latency(api_url, payloads, requests=requests, progress=progress)
     record = mode_record(mode, backend, cold, latency, api_url, packages, bare=bare)
+    # which model answered: the endpoint serves the artifact's float32 model; the function, what its package holds
+    manifest = Path(package or "") / "package.json"
+    record.config["model"] = ("float32" if mode == "endpoint" else
+                              (json.loads(manifest.read_text()).get("quantize") or "float32") if manifest.is_file() else "")
     if cold is not None:
         record.config["cold_start_of"] = cold_start_of or ("lambda/src/handler.py with this environment's boto3"
                                                            if mode == "endpoint" else str(package))
@@ -337,7 +341,8 @@ def modes_table(records) -> list[dict[str, Any]]:
     rows = []
     for r in records:
         m, s = r.metrics, r.sizes
-        row = {"mode": r.config.get("mode", r.name), "cold start median (ms)": m.get("cold_start_median_ms"),
+        row = {"mode": r.config.get("mode", r.name), "model": r.config.get("model") or None,
+               "cold start median (ms)": m.get("cold_start_median_ms"),
                "cold start max (ms)": m.get("cold_start_max_ms"), "warm p50 (ms)": m.get("warm_p50_ms"),
                "warm p99 (ms)": m.get("warm_p99_ms"), "handler warm p50 (ms)": m.get("handler_warm_p50_ms"),
                "gateway adds p50 (ms)": m.get("gateway_adds_p50_ms"),

@@ -120,8 +120,9 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
         load_rgb(image, 32)
     except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a file that is not an image
         raise ValueError(f"--image {args.image} is not an image the model can read ({type(exc).__name__})") from None
-    if args.quantize and not args.calibration_data:
-        raise ValueError("--quantize int8 needs --calibration-data: the data set whose training images calibrate it")
+    if bool(args.quantize) != bool(args.calibration_data):
+        raise ValueError("--quantize int8 and --calibration-data (the data set whose training images calibrate it) "
+                         "go together")
     payloads = [calls.image_payload(args.image)]
     work = Path(args.out)
     int8 = quantize_artifact(args.artifact, args.calibration_data, work / "int8.onnx") if args.quantize else None

@@ -231,8 +231,7 @@ def start_local_gateway(endpoint_url: str = "", endpoint_name: str = ENDPOINT_NA
         raise ValueError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}")
     port = port or services.free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"ALLOWED_PRIVATE_HOSTS": allowed_private_hosts, "POWERTOOLS_SERVICE_NAME": "cloudalliance-predict",
-           "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING")}
+    env = {"ALLOWED_PRIVATE_HOSTS": allowed_private_hosts}
     follow = None
     if mode == "lambda":
         handler_path = Path(handler_path) if handler_path else _local_package_handler(package)

@@ -129,6 +129,8 @@ def package_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
 
 
 def unpack_artifact(artifact: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    if not Path(artifact).is_file():
+        raise ServingError(f"No artifact at {artifact}: build it first (notebook 05, or `cloudalliance package`)")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(artifact) as tar:
