@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,7 +73,7 @@ def quantize_int8(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimised, as ONNX Runtime advises
         quant_pre_process(str(model_dir / "model.onnx"), str(prepared))
-        with contextlib.redirect_stdout(sys.stderr):  # its progress lines: stdout stays for --json
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, which would break --json
             # uint8 activations and int8 weights per channel, the fast pair on x86; reduce_range keeps the weights
             # to 7 bits, which CPUs without VNNI (AVX2, older AVX-512: not every Lambda host has VNNI) need to
             # avoid saturating ("Quantize ONNX models", onnxruntime.ai/docs/performance/model-optimizations)
