@@ -1,10 +1,11 @@
-"""Int8: a smaller, faster model for the Lambda function, if the accuracy allows it (an option, decided by measurement).
+"""Int8: a smaller, faster model for the Lambda function, served only when the held-out images allow it.
 
 Static quantisation (ONNX Runtime's ``quantize_static``) stores the weights as 8-bit integers and runs the
 convolutions on 8-bit activations. The activations' ranges are measured beforehand by running a hundred
 training images through the float model (*calibration*). The model gets about 3.5x smaller and almost twice as
-fast on a CPU; what it may lose is accuracy, so :func:`compare` scores the float and the int8 model on the same held-out
-images, with their 95 % intervals and the share of images on which both give the same label.
+fast on a CPU; what it may lose is accuracy, so :func:`compare` scores the float and the int8 model on the same
+held-out images, with their 95 % intervals and the share of images on which both give the same label, and
+:func:`passes` applies the course's rule to decide which one the function serves.
 
 Each activation's range comes from entropy calibration (the range that keeps most of the information in its
 histogram) rather than its minimum and maximum, which a few outliers stretch (docs/measurements.md, "Int8").
