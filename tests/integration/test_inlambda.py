@@ -464,14 +464,17 @@ def test_int8_needs_calibration_images(tiny_artifact, tmp_path, capsys):
     assert cli.main(args + ["--calibration-data", str(tmp_path)]) == 2
 
 
-def test_the_mode_record_names_the_model_the_function_served(gateways, int8_package, local_package, tiny_artifact):
-    _, inside = gateways
+def test_the_mode_record_names_the_model_the_function_served(int8_package, local_package, tiny_artifact):
     image = tiny_artifact[1][0].read_bytes()
     payloads = [calls.image_payload(tiny_artifact[1][0])]
     for package, model in ((int8_package.path, "int8"), (local_package.path, "float32")):
-        record = lambda_modes.measure_mode("lambda", inside, image, payloads, runs=0, requests=2, package=package,
-                                           progress=False)
-        assert record.config["model"] == model
+        served = gateway.start_local_gateway(mode="lambda", package=package, service="record-gateway")
+        try:
+            record = lambda_modes.measure_mode("lambda", served.endpoint_url + gateway.ROUTE, image, payloads,
+                                               runs=0, requests=2, package=package, progress=False)
+        finally:
+            services.stop_service("record-gateway")
+        assert record.config["model"] == model and record.sizes["errors"] == 0
         assert lambda_modes.modes_table([record])[0]["model"] == model
     assert lambda_package.read_manifest(int8_package.path)["model_sha256"] != \
         lambda_package.read_manifest(local_package.path)["model_sha256"]
