@@ -315,6 +315,8 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
         _normalise_modes(staging)
         files = [p for p in staging.rglob("*") if p.is_file()]
         unzipped = sum(p.stat().st_size for p in files)
+        largest = sorted(((str(p.relative_to(staging)), p.stat().st_size) for p in files),
+                         key=lambda item: -item[1])[:10]  # what a smaller package would have to do without
         if unzipped > UNZIPPED_LIMIT:
             raise PackageError(f"The package is {unzipped / 2**20:.0f} MiB unzipped; Lambda allows "
                                f"{UNZIPPED_LIMIT / 2**20:.0f} MiB with its layers: use a smaller model, "
@@ -331,8 +333,6 @@ def build_package(artifact: str | os.PathLike, out: str | os.PathLike | None = N
     if make_zip:
         zip_path = out.with_name(out.name + ".zip")
         zipped = _write_zip(out, zip_path, exclude={"README.md"} if readme is not None else set())
-    largest = sorted(((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file()),
-                     key=lambda item: -item[1])[:10]  # what a smaller package would have to do without
     return PackageInfo(out, zip_path, platform_name, arch, python, unzipped, zipped, len(files), packages,
                        time.perf_counter() - started, largest, "int8" if int8_model else "")
 

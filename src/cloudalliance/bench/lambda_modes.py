@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..api.calls import call_api, image_payload, measure_latency
 from ..api.lambda_package import (FUNCTION_DIR, RUNTIME_PYTHON, PackageError, PackageInfo, _machine_arch,
-                                  build_package, find_python)
+                                  build_package, find_python, read_manifest)
 from ..defaults import ENDPOINT_NAME, FUNCTION_MEMORY_MB
 from ..local.gateway import http_api_event, in_lambda_environment
 from ..serving.model_artifact import load_handlers
@@ -304,9 +304,9 @@ def measure_mode(mode: str, api_url: str, image: bytes, payloads: Sequence[dict[
     latency = measure_latency(api_url, payloads, requests=requests, progress=progress)
     record = mode_record(mode, backend, cold, latency, api_url, packages, bare=bare)
     # which model answered: the endpoint serves the artifact's float32 model; the function, what its package holds
-    manifest = Path(package or "") / "package.json"
+    built = package and (Path(package) / "package.json").is_file()
     record.config["model"] = ("float32" if mode == "endpoint" else
-                              (json.loads(manifest.read_text()).get("quantize") or "float32") if manifest.is_file() else "")
+                              (read_manifest(package).get("quantize") or "float32") if built else "")
     if cold is not None:
         record.config["cold_start_of"] = cold_start_of or ("lambda/src/handler.py with this environment's boto3"
                                                            if mode == "endpoint" else str(package))
