@@ -33,7 +33,8 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -s -m "slow and not aws" tests $(PYTEST_ARGS)
 
 # The aws branch of notebooks 02, 03, 05, 06 run twice against a local AWS emulator (moto's server, with a proxy
-# that plays SageMaker's containers with the course's own runner and endpoint), then cleaned up; no AWS account.
+# whose training containers run the SageMaker SDK's own sm_train.sh and drivers), a two-instance job, then the
+# cleanup; no AWS account.
 test-aws: $(STAMP)
 	$(BIN)/python tests/aws_rehearsal/rehearse.py --passes 2
 

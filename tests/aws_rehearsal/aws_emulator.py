@@ -2,13 +2,16 @@
 
 Every request goes to moto (``moto.server.ThreadedMotoServer``, a real HTTP server that parses requests against
 the botocore service models). moto keeps SageMaker's *control plane* (jobs, models, endpoint configs, endpoints)
-but runs no containers, so the proxy in front of it plays the *data plane* with the course's own local pieces:
+but runs no containers, so the proxy in front of it plays the *data plane*:
 
-- CreateTrainingJob: once moto accepts the job, its channels are downloaded from the emulated S3 and the course's
-  entry script runs under SageMaker's contract (``cloudalliance.training.launch.run_local``); ``/opt/ml/model`` is tarred
-  into ``model.tar.gz`` at the job's ``ModelArtifacts`` path. Until then DescribeTrainingJob says InProgress (moto
-  says Completed at once: moto/sagemaker/models.py, ``FakeTrainingJob.__init__``, ``training_job_status =
-  "Completed"``); a failed script makes it say Failed with the log's last lines.
+- CreateTrainingJob: once moto accepts the job, every host's container runs as SageMaker runs it
+  (training_container.py): ``/opt/ml`` laid out from the request and the emulated S3 (its own scratch folder per
+  host, sandbox.py), then the request's ContainerEntrypoint, i.e. the SDK's own ``sm_train.sh`` and drivers,
+  which start the course's entry script (torchrun across ``algo-1`` and ``algo-2`` for a two-instance job).
+  ``/opt/ml/model`` comes back as ``model.tar.gz`` at the job's ``ModelArtifacts`` path. Until then
+  DescribeTrainingJob says InProgress (moto says Completed at once: moto/sagemaker/models.py,
+  ``FakeTrainingJob.__init__``, ``training_job_status = "Completed"``); a failed script makes it say Failed with
+  ``/opt/ml/output/failure``. StopTrainingJob (not in moto) sends SIGTERM to the containers: Stopping, Stopped.
 - CreateEndpoint / UpdateEndpoint: the endpoint says Creating / Updating while the model data of the endpoint
   config's variant is downloaded and served by the course's local endpoint server (``python -m
   cloudalliance.local.endpoint_server``, the server that ``endpoint_server.start_local_endpoint`` starts; run directly so that each
@@ -66,9 +69,10 @@ def _arn(kind: str, name: str, region: str) -> str:
 @dataclasses.dataclass
 class TrainingRun:
     name: str
-    status: str = "InProgress"  # InProgress | Completed | Failed
+    status: str = "InProgress"  # InProgress | Stopping | Stopped | Completed | Failed
     failure: str = ""
     seconds: float = 0.0
+    containers: Any = None  # training_container.TrainingContainers once its hosts are laid out
 
 
 @dataclasses.dataclass
@@ -104,6 +108,7 @@ class Emulator:
         self.calls: list[str] = []  # "Service.Action" or "s3 METHOD" of every request, in order
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
+        self._image_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -137,8 +142,12 @@ class Emulator:
         return self
 
     def stop(self) -> list[str]:
-        """Stop every endpoint process (by PID), wait for training threads, then the proxy and moto."""
+        """Stop every endpoint and training container (by PID), wait for their threads, then the proxy and moto."""
         stopped = []
+        for run in list(self.trainings.values()):
+            if run.containers is not None and run.status in ("InProgress", "Stopping"):
+                run.containers.stop()
+                stopped.append(f"training job {run.name}")
         with self._lock:
             for name in list(self.endpoints):
                 self._stop_endpoint(name)
@@ -205,6 +214,17 @@ class Emulator:
                 count += 1
         return count
 
+    def _upload(self, folder: Path, s3_uri: str) -> int:
+        """Every file under ``folder`` to an S3 prefix, keeping the relative paths."""
+        from cloudalliance.storage import S3Location
+
+        loc = S3Location.parse(s3_uri)
+        s3 = self.client("s3")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        for path in files:
+            s3.upload_file(str(path), loc.bucket, f"{loc.prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}")
+        return len(files)
+
     # ------------------------------------------------------------------ SageMaker: names that exist
 
     def exists(self, action: str, body: dict[str, Any]) -> str | None:
@@ -234,54 +254,71 @@ class Emulator:
         t.start()
 
     def _train(self, body: dict[str, Any]) -> None:
-        from cloudalliance.training.launch import run_local
+        """The job's containers (training_container.py): the SDK's sm_train.sh and drivers start the course's
+        entry script on every host; model.tar.gz and output.tar.gz go where DescribeTrainingJob says."""
+        from cloudalliance.storage import S3Location
+        from training_container import TrainingContainers, image_python
 
         name = body["TrainingJobName"]
         run = self.trainings[name]
         job_dir = self.workdir / "training-jobs" / name
+        job_dir.mkdir(parents=True, exist_ok=True)
         log_file = job_dir / "training.log"
         t0 = time.perf_counter()
         try:
-            channels = {}
-            for channel in body.get("InputDataConfig", []):
-                uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-                dest = job_dir / "input" / "data" / channel["ChannelName"]
-                n = self._download(uri, dest)
-                channels[channel["ChannelName"]] = dest
-                self.log(f"training job {name}: channel {channel['ChannelName']} {n} files from {uri}")
-            if "train" not in channels:
-                raise RuntimeError(f"no 'train' channel among {sorted(channels)}")
-            hp = {k: _decode_hyperparameter(v) for k, v in (body.get("HyperParameters") or {}).items()}
-            model_dir = job_dir / "model"
-            run_local(channels["train"], model_dir, self.training_profile, hp, test_dir=channels.get("test"),
-                      checkpoint_dir=job_dir / "checkpoints", output_dir=job_dir / "output" / "data",
-                      progress=False, log_file=log_file)
-            archive = job_dir / "model.tar.gz"
-            with tarfile.open(archive, "w:gz") as tar:  # what SageMaker does with /opt/ml/model
-                for path in sorted(model_dir.iterdir()):
-                    tar.add(path, arcname=path.name)
-            desc = self._backend().describe_training_job(name)
-            target = desc["ModelArtifacts"]["S3ModelArtifacts"]
-            from cloudalliance.storage import S3Location
-
-            loc = S3Location.parse(target)
-            self.client("s3").upload_file(str(archive), loc.bucket, loc.prefix)
+            with self._image_lock:
+                image_bin = image_python(self.workdir / "training-image")
+            containers = TrainingContainers(body, job_dir, image_bin, self._download, self.region)
+            run.containers = containers
+            if run.status == "Stopping":  # StopTrainingJob came while the channels were downloaded
+                containers.stop()
+            self.log(f"training job {name}: {len(containers.hosts)} host(s), log {log_file}")
+            code = containers.run(log_file)
+            saved = containers.save_checkpoints(self._upload)
+            if containers.stopped.is_set():
+                run.status = "Stopped"
+                self.log(f"training job {name}: Stopped ({saved} checkpoint files kept)")
+                return
+            if code != 0:
+                raise RuntimeError(containers.failure() or f"the container exited with status {code}")
+            model = S3Location.parse(self._backend().describe_training_job(name)["ModelArtifacts"]["S3ModelArtifacts"])
+            s3 = self.client("s3")
+            s3.upload_file(str(containers.pack("model", job_dir / "model.tar.gz")), model.bucket, model.prefix)
+            output = model.prefix.rsplit("/", 1)[0] + "/output.tar.gz"
+            s3.upload_file(str(containers.pack("output/data", job_dir / "output.tar.gz")), model.bucket, output)
             run.status = "Completed"
-            self.log(f"training job {name}: Completed, {target}")
+            self.log(f"training job {name}: Completed, s3://{model.bucket}/{model.prefix}")
         except Exception as exc:  # noqa: BLE001 - reported as the job's FailureReason
             tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
-            run.failure = f"AlgorithmError: {type(exc).__name__}: {exc}\n{tail}".strip()
+            run.failure = f"AlgorithmError: {exc}\n{tail}".strip()
             run.status = "Failed"
             self.log(f"training job {name}: Failed: {exc}\n{traceback.format_exc()}")
         finally:
             run.seconds = time.perf_counter() - t0
+
+    def stop_training(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """StopTrainingJob (not in moto 5.2): SIGTERM to the job's containers; it then says Stopping, Stopped.
+
+        https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_StopTrainingJob.html -- "sends the
+        algorithm the SIGTERM signal"; an unknown job is a ValidationException (ResourceNotFound on AWS).
+        """
+        name = body.get("TrainingJobName", "")
+        run = self.trainings.get(name)
+        if run is None:
+            return 400, _error("ValidationException", f"Requested resource not found: training job {name}")
+        if run.status != "InProgress":
+            return 400, _error("ValidationException", f"The training job {name} is {run.status}, not InProgress")
+        run.status = "Stopping"
+        if run.containers is not None:
+            threading.Thread(target=run.containers.stop, name=f"stop-{name}", daemon=True).start()
+        return 200, {}
 
     def patch_training_description(self, reply: dict[str, Any]) -> dict[str, Any]:
         run = self.trainings.get(reply.get("TrainingJobName", ""))
         if run is None or run.status == "Completed":
             return reply
         reply["TrainingJobStatus"] = run.status
-        reply["SecondaryStatus"] = "Training" if run.status == "InProgress" else "Failed"
+        reply["SecondaryStatus"] = {"InProgress": "Training"}.get(run.status, run.status)
         if run.status == "Failed":
             reply["FailureReason"] = run.failure
         else:
@@ -600,6 +637,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                     return self._json(400, _error(code, message))
                 if action == "UpdateEndpoint":
                     return self._json(*owner.update_endpoint(request))
+                if action == "StopTrainingJob":
+                    return self._json(*owner.stop_training(request))
                 status, headers, data = self._forward(body)
                 if status == 200 and action.startswith("Describe"):
                     # moto stores absent structures as {} / [] and returns them (moto/sagemaker/models.py

@@ -4,7 +4,8 @@
 
 What a learner does, on a machine that has no AWS: ``cloudalliance course run --params params/aws-rehearsal.yaml``
 (papermill, backend aws), then the same command again with the same run id (rerunning the same notebooks must
-update, never collide), then ``cloudalliance aws cleanup --run <id>``. AWS is moto's server behind the proxy in
+update, never collide), then, once, a two-instance training job through the library (the SDK's torchrun driver
+across two containers), then ``cloudalliance aws cleanup --run <id>``. AWS is moto's server behind the proxy in
 aws_emulator.py, reached only through AWS_ENDPOINT_URL; the course's code does not know it is rehearsed.
 
 Each pass prints ``[rehearsal] pass N: passed in S s`` or ``[rehearsal] pass N: FAILED ...`` with the failing
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -156,6 +158,38 @@ def s3_state(emulator: Emulator) -> dict[str, int]:
     return left
 
 
+TWO_INSTANCE_JOB = """
+import json, sys
+from cloudalliance.training.sagemaker import run_sagemaker
+bucket, prefix, run_id, role, model_dir = sys.argv[1:6]
+result = run_sagemaker(f"s3://{bucket}/{prefix}/seg_train/seg_train", model_dir, "ml.m5.xlarge", role,
+                       {"preset": "fast", "epochs": 1, "img_size": 64, "batch_size": 8},
+                       test_s3_uri=f"s3://{bucket}/{prefix}/seg_test/seg_test", instance_count=2,
+                       output_path=f"s3://{bucket}/models/{run_id}/two-instance",
+                       checkpoint_s3_uri=f"s3://{bucket}/checkpoints/{run_id}/two-instance",
+                       staging_s3_uri=f"s3://{bucket}/models/{run_id}", run_id=run_id, logs=False)
+print("two-instance job", result.job_name, json.dumps(result.metrics.get("val_accuracy")))
+"""
+
+
+def two_instance_job(emulator: Emulator, env: dict[str, str], workdir: Path, run_id: str) -> tuple[int, str]:
+    """Once, the library's aws training with ``instance_count=2`` on the data pass 1 uploaded: the SDK's torchrun
+    driver starts ``torchrun --nnodes=2 --node_rank=N`` in two containers, algo-1 and algo-2, which train
+    together over gloo. Passes when the job completed and each host's rank file says its rank of two."""
+    parameters = yaml.safe_load(PARAMS.read_text())["parameters"]
+    role = parameters["ROLE_ARN"]
+    code, output = run_logged([sys.executable, "-c", TWO_INSTANCE_JOB, parameters["BUCKET"], parameters["PREFIX"],
+                               run_id, role, str(workdir / "two-instance-model")], env,
+                              workdir / "two-instance.log", 600)
+    # each rank writes /opt/ml/output/data/rank-<N>.json (cloudalliance/training/train.py) in its own container
+    ranks = sorted((doc["host"], doc["rank"], doc["world_size"]) for path in
+                   (emulator.workdir / "training-jobs").glob("*/algo-*/ml/output/data/rank-*.json")
+                   if (path.parents[3].parent / "algo-2").is_dir()
+                   for doc in [json.loads(path.read_text())])
+    ok = code == 0 and ranks == [("algo-1", 0, 2), ("algo-2", 1, 2)]
+    return (0 if ok else (code or 1)), f"{output.strip()[-1500:]}\n(host, rank, world size) seen: {ranks}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--passes", type=int, default=2, help="how many times to run the notebooks (default 2)")
@@ -166,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-run-ids", action="store_true",
                    help="a new run id per pass (a course rerun from the top) instead of the same one (notebooks "
                         "rerun); the cleanup then removes every pass's run")
+    p.add_argument("--skip-two-instance", action="store_true",
+                   help="leave out the two-instance training job that runs once after the passes")
     args = p.parse_args(argv)
     if args.passes < 1 or args.timeout <= 0:
         p.error("--passes must be >= 1 and --timeout > 0")
@@ -241,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in emulator.trainings.items():
                 if run.status != "Completed":
                     print(f"[rehearsal] training job {name}: {run.status} {run.failure[:1500]}", flush=True)
+
+        if results[-1][1] == 0 and not args.skip_two_instance:
+            t0 = time.perf_counter()
+            code, output = two_instance_job(emulator, env, workdir, run_ids[0])
+            results.append(("two-instance job", code, time.perf_counter() - t0))
+            print(f"[rehearsal] two-instance training job (SDK torchrun driver, algo-1 + algo-2): "
+                  f"{'passed' if code == 0 else 'FAILED'}", flush=True)
+            print("\n".join("    | " + line for line in output.strip().splitlines()[-8:]), flush=True)
 
         if aws_command_exists(env, "cleanup"):
             t0 = time.perf_counter()

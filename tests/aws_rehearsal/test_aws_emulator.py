@@ -109,33 +109,90 @@ def test_simulate_principal_policy_for_a_known_and_an_unknown_role(emulator):
     assert err.value.response["Error"]["Code"] == "NoSuchEntity"
 
 
-def test_a_training_job_is_in_progress_until_the_local_run_ends_and_fails_with_its_reason(emulator):
-    """A job whose channel is empty fails in the harness's runner: DescribeTrainingJob must say Failed (moto alone
-    would say Completed at once)."""
+def start_job(sm, name: str, script: str, **extra) -> None:
+    """A training job whose container runs ``script`` in bash, as ModelTrainer's jobs run sm_train.sh."""
+    sm.create_training_job(
+        TrainingJobName=name, RoleArn=ROLE_ARN,
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File",
+                                "ContainerEntrypoint": ["/bin/bash", "-c"], "ContainerArguments": [script]},
+        OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 600}, **extra)
+
+
+def wait_job(sm, name: str, seconds: float = 60) -> dict:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (job := sm.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] in ("InProgress", "Stopping"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
+def members(s3, key: str) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    data = s3.get_object(Bucket="proxy-test", Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_a_training_container_gets_sagemakers_layout_and_its_model_comes_back_as_model_tar_gz(emulator):
+    """/opt/ml as SageMaker lays it out (input/config/*.json, input/data/<channel>); /opt/ml/model and
+    /opt/ml/output/data come back as model.tar.gz and output.tar.gz beside each other; moto alone would say
+    Completed at once and run nothing."""
+    import json
+
+    sm, s3 = client(emulator, "sagemaker"), client(emulator, "s3")
+    if "proxy-test" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="proxy-test")
+    s3.put_object(Bucket="proxy-test", Key="train-data/cat/1.jpg", Body=b"jpeg")
+    start_job(sm, "layout", "cp /opt/ml/input/config/*.json /opt/ml/model/ && cp -r /opt/ml/input/data/train "
+                            "/opt/ml/model/ && echo $TRAINING_JOB_NAME > /opt/ml/output/data/name",
+              HyperParameters={"epochs": "1"},
+              InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
+                  "S3DataType": "S3Prefix", "S3Uri": "s3://proxy-test/train-data"}}}])
+    job = wait_job(sm, "layout")
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    key = job["ModelArtifacts"]["S3ModelArtifacts"].removeprefix("s3://proxy-test/")
+    model = members(s3, key)
+    assert json.loads(model["hyperparameters.json"]) == {"epochs": "1"}
+    resources = json.loads(model["resourceconfig.json"])
+    assert (resources["current_host"], resources["hosts"]) == ("algo-1", ["algo-1"])
+    assert "train" in json.loads(model["inputdataconfig.json"]) and model["train/cat/1.jpg"] == b"jpeg"
+    assert members(s3, key.replace("model.tar.gz", "output.tar.gz")) == {"name": b"layout\n"}
+    assert not Path("/opt/ml/model/hyperparameters.json").exists()  # the container's /opt/ml was its own
+
+
+def test_a_failed_container_makes_the_job_failed_with_its_failure_file(emulator):
+    sm = client(emulator, "sagemaker")
+    start_job(sm, "fails", "echo 'no images in the train channel' > /opt/ml/output/failure; exit 3")
+    job = wait_job(sm, "fails")
+    assert job["TrainingJobStatus"] == "Failed"
+    assert "no images in the train channel" in job["FailureReason"]
+    with pytest.raises(ClientError) as err:  # a second job of that name: AWS refuses, moto would replace it
+        start_job(sm, "fails", "true")
+    assert err.value.response["Error"]["Code"] == "ResourceInUse"
+
+
+def test_stop_training_job_stops_the_container_by_its_pid(emulator):
+    """StopTrainingJob (not in moto): Stopping, then Stopped once the container's processes are gone; a job that
+    ended cannot be stopped."""
     import time
 
     sm = client(emulator, "sagemaker")
-    sm.create_training_job(
-        TrainingJobName="empty-channel", RoleArn=ROLE_ARN,
-        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
-        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": "s3://proxy-test/nothing-here/"}}}],
-        OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
-        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
-        StoppingCondition={"MaxRuntimeInSeconds": 600})
-    deadline = time.monotonic() + 60
-    while (job := sm.describe_training_job(TrainingJobName="empty-channel"))["TrainingJobStatus"] == "InProgress":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert job["TrainingJobStatus"] == "Failed" and job["FailureReason"]
+    start_job(sm, "stopped", "sleep 300")
+    while emulator.trainings["stopped"].containers is None or not emulator.trainings["stopped"].containers.procs:
+        time.sleep(0.1)
+    sm.stop_training_job(TrainingJobName="stopped")
+    job = wait_job(sm, "stopped", 30)
+    assert job["TrainingJobStatus"] == "Stopped"
+    assert all(proc.poll() is not None for proc in emulator.trainings["stopped"].containers.procs)
     with pytest.raises(ClientError) as err:
-        sm.create_training_job(
-            TrainingJobName="empty-channel", RoleArn=ROLE_ARN,
-            AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
-            ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
-            StoppingCondition={"MaxRuntimeInSeconds": 600})
-    assert err.value.response["Error"]["Code"] == "ResourceInUse"
+        sm.stop_training_job(TrainingJobName="stopped")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
 
 
 def test_sagemaker_quotas_are_listed_by_name(emulator):
