@@ -13,10 +13,11 @@ but runs no containers, so the proxy in front of it plays the *data plane*:
   ``FakeTrainingJob.__init__``, ``training_job_status = "Completed"``); a failed script makes it say Failed with
   ``/opt/ml/output/failure``. StopTrainingJob (not in moto) sends SIGTERM to the containers: Stopping, Stopped.
 - CreateEndpoint / UpdateEndpoint: the endpoint says Creating / Updating while the model data of the endpoint
-  config's variant is downloaded and served by the course's local endpoint server (``python -m
-  cloudalliance.local.endpoint_server``, the server that ``endpoint_server.start_local_endpoint`` starts; run directly so that each
-  endpoint name has its own process, stopped by its PID), one per endpoint name; sagemaker-runtime's
-  ``POST /endpoints/<name>/invocations`` goes to it. DeleteEndpoint stops it (by its PID).
+  config's variant is downloaded and served as the PyTorch inference image serves it (inference_container.py):
+  sagemaker-pytorch-inference's entry point starts TorchServe, whose workers load ``code/inference.py`` through
+  the toolkit's handler service, after the toolkit pip-installed ``code/requirements.txt``; one container per
+  endpoint name. sagemaker-runtime's ``POST /endpoints/<name>/invocations`` goes to it, and an error status of the
+  container comes back as ModelError (424), as on AWS. DeleteEndpoint stops it (by its PID).
 - What moto does not check but AWS does, and a rerun depends on, the proxy checks: creating a model, an endpoint
   config, an endpoint or a training job whose name exists is an error on AWS (moto silently replaces it:
   moto/sagemaker/models.py ``create_model``/``create_endpoint_config``/``create_endpoint`` store by name without a
@@ -54,6 +55,12 @@ DEFAULT_QUOTAS = {"ml.m5.xlarge for training job usage": 1.0, "ml.m5.large for e
 INVOKE_PATH = re.compile(r"^/endpoints/([^/?]+)/invocations(?:\?.*)?$")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
                "expect", "content-length"}
+
+
+def stop_container(proc: subprocess.Popen) -> None:
+    from inference_container import stop
+
+    stop(proc)
 
 
 def free_port() -> int:
@@ -339,53 +346,41 @@ class Emulator:
             raise RuntimeError(f"model {variant['ModelName']} has no ModelDataUrl")
         return data
 
+    def _model_environment(self, config_name: str) -> dict[str, str]:
+        backend = self._backend()
+        model = backend.describe_model(backend.describe_endpoint_config(config_name)["ProductionVariants"][0][
+            "ModelName"])
+        container = model.primary_container or (model.containers or [{}])[0]
+        return dict(container.get("Environment") or {})
+
     def start_endpoint(self, name: str, config_name: str) -> None:
-        """Serve the config's model data under ``name`` (replacing what served it before)."""
+        """Serve the config's model data under ``name`` (replacing what served it before) in the inference
+        container (inference_container.py: the toolkit's entry point, TorchServe and its workers)."""
+        from cloudalliance.storage import S3Location
+        from inference_container import start_inference_container
+
         model_data = self._model_data_for_config(config_name)
         folder = self.workdir / "endpoints" / f"{name}-{int(time.time() * 1000)}"
         archive = folder / "model.tar.gz"
         archive.parent.mkdir(parents=True, exist_ok=True)
-        from cloudalliance.storage import S3Location
-
         loc = S3Location.parse(model_data)
         try:
             self.client("s3").download_file(loc.bucket, loc.prefix, str(archive))
         except Exception as exc:  # noqa: BLE001 - the reason names the model data
             raise RuntimeError(f"could not download the model data {model_data}: {exc}") from exc
-        model_dir = folder / "model"
-        model_dir.mkdir()
-        with tarfile.open(archive) as tar:
-            tar.extractall(model_dir, filter="data")
         port = free_port()
         log = folder / "endpoint.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "cloudalliance.local.endpoint_server", "--model-dir", str(model_dir),
-                                     "--name", name, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "INFERENCE_THREADS": "1"})
+        proc = start_inference_container(archive, folder / "container", port, log,
+                                         env=self._model_environment(config_name), timeout=180)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"the endpoint for {name} did not start; see {log}:\n"
-                                   + log.read_text(errors="replace")[-1500:])
-            time.sleep(0.3)
         with self._lock:
             if name not in self._backend().endpoints:  # deleted while it started
-                proc.terminate()
-                proc.wait(timeout=10)
+                stop_container(proc)
                 raise RuntimeError(f"endpoint {name} was deleted while it started")
             if name in self.endpoints:
                 self._stop_endpoint(name)
             self.endpoints[name] = LocalEndpoint(name, config_name, model_data, url, proc, log)
-        self.log(f"endpoint {name}: serving {model_data} at {url} (pid {proc.pid})")
+        self.log(f"endpoint {name}: serving {model_data} at {url} (TorchServe, pid {proc.pid})")
 
     def deploy_in_background(self, name: str, config_name: str, updating: bool) -> None:
         """CreateEndpoint / UpdateEndpoint return at once; the endpoint says Creating (Updating) until its server
@@ -426,12 +421,7 @@ class Emulator:
         ep = self.endpoints.pop(name, None)
         if ep is None:
             return
-        ep.proc.terminate()
-        try:
-            ep.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            ep.proc.kill()
-            ep.proc.wait()
+        stop_container(ep.proc)
         self.log(f"endpoint {name}: stopped (pid {ep.proc.pid})")
 
     def update_endpoint(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
