@@ -28,9 +28,12 @@ from ..training.onnxrt import cpu_session, export_module
 # endpoint server imports this module for unpack_artifact and load_handlers, and starts 0.3 s faster without them.
 
 
-# code/requirements.txt of the artifact, installed by the toolkit at container start. Not numpy: the container
-# ships its own (with scipy, pandas and opencv built against it), and ONNX Runtime and Pillow work with it.
-SERVING_PACKAGES = ("onnxruntime", "pillow")
+# code/requirements.txt of the artifact, installed by the toolkit at container start. protobuf and flatbuffers:
+# dependencies of ONNX Runtime that the image lacks, pinned so that pip does not take whatever is newest. Not numpy
+# or pillow: the image ships its own numpy (with scipy, pandas and opencv built against it) and pillow (for
+# torchserve and torchvision), which a pin would replace (requirements/images/inference-2.6.0-py312-*.txt;
+# tests/unit/test_container_requirements.py checks this).
+SERVING_PACKAGES = ("onnxruntime", "protobuf", "flatbuffers")
 
 
 ARTIFACT_FILES = ("model.pt", "labels.json", "preprocess.json", "config.json", "metrics.json")

