@@ -177,6 +177,11 @@ def kernel_manager_class(output: Any = None):
     IPC transport; there the default stays.) What the notebook's cells print reaches the executed notebook
     either way; ``output`` takes what the kernel process and its children write to their terminal (a training
     subprocess's progress bars), which would otherwise flood the course's log.
+
+    Ctrl-C reaches `course run`, not the kernel (its own session). papermill then shuts the kernel down, and
+    jupyter_client interrupts it first (jupyter_client/manager.py:634-635), so the running cell gets its
+    KeyboardInterrupt and notebook 03 stops its training job; the kernel gets half of ``shutdown_wait_time`` for
+    that before SIGTERM (manager.py:566-573), 2.5 s by default, here 10 s. An idle kernel exits at once.
     """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
@@ -185,6 +190,10 @@ def kernel_manager_class(output: Any = None):
         @default("transport")
         def _default_transport(self) -> str:
             return "tcp" if os.name == "nt" else "ipc"
+
+        @default("shutdown_wait_time")
+        def _default_shutdown_wait_time(self) -> float:
+            return 20.0
 
         async def start_kernel(self, **kw: Any) -> None:  # the keywords reach subprocess.Popen
             if output is not None:
@@ -390,8 +399,10 @@ def _stop_aws_training(run_id: str, region: str | None) -> None:
     """Stop the run's running SageMaker training jobs after an interrupt, saying what happened (never raising: the
     interrupt is what the user asked for)."""
     try:
-
-        for line in aws_cleanup.stop_training_jobs(run_id, region=region) or ["no training job of this run was running"]:
+        # the notebook's kernel was interrupted first and stops its own job; this catches one it could not name
+        # (a Ctrl-C while the job was being created) or a kernel that died
+        stopped = aws_cleanup.stop_training_jobs(run_id, region=region)
+        for line in stopped or ["no training job of this run is still InProgress"]:
             print(f"[course] interrupted: {line}", flush=True)
     except Exception as exc:  # noqa: BLE001 - no credentials, no network: say so and what to run
         print(f"[course] interrupted; could not check for running training jobs ({type(exc).__name__}: {exc}): "

@@ -5,6 +5,7 @@ validates every request against the real service models.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -147,6 +148,41 @@ def test_an_interrupted_wait_stops_the_job_before_the_interrupt_goes_on(capsys):
     assert "stopped training job job-1" in capsys.readouterr().err
 
 
+class _SdkTrainer:
+    """``ModelTrainer.train`` as SDK v3 ships it: its telemetry wrapper returns normally from an interrupt
+    (``response = None`` ... ``finally: ... return response``, sagemaker/core/telemetry/telemetry_logging.py:310-311
+    and 419-422), so a stop button pressed inside ``train(wait=True)`` never reaches the caller."""
+
+    _latest_training_job = None
+
+    def __init__(self, job):
+        self.job = job
+
+    def train(self, input_data_config, wait, logs):
+        response = None
+        try:
+            self._latest_training_job = self.job
+            if wait:
+                self.job.wait(logs=logs)
+        finally:
+            return response  # noqa: B012 - the SDK's own construct, on purpose
+
+
+class _InterruptedJob(_Job):
+    def wait(self, logs):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_the_sdks_train_would_swallow_still_stops_the_job(capsys):
+    from cloudalliance.training import sagemaker
+
+    client, stub = _stubbed_sagemaker("InProgress", "stop")
+    with pytest.raises(KeyboardInterrupt):
+        sagemaker.start_sagemaker_training(_SdkTrainer(_InterruptedJob("job-1")), "s3://b/train", sagemaker_client=client)
+    stub.assert_no_pending_responses()
+    assert "stopped training job job-1" in capsys.readouterr().err
+
+
 def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
     """``TrainingJob.wait`` refreshes with nothing around it (resources.py), so one throttled describe or a
     log-read denial raises out of it: the job is then followed by DescribeTrainingJob, which may fail a while."""
@@ -191,3 +227,67 @@ def test_a_failed_job_is_returned_for_its_reason_and_a_failed_create_raises_as_i
     with pytest.raises(ValueError, match="bad request"):
         sagemaker.start_sagemaker_training(reused, "s3://b/train", sagemaker_client=client)
     stub.assert_no_pending_responses()
+
+
+def test_an_sdk_other_than_the_tested_one_is_named_with_the_command_that_installs_the_tested_one(monkeypatch):
+    """This module reads ``ModelTrainer._latest_training_job`` and matches ``FailedStatusError`` by name: a release
+    may change either, so an SDK other than requirements/constraints.txt's is named at import, with its fix."""
+    import warnings
+    from importlib import metadata
+
+    from cloudalliance.training import sagemaker
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sagemaker.check_sdk_versions() == []  # this environment is the tested one
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "9.9.9" if name == "sagemaker-train" else real(name))
+    with pytest.warns(sagemaker.SdkVersionWarning) as caught:
+        differ = sagemaker.check_sdk_versions()
+    tested = real("sagemaker-train")
+    assert differ == [f"sagemaker-train 9.9.9 (tested: {tested}; used here: ModelTrainer._latest_training_job)"]
+    message = str(caught[0].message)
+    assert f"pip install sagemaker=={real('sagemaker')} sagemaker-train=={tested} " in message
+
+
+def test_a_rerun_after_a_failed_job_starts_over_and_every_message_says_so(tmp_path, monkeypatch):
+    """Each job of notebook 03 checkpoints under a prefix of its own (``train_instance``): SageMaker restores it
+    within that job (a spot interruption), never into the next one. So a rerun after a failed or stopped job starts
+    from the beginning, and the error of a job that ended badly and notebook 03 say that rather than a resume."""
+    import time
+
+    from cloudalliance import runs
+    from cloudalliance.storage import S3Location
+    from cloudalliance.training import launch, sagemaker
+
+    prefixes = []
+
+    class Started(Exception):
+        pass
+
+    def started(*args, checkpoint_s3_uri, **kwargs):
+        prefixes.append(checkpoint_s3_uri)
+        raise Started
+
+    monkeypatch.setattr(launch, "run_sagemaker", started)
+    clock = iter([time.gmtime(0), time.gmtime(61)])
+    monkeypatch.setattr(launch.time, "gmtime", lambda *a: next(clock))
+    run = runs.open_run("r1", tmp_path, "aws")
+    for _ in range(2):  # the first run of the notebook, and the rerun after its job failed
+        with pytest.raises(Started):
+            launch.train_instance("aws", "ml.m5.xlarge", run, {}, location=S3Location("b", "intel"), role=ROLE,
+                                  region="us-east-1")
+    assert len(set(prefixes)) == 2 and all(p.startswith("s3://b/checkpoints/r1/ml.m5.xlarge/") for p in prefixes)
+
+    # run_sagemaker's own error for a job that ended Failed or Stopped
+    monkeypatch.setattr(sagemaker, "create_model_trainer", lambda *a, **k: object())
+    monkeypatch.setattr(sagemaker, "start_sagemaker_training", lambda *a, **k: "job-1")
+    monkeypatch.setattr(sagemaker, "describe_training_job",
+                        lambda name, client: {"status": "Stopped", "failure_reason": ""})
+    session = type("Session", (), {"client": lambda self, name: None})()
+    with pytest.raises(launch.LaunchError, match=f"job-1 ended Stopped.*{sagemaker.RERUN_STARTS_OVER}"):
+        sagemaker.run_sagemaker("s3://b/t", tmp_path / "m", "ml.m5.xlarge", ROLE, {}, boto_session=session)
+
+    notebook = json.loads((Path(__file__).parents[2] / "notebooks" / "03_training.ipynb").read_text())
+    text = " ".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "markdown").split()
+    assert "on AWS a rerun starts a new job from the beginning" in " ".join(text)

@@ -24,6 +24,12 @@ from ..storage import S3Location
 FRAMEWORK_VERSION = "2.6.0"  # the SageMaker PyTorch training container
 
 
+# What a rerun of notebook 03 does after a failed or stopped job (launch.train_instance gives each job its own
+# checkpoint prefix: SageMaker restores it within the job, after a spot interruption, and never into another job)
+RERUN_STARTS_OVER = ("Running notebook 03 again starts a new job from the beginning: each job checkpoints under its "
+                     "own prefix, so it does not resume this one")
+
+
 PY_VERSION = "py312"
 
 
@@ -72,6 +78,44 @@ def pinned_requirements(packages: Sequence[str], constraints: str | os.PathLike 
                 raise LaunchError(f"No pinned version of {package}: add it to {path}") from None
         out.append(f"{package}=={version}")
     return out
+
+
+# The SDK internals this module relies on, by the distribution that holds them (in the installed SDK):
+# ModelTrainer._latest_training_job (sagemaker-train, sagemaker/train/model_trainer.py:304, set at :977),
+# FailedStatusError matched by its name (sagemaker-core, sagemaker/core/utils/exceptions.py:50) and the config
+# classes of sagemaker.core.training.configs (sagemaker-core). "sagemaker" is the package that pins both.
+SDK_INTERNALS = {"sagemaker": "the SDK", "sagemaker-train": "ModelTrainer._latest_training_job",
+                 "sagemaker-core": "FailedStatusError, sagemaker.core.training.configs"}
+
+
+class SdkVersionWarning(UserWarning):
+    """The installed SageMaker SDK is not the version the course was tested with."""
+
+
+def check_sdk_versions(constraints: str | os.PathLike = CONSTRAINTS_FILE) -> list[str]:
+    """Warn when an SDK distribution this module reaches into is not the version of requirements/constraints.txt:
+    private attributes and class names may change in any release. Returns the differences (empty: as tested)."""
+    import warnings
+    from importlib import metadata
+
+    differ, pins = [], []
+    for name, what in SDK_INTERNALS.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed: the aws backend says so when it imports the SDK
+        pin = pinned_requirements([name], constraints)[0]  # the installed version where there is no constraints file
+        pins.append(pin)
+        if pin != f"{name}=={installed}":
+            differ.append(f"{name} {installed} (tested: {pin.partition('==')[2]}; used here: {what})")
+    if differ:
+        warnings.warn(f"The SageMaker SDK differs from the version the course was tested with: {'; '.join(differ)}. "
+                      f"If a training job misbehaves, install the tested versions: pip install {' '.join(pins)}",
+                      SdkVersionWarning, stacklevel=2)
+    return differ
+
+
+check_sdk_versions()  # at import: before the first training job relies on the internals above
 
 
 def source_bundle(dest: str | os.PathLike) -> Path:
@@ -175,7 +219,7 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
     expired ``DescribeTrainingJob`` inside its loop) falls back to polling DescribeTrainingJob without logs, and
     only errors that last ``patience_s`` stop the job; an interrupt (the notebook's stop button) stops it at once.
     Stopping is ``StopTrainingJob``. Within a job, a spot interruption resumes from the job's checkpoints; a new
-    job (a rerun of notebook 03) gets its own checkpoint prefix and starts from the beginning, which the error says.
+    job (a rerun of notebook 03) gets its own checkpoint prefix and starts from the beginning (``RERUN_STARTS_OVER``).
     """
     from sagemaker.core.training.configs import InputData
 
@@ -184,7 +228,13 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
         channels.append(InputData(channel_name="test", data_source=test_s3_uri))
     before = getattr(trainer, "_latest_training_job", None)  # a reused trainer's previous job is not this one
     try:
-        trainer.train(input_data_config=channels, wait=wait, logs=logs)
+        # the job is created by train() and waited for here: train()'s telemetry wrapper turns an interrupt into a
+        # normal return (`return response` in a `finally`, sagemaker/core/telemetry/telemetry_logging.py:419-422)
+        trainer.train(input_data_config=channels, wait=False, logs=False)
+        if getattr(trainer, "_latest_training_job", None) is before:
+            raise LaunchError("ModelTrainer.train returned without creating a training job")
+        if wait:
+            trainer._latest_training_job.wait(logs=logs)  # TrainingJob.wait: Completed, Stopped, or it raises
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the job must not bill on unwatched
         job = getattr(trainer, "_latest_training_job", None)
         name = getattr(job, "training_job_name", None) if job is not before else None
@@ -208,8 +258,7 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
                 f"describe-training-job --training-job-name {name}`")
         if isinstance(exc, Exception):
             raise LaunchError(f"waiting for training job {name} failed ({type(exc).__name__}: {exc}); {fate}. "
-                              "Running the cell again starts a new job from the beginning: each run of the "
-                              "notebook checkpoints under its own prefix, so it does not resume this one") from exc
+                              f"{RERUN_STARTS_OVER}") from exc
         raise exc  # an interrupt stays one
     return trainer._latest_training_job.training_job_name
 
@@ -320,7 +369,8 @@ def run_sagemaker(train_s3_uri: str, model_dir: str | os.PathLike, instance_type
     wall = time.perf_counter() - t0
     info = describe_training_job(job_name, sagemaker_client)
     if info["status"] != "Completed":
-        raise LaunchError(f"training job {job_name} ended {info['status']}: {info['failure_reason']}")
+        raise LaunchError(f"training job {job_name} ended {info['status']}: {info['failure_reason']}. "
+                          f"{RERUN_STARTS_OVER}")
     folder = fetch_model_artifact(boto_session.client("s3"), info["model_artifact"], model_dir)
     metrics = json.loads((folder / "metrics.json").read_text())
     config = json.loads((folder / "config.json").read_text())
