@@ -57,7 +57,7 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
              ("endpoints", lambda: _delete_endpoints(sm, run_id, removed, others, not_removed)),
              ("endpoint configs", lambda: _delete_tagged(sm, run_id, "endpoint_config", removed, not_removed)),
              ("models", lambda: _delete_tagged(sm, run_id, "model", removed, not_removed)),
-             ("stacks", lambda: _delete_stacks(cfn, run_id, removed))]
+             ("stacks", lambda: _delete_stacks(cfn, run_id, removed, not_removed))]
     if delete_data:
         steps.append(("S3 objects", lambda: _delete_objects(session.client("s3"), bucket, prefixes, removed,
                                                              not_removed)))
@@ -66,16 +66,17 @@ def cleanup(run_id: str, session=None, region: str | None = None, bucket: str = 
             step()
         except (ClientError, BotoCoreError) as exc:
             not_removed.append(f"{what}: could not list or delete them ({_short(exc)}); check the console")
+    for name in list(removed["stack"]) if wait else []:
+        try:
+            cfn.get_waiter("stack_delete_complete").wait(StackName=name, WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+        except Exception as exc:  # noqa: BLE001 - DELETE_FAILED (a resource it could not delete) or still deleting
+            removed["stack"].remove(name)
+            not_removed.append(f"stack {name}: its deletion did not finish ({_short(exc)}); its events in the "
+                               "CloudFormation console say which resource is left")
     if others:
         removed["other_runs_endpoints_still_billing"] = others
     if not_removed:
         removed["not_removed"] = not_removed
-    if wait and removed["stack"]:
-        try:
-            for name in removed["stack"]:
-                cfn.get_waiter("stack_delete_complete").wait(StackName=name, WaiterConfig={"Delay": 5, "MaxAttempts": 120})
-        except Exception:  # noqa: BLE001 - reported by the next cleanup or the console; the delete was requested
-            pass
     return removed
 
 
@@ -138,30 +139,46 @@ def _delete_tagged(sm, run_id: str, kind: str, removed: dict, not_removed: list)
                 not_removed.append(f"{kind.replace('_', ' ')} {item[f'{title}Name']}: not deleted ({_short(exc)})")
 
 
-def _delete_stacks(cfn, run_id: str, removed: dict) -> None:
+def _delete_stacks(cfn, run_id: str, removed: dict, not_removed: list) -> None:
+    """The run's stacks (``sam deploy --tags cloudalliance:run-id=<run-id>``, whatever their names)."""
+    from botocore.exceptions import ClientError
+
     for stack in _paged(cfn, "describe_stacks", "Stacks"):
         tags = {t["Key"]: t["Value"] for t in stack.get("Tags", [])}
         if tags.get(RUN_TAG) == run_id and stack.get("StackStatus") != "DELETE_COMPLETE":
-            cfn.delete_stack(StackName=stack["StackName"])
-            removed["stack"].append(stack["StackName"])
+            try:
+                cfn.delete_stack(StackName=stack["StackName"])
+                removed["stack"].append(stack["StackName"])
+            except ClientError as exc:
+                not_removed.append(f"stack {stack['StackName']}: not deleted ({_short(exc)})")
 
 
 def _delete_objects(s3, bucket: str, prefixes: Iterable[str], removed: dict, not_removed: list) -> None:
+    """Each prefix on its own: one that may not be listed keeps none of the others from being deleted."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     for prefix in prefixes:
         prefix = prefix.strip("/") + "/"
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            failed = []
-            for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
-                reply = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
-                # HTTP 200 with the keys it could not delete in Errors (e.g. AccessDenied): not removed
-                failed += reply.get("Errors", [])
-            if len(keys) > len(failed):
-                removed["s3"].append(f"s3://{bucket}/{prefix} ({len(keys) - len(failed)} objects)")
-            if failed:
-                codes = sorted({e.get("Code", "?") for e in failed})
-                not_removed.append(f"s3://{bucket}/{prefix}: {len(failed)} objects ({', '.join(codes)}), "
-                                   f"e.g. {failed[0].get('Key')}")
+        try:
+            _delete_prefix(s3, bucket, prefix, removed, not_removed)
+        except (ClientError, BotoCoreError) as exc:
+            not_removed.append(f"s3://{bucket}/{prefix}: could not list or delete its objects ({_short(exc)})")
+
+
+def _delete_prefix(s3, bucket: str, prefix: str, removed: dict, not_removed: list) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        failed = []
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+            reply = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+            # HTTP 200 with the keys it could not delete in Errors (e.g. AccessDenied): not removed
+            failed += reply.get("Errors", [])
+        if len(keys) > len(failed):
+            removed["s3"].append(f"s3://{bucket}/{prefix} ({len(keys) - len(failed)} objects)")
+        if failed:
+            codes = sorted({e.get("Code", "?") for e in failed})
+            not_removed.append(f"s3://{bucket}/{prefix}: {len(failed)} objects ({', '.join(codes)}), "
+                               f"e.g. {failed[0].get('Key')}")
 
 
 def data_prefixes(prefix: str, run_id: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The aws backend's preflight: in a few seconds and before anything is created, what a first run on a fresh
-account trips over — credentials, the region, the execution role (exists, trusts SageMaker, may read AND write
-the bucket), the bucket (there or creatable, its region, its default encryption), the instance quotas, names
-already taken, the SAM CLI — and an ESTIMATE of the run's cost.
+account trips over — credentials, the region, the images notebook 01 reads, the execution role (exists, trusts
+SageMaker, may read AND write the bucket), the bucket (there or creatable, its region, its default encryption), the
+instance quotas (spot ones with USE_SPOT), names already taken, the SAM CLI — and an ESTIMATE of the run's cost.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .defaults import REGION
+from .defaults import ENDPOINT_NAME, REGION, STACK_NAME
 from .aws import AwsError, CREDENTIALS_HELP, ROLE_HELP, RUN_TAG, SAM_DIR, boto_session, resolve_role
 from .bench import prices
 
@@ -150,6 +151,24 @@ def _bucket_checks(session, bucket: str, region: str) -> list[Check]:
     return rows
 
 
+def _data_check(params: Mapping[str, Any]) -> Check:
+    """Where notebook 01 finds the images: DATA_SOURCE, "synthetic" or a folder on this machine (relative: from
+    where the command runs, as `course run` takes it). Checked before any notebook needs it."""
+    source = str(params.get("DATA_SOURCE") or "synthetic")
+    bucket, prefix = params.get("BUCKET") or "<bucket>", params.get("PREFIX") or "intel"
+    how = ("`cloudalliance data fetch --dest data/intel` downloads them from Kaggle (with a Kaggle API token in "
+           f"~/.kaggle/kaggle.json), or `aws s3 sync s3://{bucket}/{prefix} data/intel` copies them from an S3 prefix "
+           "that holds them one object per image; then DATA_SOURCE: data/intel")
+    if source == "synthetic":
+        return Check("data", "warn", f"DATA_SOURCE is synthetic: the run proves the pipeline, not a model of real "
+                                     f"photos. For the real images: {how}")
+    folder = Path(source).expanduser().resolve()
+    if folder.is_dir() and next(folder.rglob("*.jpg"), None) is not None:
+        return Check("data", "ok", f"images in {folder}")
+    return Check("data", "fail", f"DATA_SOURCE {folder} {'holds no .jpg' if folder.is_dir() else 'does not exist'}: "
+                                 f"{how}")
+
+
 def _quota_values(session) -> dict[str, tuple[float, str]]:
     """Quota name -> (value, source) for service code "sagemaker": AWS's defaults, with the account's applied values
     on top. ListServiceQuotas leaves out a quota whose applied value is not available
@@ -238,10 +257,10 @@ def _stack_check(session, stack: str) -> Check:
 def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), session=None) -> list[Check]:
     """Check an account for a course run before anything is created; rows of :class:`Check`.
 
-    ``params``: the notebooks' parameters (REGION, BUCKET, ROLE_ARN, INSTANCE_TYPES or INSTANCE_TYPE,
-    INSTANCE_COUNT, HOSTING_INSTANCE_TYPE, ENDPOINT_NAME, STACK_NAME, RUN_ID). ``checks``: any of "all",
-    "bucket", "role", "training", "endpoint", "api" (what a notebook needs). Read-only: describes, lists and
-    simulates; never creates.
+    ``params``: the notebooks' parameters (REGION, DATA_SOURCE, BUCKET, PREFIX, ROLE_ARN, INSTANCE_TYPES or
+    INSTANCE_TYPE, INSTANCE_COUNT, USE_SPOT, HOSTING_INSTANCE_TYPE, ENDPOINT_NAME, STACK_NAME, RUN_ID). ``checks``:
+    any of "all", "data", "bucket", "role", "training", "endpoint", "api" (what a notebook needs). Read-only:
+    describes, lists and simulates; never creates.
     """
     checks = set(checks)
     want = (lambda k: "all" in checks or k in checks)
@@ -255,6 +274,8 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
     if ident is None or not region:
         return rows
     bucket = params.get("BUCKET") or f"sagemaker-{region}-{ident['Account']}"
+    if want("data"):
+        rows.append(_data_check({**params, "BUCKET": bucket}))
     rows += _bucket_checks(session, bucket, region)
     if want("role") or want("training") or want("endpoint"):
         try:
@@ -266,11 +287,14 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
     needs: dict[str, int] = {}
     if want("training"):
         count = int(params.get("INSTANCE_COUNT") or 1)
+        # spot jobs count against quotas of their own ("ml.m5.xlarge for spot training job usage"; Service Quotas,
+        # https://docs.aws.amazon.com/general/latest/gr/sagemaker.html), often 0 on a new account
+        usage = "spot training job usage" if str(params.get("USE_SPOT")).lower() == "true" else "training job usage"
         for instance in training_instances(params):
-            needs[f"{instance} for training job usage"] = count
+            needs[f"{instance} for {usage}"] = count
     endpoint_row = None
     if want("endpoint"):
-        endpoint_row, live = _endpoint_check(session, params.get("ENDPOINT_NAME") or "cloudalliance",
+        endpoint_row, live = _endpoint_check(session, params.get("ENDPOINT_NAME") or ENDPOINT_NAME,
                                              params.get("RUN_ID", ""))
         if (params.get("ENDPOINT_KIND") or "realtime") != "serverless":  # serverless endpoints use no instance
             hosting = params.get("HOSTING_INSTANCE_TYPE") or "ml.m5.large"
@@ -280,7 +304,7 @@ def preflight(params: Mapping[str, Any], checks: Iterable[str] = ("all",), sessi
     if endpoint_row is not None:
         rows.append(endpoint_row)
     if want("api"):
-        rows.append(_stack_check(session, params.get("STACK_NAME") or "cloudalliance"))
+        rows.append(_stack_check(session, params.get("STACK_NAME") or STACK_NAME))
         sam = shutil.which("sam") or (str(SAM_DIR / "bin" / "sam") if (SAM_DIR / "bin" / "sam").is_file() else None)
         rows.append(Check("SAM CLI", "ok" if sam else "warn", sam or "`sam` not found: notebook 06 needs the API "
                           "deployed with it (`make sam` installs aws-sam-cli into .tools/sam, its own environment; "

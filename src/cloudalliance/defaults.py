@@ -6,6 +6,7 @@ fallback, since the deployed function cannot import this package.)
 
 REGION = "us-east-1"  # AWS region when none is configured; also the embedded S3's region and the price table's
 ENDPOINT_NAME = "cloudalliance"  # the SageMaker endpoint (and the local endpoint) the course creates and calls
+STACK_NAME = "cloudalliance"  # the SAM stack of the API (`sam deploy --stack-name`), which `aws check` looks at
 
 # Lambda: the memory sizes lambda/template.yaml gives the two functions, and what a vCPU costs in memory
 FUNCTION_MEMORY_MB = 512  # Globals.Function.MemorySize: the forwarding function's

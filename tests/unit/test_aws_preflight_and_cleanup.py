@@ -68,6 +68,48 @@ def test_a_role_without_write_fails_the_preflight_and_says_what():
     assert "s3:GetObject" not in rows["role on bucket"].detail
 
 
+def test_spot_training_is_checked_against_the_spot_quotas_and_the_data_row_says_where_the_images_come_from(
+        monkeypatch, tmp_path):
+    """With USE_SPOT the jobs count against "<type> for spot training job usage", not the on-demand quota; and the
+    preflight says, before notebook 01 needs them, whether DATA_SOURCE holds images and how to get them there."""
+    monkeypatch.setattr(aws_preflight, "_credentials", lambda session: (aws_preflight.Check("credentials", "ok", ""),
+                                                                        {"Account": "123456789012"}))
+    monkeypatch.setattr(aws_preflight, "_bucket_checks", lambda *args: [])
+    monkeypatch.setattr(aws_preflight, "_quota_values", lambda session: {
+        "ml.m5.xlarge for training job usage": (2.0, "applied"),
+        "ml.m5.xlarge for spot training job usage": (0.0, "applied")})
+
+    def rows(**params):
+        params = {"INSTANCE_TYPES": ["ml.m5.xlarge"], "BUCKET": "course-data", **params}
+        return {r.check: r for r in aws_preflight.preflight(params, ["data", "training"], session=_Session())}
+
+    spot = rows(USE_SPOT=True, DATA_SOURCE=str(tmp_path / "intel"))
+    assert spot["quota ml.m5.xlarge for spot training job usage"].status == "fail"
+    assert "quota ml.m5.xlarge for training job usage" not in spot
+    assert rows(USE_SPOT=False)["quota ml.m5.xlarge for training job usage"].status == "ok"
+
+    missing = spot["data"]
+    assert missing.status == "fail" and "does not exist" in missing.detail
+    assert "cloudalliance data fetch --dest data/intel" in missing.detail
+    assert "aws s3 sync s3://course-data/intel data/intel" in missing.detail
+    assert rows()["data"].status == "warn"  # synthetic scenes: fine for a rehearsal, not a model of real photos
+    (tmp_path / "intel" / "forest").mkdir(parents=True)
+    (tmp_path / "intel" / "forest" / "1.jpg").write_bytes(b"")
+    assert rows(DATA_SOURCE=str(tmp_path / "intel"))["data"].status == "ok"
+
+
+def test_the_aws_params_read_the_images_where_the_readme_downloads_them():
+    """`course run` takes a relative DATA_SOURCE from where it runs (course.resolve_paths), the README's commands
+    run from the repository's root, and `cloudalliance data fetch --dest data/intel` puts the images there."""
+    import yaml
+
+    from cloudalliance import course
+
+    root = course.REPO_ROOT
+    params = yaml.safe_load((root / "params" / "aws.yaml").read_text())["parameters"]
+    assert course.resolve_paths(params, root)["DATA_SOURCE"] == str(root / "data" / "intel")
+
+
 class _FakeSageMaker:
     """DescribeEndpoint after a rolled-back update: InService, still on the old config."""
 
@@ -220,6 +262,46 @@ def test_a_refused_step_of_cleanup_leaves_the_others_to_run_and_is_reported():
         stub.assert_no_pending_responses()
     assert removed["stack"] == ["cloudalliance"] and removed["s3"] == ["s3://course-data/models/run1/ (1 objects)"]
     assert [line.split(":")[0] for line in removed["not_removed"]] == ["endpoints", "model course-model"]
+
+
+def test_a_refused_stack_or_prefix_leaves_the_others_to_go_and_the_command_exits_1(monkeypatch, capsys):
+    """Within a step, each item stands alone too: a DeleteStack that is refused, a stack whose deletion ends
+    DELETE_FAILED (the waiter's failure state, botocore's cloudformation waiters-2.json) and a prefix that may not
+    be listed are each reported, while the next stack and prefix still go. `aws cleanup` then exits 1."""
+    from cloudalliance.cli import main
+
+    session = _StubbedSession()
+    sm, cfn, s3 = (session.stubs[n] for n in ("sagemaker", "cloudformation", "s3"))
+    sm.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"StatusEquals": "InProgress"})
+    for method, key in (("list_endpoints", "Endpoints"), ("list_endpoint_configs", "EndpointConfigs"),
+                        ("list_models", "Models")):
+        sm.add_response(method, {key: []}, {})
+    tagged = [{"Key": aws.RUN_TAG, "Value": "run1"}]
+    cfn.add_response("describe_stacks", {"Stacks": [
+        {"StackName": name, "CreationTime": "2026-12-02T00:00:00Z", "StackStatus": "CREATE_COMPLETE", "Tags": tagged}
+        for name in ("api-a", "api-b")]}, {})
+    cfn.add_client_error("delete_stack", "AccessDenied", "not authorized to perform cloudformation:DeleteStack",
+                         expected_params={"StackName": "api-a"})
+    cfn.add_response("delete_stack", {}, {"StackName": "api-b"})
+    cfn.add_response("describe_stacks", {"Stacks": [{"StackName": "api-b", "CreationTime": "2026-12-02T00:00:00Z",
+                                                     "StackStatus": "DELETE_FAILED"}]}, {"StackName": "api-b"})
+    s3.add_client_error("list_objects_v2", "AccessDenied", "Access Denied",
+                        expected_params={"Bucket": "course-data", "Prefix": "intel/"})
+    s3.add_response("list_objects_v2", {"KeyCount": 0}, {"Bucket": "course-data", "Prefix": "intel-compare/"})
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": "models/run1/a"}]},
+                    {"Bucket": "course-data", "Prefix": "models/run1/"})
+    s3.add_response("delete_objects", {}, {"Bucket": "course-data", "Delete": {"Objects": [{"Key": "models/run1/a"}],
+                                                                               "Quiet": True}})
+    s3.add_response("list_objects_v2", {"KeyCount": 0}, {"Bucket": "course-data", "Prefix": "checkpoints/run1/"})
+    monkeypatch.setattr(aws, "boto_session", lambda region=None: session)
+    code = main(["aws", "cleanup", "--run", "run1", "--bucket", "course-data", "--prefix", "intel", "--delete-data"])
+    for stub in session.stubs.values():
+        stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "removed s3: s3://course-data/models/run1/ (1 objects)" in out and "removed stack" not in out
+    not_removed = out.split("NOT removed", 1)[1].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in not_removed] == ["stack api-a", "s3", "stack api-b"], out
 
 
 def test_an_interrupted_aws_course_run_stops_the_runs_training_jobs(tmp_path, monkeypatch, capsys):

@@ -172,3 +172,56 @@ def test_every_role_hint_asks_for_read_and_write_on_the_bucket():
         text = " ".join(path.read_text().split())
         for phrase in ("read access to the bucket", "may read the bucket", "can read the bucket"):
             assert phrase not in text, f"{path.name} asks only for read access: {phrase!r}"
+
+
+def _shell_commands(path: Path, program: str) -> list[list[str]]:
+    """The commands of ``path``'s code blocks whose program ends with ``program``, split as a shell would."""
+    import shlex
+
+    blocks = path.read_text().split("```")[1::2]
+    lines = [line.split("#", 1)[0] for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line) for line in lines if line.split() and line.split()[0].endswith(program)]
+
+
+def _values(argv: list[str], option: str) -> list[str]:
+    """What follows ``option`` up to the next option (SAM's ``--tags k1=v1 k2=v2`` takes several)."""
+    if option not in argv:
+        return []
+    rest = argv[argv.index(option) + 1:]
+    return rest[:next((i for i, arg in enumerate(rest) if arg.startswith("-")), len(rest))]
+
+
+def test_every_sam_deploy_in_the_readmes_makes_a_stack_that_aws_cleanup_deletes():
+    """The stack is found by its tag, whatever its name (aws_cleanup._delete_stacks): each documented `sam deploy`
+    tags it with the run id the same README's cleanup is given, under the name `aws check` looks at. CloudFormation
+    gives a stack the tags `sam deploy --tags` names; a stack like that is what the cleanup's step is shown."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from cloudalliance import aws, aws_cleanup, defaults
+
+    root = TEMPLATE.parents[1]
+    assert yaml.safe_load((root / "params" / "aws.yaml").read_text())["parameters"]["STACK_NAME"] == defaults.STACK_NAME
+    deploys = 0
+    for path in (root / "README.md", LAMBDA_README):
+        cleanup_runs = {run for argv in _shell_commands(path, "cloudalliance") if argv[1:3] == ["aws", "cleanup"]
+                        for run in _values(argv, "--run")} or {"<run-id>"}  # lambda/README.md names no run
+        for argv in _shell_commands(path, "sam"):
+            if argv[1] != "deploy":
+                continue
+            deploys += 1
+            name = _values(argv, "--stack-name")[0]
+            tags = dict(tag.split("=", 1) for tag in _values(argv, "--tags"))
+            assert name == defaults.STACK_NAME and tags.get(aws.RUN_TAG) in cleanup_runs, (path.name, argv)
+            cfn = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="x",
+                               aws_secret_access_key="x")
+            stub = Stubber(cfn)
+            stub.add_response("describe_stacks", {"Stacks": [
+                {"StackName": name, "CreationTime": "2026-12-02T00:00:00Z", "StackStatus": "CREATE_COMPLETE",
+                 "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]}, {})
+            stub.add_response("delete_stack", {}, {"StackName": name})
+            removed: dict[str, list[str]] = {"stack": []}
+            with stub:
+                aws_cleanup._delete_stacks(cfn, tags[aws.RUN_TAG], removed, [])
+            assert removed["stack"] == [name], (path.name, argv)
+    assert deploys >= 3  # README step 7, and lambda/README.md's two

@@ -65,11 +65,12 @@ def register(sub) -> None:
     """The `aws` subcommands, each next to its handler above."""
     aws_cmd = sub.add_parser("aws", help="the aws backend's account: preflight and cleanup").add_subparsers(
         dest="action", required=True)
-    p = aws_cmd.add_parser("check", help="preflight: credentials, role, bucket, quotas, names, SAM; estimated cost "
-                                         "(exit 0 all pass, 2 a failure); creates nothing")
+    p = aws_cmd.add_parser("check", help="preflight: credentials, data, role, bucket, quotas, names, SAM; estimated "
+                                         "cost (exit 0 all pass, 2 a failure); creates nothing")
     p.add_argument("--params", default="params/aws.yaml", help="the course's parameter file")
     p.add_argument("--region", help="overrides REGION")
-    p.add_argument("--checks", nargs="+", default=["all"], choices=["all", "bucket", "role", "training", "endpoint", "api"])
+    p.add_argument("--checks", nargs="+", default=["all"],
+                   choices=["all", "data", "bucket", "role", "training", "endpoint", "api"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_aws_check)
     p = aws_cmd.add_parser("cleanup", help="delete what the course created for a run (endpoints, configs, models, "
