@@ -124,10 +124,12 @@ def endpoint_error(exc: Exception, waited_s: float) -> ApiError:
     botocore/data/sagemaker-runtime/2017-05-13/service-2.json): InternalFailure 500, ServiceUnavailable 503,
     ValidationError 400, ModelError 424 (with the container's OriginalStatusCode and OriginalMessage, which botocore
     puts at the top of ``exc.response``: botocore/endpoint.py, ``_add_modeled_error_fields``),
-    InternalDependencyException 530, ModelNotReadyException 429."""
+    InternalDependencyException 530, ModelNotReadyException 429. A cold Serverless Inference endpoint has 3 minutes to
+    pass /ping, then 1 to answer (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints-invoke.html)."""
     from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
     if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
-        return ApiError(504, f"The model endpoint did not answer within {waited_s:.1f} s")
+        return ApiError(504, f"The model endpoint did not answer within {waited_s:.1f} s; one that is starting "
+                             "(Serverless Inference after idle time) takes minutes: try again", {"Retry-After": "10"})
     if isinstance(exc, EndpointConnectionError):
         return ApiError(503, "The model endpoint is not reachable; try again later")
     if isinstance(exc, ClientError):

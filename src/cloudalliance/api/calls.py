@@ -85,6 +85,30 @@ def check_api_urls(backend: str, api_url: str, image_url: str) -> None:
         raise ValueError(f"{'; '.join(problems)}: {AWS_URLS_MISSING}")
 
 
+def warm_up(api_url: str, payload: dict[str, Any], deadline_s: float = 300.0, pause_s: float = 10.0) -> str:
+    """Call the API until it answers anything but 503 or 504, for at most ``deadline_s``; say what it took.
+
+    A Serverless Inference endpoint that has been idle starts a container on the next request, whose model must
+    download and pass ``/ping`` within 3 minutes, then answer within 1
+    (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints-invoke.html). The function gives up after
+    its 29 s with a 504 (503 while the endpoint is not ready), so the first requests fail until it is warm: notebook
+    06 warms it before it checks or times anything.
+    """
+    t0 = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        reply = call_api(api_url, payload, timeout=35.0)  # API Gateway's own limit is 30 s
+        waited = time.monotonic() - t0
+        if reply.status not in (503, 504):
+            return f"HTTP {reply.status} after {tries} request{'s' * (tries > 1)} ({waited:.0f} s)"
+        if waited + pause_s > deadline_s:
+            raise ApiClientError(f"The API still answers HTTP {reply.status} ({reply.body.get('error') or reply.body}) "
+                                 f"after {tries} requests in {waited:.0f} s: the endpoint behind it is not starting; "
+                                 "see its status and CloudWatch logs in the SageMaker console")
+        time.sleep(pause_s)
+
+
 def image_payload(path: str | os.PathLike) -> dict[str, str]:
     return {"image": base64.b64encode(Path(path).read_bytes()).decode()}
 

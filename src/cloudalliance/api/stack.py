@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .calls import ROUTE, check_api_urls
+from .calls import ROUTE, check_api_urls, warm_up
 from ..data.folders import resolve_split
 from ..local.endpoint_server import ensure_local_endpoint
 from ..local.gateway import start_image_server, start_local_gateway
@@ -31,6 +31,7 @@ class ApiStack:
     artifact: Path | None = None  # local: the model.tar.gz the endpoint serves
     lambda_url: str | None = None  # the model-in-Lambda API, once :func:`add_model_in_lambda` has run
     local_package: object = None  # local: the model-in-Lambda package it serves
+    warmup: str = ""  # aws: what warming the endpoint behind the API took (calls.warm_up)
 
     @property
     def local(self) -> bool:
@@ -39,11 +40,12 @@ class ApiStack:
 
 def start_api(backend: str, run, root: str | os.PathLike, files: Sequence[Path], endpoint_name: str,
               api_url: str = "", image_url: str = "") -> ApiStack:
-    """The API notebook 06 calls: on aws the given URLs (checked first); locally the endpoint, the gateway and an
-    image server started (or found running) on 127.0.0.1, with ``files[0]`` as the test image."""
+    """The API notebook 06 calls: on aws the given URLs (checked first), called until the endpoint behind them is
+    warm; locally the endpoint, the gateway and an image server started (or found running) on 127.0.0.1, with
+    ``files[0]`` as the test image."""
     check_api_urls(backend, api_url, image_url)
     if backend != "local":
-        return ApiStack(backend, api_url, image_url)
+        return ApiStack(backend, api_url, image_url, warmup=warm_up(api_url, {"url": image_url}))
 
     artifact, _ = ensure_artifact(run, root)
     endpoint = ensure_local_endpoint(artifact, endpoint_name)
