@@ -33,10 +33,10 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -s -m "slow and not aws" tests $(PYTEST_ARGS)
 
 # The aws branch of notebooks 02, 03, 05, 06 run twice against a local AWS emulator (moto's server, with a proxy
-# whose training containers run the SageMaker SDK's own sm_train.sh and drivers), a two-instance job, then the
-# cleanup; no AWS account.
+# whose training containers run the SageMaker SDK's own sm_train.sh and drivers), a two-instance job, a Ctrl-C
+# during training (its job must be stopped), then the cleanup and the IAM policy check; no AWS account.
 test-aws: $(STAMP)
-	$(BIN)/python tests/aws_rehearsal/rehearse.py --passes 2
+	$(BIN)/python tests/aws_rehearsal/rehearse.py --passes 2 --interrupt
 
 test-all: test test-slow
 

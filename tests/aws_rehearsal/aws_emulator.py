@@ -649,6 +649,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 return self._send(status, headers, data)
             status, headers, data = self._forward(body)
             return self._send(status, headers, data, head=head)
+        except ConnectionError:  # the client went away (an interrupted course run): nobody to answer
+            self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a harness bug is a 500 that says where
             owner.log(f"proxy error on {target or self.path}: {traceback.format_exc()}")
             return self._json(500, _error("InternalFailure", f"rehearsal proxy: {type(exc).__name__}: {exc}"))

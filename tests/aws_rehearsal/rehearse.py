@@ -1,12 +1,14 @@
 """Rehearse the course's aws branch (notebooks 02, 03, 05, 06) twice against a local AWS emulator.
 
-    .venv/bin/python tests/aws_rehearsal/rehearse.py [--passes 2] [--new-run-ids] [--keep] [--verbose]
+    .venv/bin/python tests/aws_rehearsal/rehearse.py [--passes 2] [--new-run-ids] [--interrupt] [--keep] [--verbose]
 
 What a learner does, on a machine that has no AWS: ``cloudalliance course run --params params/aws-rehearsal.yaml``
 (papermill, backend aws), then the same command again with the same run id (rerunning the same notebooks must
 update, never collide), then, once, a two-instance training job through the library (the SDK's torchrun driver
 across two containers), then ``cloudalliance aws cleanup --run <id>``. AWS is moto's server behind the proxy in
 aws_emulator.py, reached only through AWS_ENDPOINT_URL; the course's code does not know it is rehearsed.
+``--interrupt`` adds a Ctrl-C during a training job (the job must be stopped). Every AWS action the run called must
+be in iam/cloudalliance-course-policy.json, the policy the README gives a learner.
 
 Each pass prints ``[rehearsal] pass N: passed in S s`` or ``[rehearsal] pass N: FAILED ...`` with the failing
 notebook and cell (from the course runner) and the proxy's view of SageMaker. Exit status: 0 when every pass and
@@ -21,6 +23,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PARAMS = REPO / "params" / "aws-rehearsal.yaml"
+POLICY = REPO / "iam" / "cloudalliance-course-policy.json"
 ROLE_NAME = "SageMakerExecutionRole"
 RUN_ID = "rehearsal"
 
@@ -60,6 +64,7 @@ def isolated_environment(workdir: Path, endpoint_url: str, region: str) -> dict[
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_ENDPOINT_URL": endpoint_url,
         "PYTHONPATH": python_path,  # sitecustomize.py: hard-coded *.amazonaws.com endpoints -> the emulator
+        "REHEARSAL_BOTOCORE_CALLS": str(workdir / "botocore-calls.txt"),  # sitecustomize.py: each client's calls
         "CLOUDALLIANCE_STATE_DIR": str(workdir / "harness-services"),
         "TQDM_DISABLE": "1",
         "MPLBACKEND": "Agg",
@@ -190,6 +195,108 @@ def two_instance_job(emulator: Emulator, env: dict[str, str], workdir: Path, run
     return (0 if ok else (code or 1)), f"{output.strip()[-1500:]}\n(host, rank, world size) seen: {ranks}"
 
 
+# S3 operations whose IAM action has another name ("Required permissions for Amazon S3 API operations",
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/using-with-s3-policy-actions.html); the others are s3:<same>
+S3_OPERATIONS = {"ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket",
+                 "HeadObject": "s3:GetObject", "ListBuckets": "s3:ListAllMyBuckets",
+                 "GetBucketEncryption": "s3:GetEncryptionConfiguration", "DeleteObjects": "s3:DeleteObject",
+                 "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+                 "CompleteMultipartUpload": "s3:PutObject", "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+                 "ListParts": "s3:ListMultipartUploadParts"}
+# S3 requests as the proxy records them ("METHOD /bucket[/key]", no query string), by method and bucket or object
+S3_REQUESTS = {("GET", False): "s3:ListBucket", ("HEAD", False): "s3:ListBucket", ("PUT", False): "s3:CreateBucket",
+               ("POST", False): "s3:DeleteObject", ("DELETE", False): "s3:DeleteBucket", ("GET", True): "s3:GetObject",
+               ("HEAD", True): "s3:GetObject", ("PUT", True): "s3:PutObject", ("POST", True): "s3:PutObject",
+               ("DELETE", True): "s3:DeleteObject"}
+# JSON-protocol services as X-Amz-Target names them, by IAM prefix
+TARGETS = {"SageMaker": "sagemaker", "ServiceQuotasV20190624": "servicequotas", "Logs_20140328": "logs", "iam": "iam"}
+
+
+def iam_actions(proxy_calls: list[str], client_calls: list[str]) -> dict[str, str]:
+    """IAM action -> one call that needs it, from the proxy's record (``emulator.calls``: "SageMaker.X", "iam.X",
+    "METHOD /path") and the botocore clients' ("<signing name>:<operation>", written by sitecustomize.py).
+
+    The proxy sees every client (s5cmd too) but not an S3 request's query string (``?location``, ``?uploads``) nor
+    the Action of a query-protocol call (STS, CloudFormation: "POST /"), which the botocore record names. S3
+    requests in the proxy's record are mapped by method, on a bucket or an object (``S3_REQUESTS``): GET or HEAD on
+    a bucket is s3:ListBucket (ListObjectsV2, HeadBucket), on an object s3:GetObject (GetObject, HeadObject); PUT on
+    a bucket s3:CreateBucket; PUT or POST on an object s3:PutObject (PutObject, the multipart calls); POST on a bucket
+    (DeleteObjects) and DELETE on an object s3:DeleteObject; GET / is ListBuckets, s3:ListAllMyBuckets.
+    """
+    found: dict[str, str] = {}
+    for call in client_calls:
+        prefix, _, operation = call.partition(":")
+        found.setdefault(S3_OPERATIONS.get(operation, call) if prefix == "s3" else call, call)
+    for call in proxy_calls:
+        method, _, path = call.removeprefix("s3 ").partition(" ")
+        target, _, operation = call.partition(".")
+        if not path.startswith("/"):  # "SageMaker.CreateTrainingJob", "iam.GetRole"
+            found.setdefault(f"{TARGETS.get(target, target.lower())}:{operation}", call)
+        elif path.startswith("/endpoints/") and path.endswith("/invocations"):
+            found.setdefault("sagemaker:InvokeEndpoint", call)
+        elif path == "/":
+            if method == "GET":
+                found.setdefault("s3:ListAllMyBuckets", call)
+            # "POST /": STS, IAM or CloudFormation (query protocol), named in the botocore record
+        else:
+            found.setdefault(S3_REQUESTS.get((method, "/" in path.strip("/")), f"s3:{method}"), call)
+    return found
+
+
+def policy_actions(path: Path = POLICY) -> set[str]:
+    """The actions the policy allows, lower case (IAM compares action names case-insensitively)."""
+    statements = json.loads(path.read_text())["Statement"]
+    return {a.lower() for st in statements if st["Effect"] == "Allow"
+            for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+
+
+def check_policy(proxy_calls: list[str], client_calls: list[str], path: Path = POLICY) -> list[str]:
+    """'action (e.g. the call that needed it)' for every action called that the policy does not allow."""
+    allowed = policy_actions(path)
+    return [f"{action} (e.g. {call})" for action, call in sorted(iam_actions(proxy_calls, client_calls).items())
+            if action.lower() not in allowed]
+
+
+def interrupted_training(cli: str, params: Path, run_id: str, env: dict[str, str], emulator: Emulator, log: Path,
+                         timeout: float) -> tuple[int, str]:
+    """Ctrl-C while notebook 03 waits for its training job: ``course run --only 03``, then SIGINT to its process
+    group, as a terminal sends it (the notebook's kernel runs in a session of its own). The job must be stopped:
+    the proxy must see StopTrainingJob. Returns (0 or 1, what happened)."""
+    seen = len(emulator.calls)
+    # a shell leaves SIGINT ignored in the background jobs it starts, and children inherit that; a terminal's
+    # foreground command has SIGINT's default, which Python turns into KeyboardInterrupt: give the run that
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    with open(log, "wb") as out:
+        try:  # EPOCHS: a job still running when the interrupt lands (the passes' one epoch takes seconds)
+            proc = subprocess.Popen([cli, "course", "run", "--params", str(params), "--run-id", run_id, "--only",
+                                     "03", "--set", "EPOCHS=200"], env=env, cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        deadline = time.monotonic() + timeout
+        calls: list[str] = []
+        # the SDK waits for the job once two DescribeTrainingJob follow its CreateTrainingJob (TrainingJob.create's
+        # own, then the wait's first): the trainer knows the job by then (sagemaker/train/model_trainer.py:977)
+        while proc.poll() is None and time.monotonic() < deadline and (calls[calls.index(
+                "SageMaker.CreateTrainingJob"):] if "SageMaker.CreateTrainingJob" in calls else []).count(
+                "SageMaker.DescribeTrainingJob") < 2:
+            time.sleep(0.5)
+            calls = emulator.calls[seen:]
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return 1, f"no training job was waited for (exit {proc.returncode}); log {log}"
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+    stopped = "SageMaker.StopTrainingJob" in emulator.calls[seen:]
+    return (0 if stopped and code == 130 else 1), (f"exit {code} after Ctrl-C (130: interrupted); StopTrainingJob "
+                                                   f"{'seen' if stopped else 'NOT seen'} by the proxy; log {log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--passes", type=int, default=2, help="how many times to run the notebooks (default 2)")
@@ -202,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                         "rerun); the cleanup then removes every pass's run")
     p.add_argument("--skip-two-instance", action="store_true",
                    help="leave out the two-instance training job that runs once after the passes")
+    p.add_argument("--interrupt", action="store_true",
+                   help="after the passes, Ctrl-C a rerun of notebook 03 mid-training: its job must be stopped")
     args = p.parse_args(argv)
     if args.passes < 1 or args.timeout <= 0:
         p.error("--passes must be >= 1 and --timeout > 0")
@@ -226,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},'
             '"Action":"sts:AssumeRole"}]}'))
 
+        t0 = time.perf_counter()
+        from inference_container import prepare_image
+
+        print(f"[rehearsal] inference image (toolkit + TorchServe): {prepare_image()} "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
         from cloudalliance.local import gateway as local_gateway
         from cloudalliance.data import folders, layout, synthetic
         from cloudalliance.local import services as _services
@@ -286,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'passed' if code == 0 else 'FAILED'}", flush=True)
             print("\n".join("    | " + line for line in output.strip().splitlines()[-8:]), flush=True)
 
+        if args.interrupt:
+            t0 = time.perf_counter()
+            code, what = interrupted_training(cli, params, run_ids[-1], env, emulator, workdir / "interrupt.log",
+                                              args.timeout)
+            results.append(("interrupt", code, time.perf_counter() - t0))
+            print(f"[rehearsal] interrupt: {'passed' if code == 0 else 'FAILED'} ({what})", flush=True)
+            deadline = time.monotonic() + 300  # the stopped job saves its checkpoints: before cleanup counts objects
+            while time.monotonic() < deadline and any(
+                    r.status in ("InProgress", "Stopping") for r in emulator.trainings.values()):
+                time.sleep(1)
+
         if aws_command_exists(env, "cleanup"):
             t0 = time.perf_counter()
             code, output = 0, ""
@@ -307,8 +432,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("[rehearsal] cleanup: SKIPPED -- `cloudalliance aws cleanup` does not exist yet "
                   "(src/cloudalliance/aws.py); the endpoint is left in the emulator only", flush=True)
+        calls_file = Path(env["REHEARSAL_BOTOCORE_CALLS"])
+        client_calls = calls_file.read_text().split() if calls_file.is_file() else []
+        missing = check_policy(emulator.calls, client_calls)
+        results.append(("iam policy", 1 if missing else 0, 0.0))
+        print(f"[rehearsal] IAM: {len(iam_actions(emulator.calls, client_calls))} actions called, "
+              + (f"NOT in {POLICY.relative_to(REPO)}: {'; '.join(missing)}" if missing else
+                 f"all in {POLICY.relative_to(REPO)}"), flush=True)
         counts = collections.Counter(c for c in emulator.calls if c.startswith("SageMaker."))
-        counts["InvokeEndpoint (runtime, served by the local endpoint)"] = sum(
+        counts["InvokeEndpoint (runtime, served by TorchServe)"] = sum(
             1 for c in emulator.calls if c.startswith("POST /endpoints/"))
         print("[rehearsal] SageMaker calls seen by the proxy: "
               + ", ".join(f"{k.removeprefix('SageMaker.')} x{v}" for k, v in sorted(counts.items())), flush=True)

@@ -37,6 +37,33 @@ def test_the_conda_environment_installs_the_tested_versions():
     assert "-c requirements/constraints.txt" in pip and (REPO / "requirements" / "constraints.txt").is_file()
 
 
+def _pins() -> dict[str, str]:
+    lines = (REPO / "requirements" / "constraints.txt").read_text().splitlines()
+    return {_name(line): line.strip() for line in lines if "==" in line and not line.startswith("#")}
+
+
+def test_pip_under_conda_takes_the_constraints_relative_to_the_environment_file(tmp_path, monkeypatch):
+    """What `conda env create -f environment.yml` does with the ``pip:`` list: it writes it to a temporary
+    ``condaenv.*.requirements.txt`` in the environment file's folder and runs ``pip install -r`` on it from there
+    (conda/env/installers/pip.py, ``install`` and ``_pip_install_via_requirements``). pip joins a nested ``-c``
+    path to the folder of the file that names it (pip/_internal/req/req_file.py:356-362), so every pin of
+    requirements/constraints.txt reaches pip as a constraint, whatever the current folder."""
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    packages, env = _conda_pip()
+    folder = tmp_path / "checkout"  # the environment file's folder, with the repository's requirements/ in it
+    folder.mkdir()
+    (folder / "requirements").symlink_to(REPO / "requirements")
+    written = folder / "condaenv.abc123.requirements.txt"
+    written.write_text("\n".join(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))))
+    monkeypatch.chdir(tmp_path)  # not the file's folder: the nested path must not depend on it
+    parsed = list(parse_requirements(str(written), session=PipSession()))
+    constraints = {_name(r.requirement): r.requirement for r in parsed if r.constraint}
+    pins = _pins()
+    assert {_name(p): constraints.get(_name(p)) for p in packages} == {_name(p): pins[_name(p)] for p in packages}
+
+
 def test_python_and_torch_pins():
     _, env = _conda_pip()
     assert "python=3.11" in env["dependencies"]
