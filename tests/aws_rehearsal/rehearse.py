@@ -436,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         client_calls = calls_file.read_text().split() if calls_file.is_file() else []
         missing = check_policy(emulator.calls, client_calls)
         results.append(("iam policy", 1 if missing else 0, 0.0))
-        print(f"[rehearsal] IAM: {len(iam_actions(emulator.calls, client_calls))} actions called, "
+        called = sorted(iam_actions(emulator.calls, client_calls))
+        print(f"[rehearsal] IAM: {len(called)} actions called, "
               + (f"NOT in {POLICY.relative_to(REPO)}: {'; '.join(missing)}" if missing else
-                 f"all in {POLICY.relative_to(REPO)}"), flush=True)
+                 f"all in {POLICY.relative_to(REPO)}") + f": {', '.join(called)}", flush=True)
         counts = collections.Counter(c for c in emulator.calls if c.startswith("SageMaker."))
         counts["InvokeEndpoint (runtime, served by TorchServe)"] = sum(
             1 for c in emulator.calls if c.startswith("POST /endpoints/"))
