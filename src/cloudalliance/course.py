@@ -345,7 +345,7 @@ def run_course(
                 if not run_notebook(result, run, notebooks_dir, out_dir, doc.get("kernel"), log_output):
                     break
         except KeyboardInterrupt:
-            if run.backend == "aws":  # Ctrl-C stops the kernel before its own StopTrainingJob: stop the money here
+            if run.backend == "aws":  # the kernel stopped its own job; stop any it could not name (see below)
                 _stop_aws_training(run.run_id, doc["parameters"].get("REGION") or None)
             raise
         finally:

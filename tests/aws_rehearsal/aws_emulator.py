@@ -270,7 +270,6 @@ class Emulator:
         run = self.trainings[name]
         job_dir = self.workdir / "training-jobs" / name
         job_dir.mkdir(parents=True, exist_ok=True)
-        log_file = job_dir / "training.log"
         t0 = time.perf_counter()
         try:
             with self._image_lock:
@@ -279,15 +278,25 @@ class Emulator:
             run.containers = containers
             if run.status == "Stopping":  # StopTrainingJob came while the channels were downloaded
                 containers.stop()
-            self.log(f"training job {name}: {len(containers.hosts)} host(s), log {log_file}")
-            code = containers.run(log_file)
+            self.log(f"training job {name}: {len(containers.hosts)} host(s), logs {job_dir}/algo-*/container.log")
+            shipping = threading.Event()
+            shipper = threading.Thread(target=self._ship_logs, args=(containers, shipping), daemon=True)
+            shipper.start()
+            code = containers.run()
+            shipping.set()
+            shipper.join()  # every line is in CloudWatch Logs before the job says it ended, as on AWS
             saved = containers.save_checkpoints(self._upload)
             if containers.stopped.is_set():
                 run.status = "Stopped"
                 self.log(f"training job {name}: Stopped ({saved} checkpoint files kept)")
                 return
             if code != 0:
-                raise RuntimeError(containers.failure() or f"the container exited with status {code}")
+                # what SageMaker makes of /opt/ml/output/failure (API_DescribeTrainingJob: FailureReason, at most
+                # 1024 characters); the SDK's driver writes its own there when the script did not
+                run.failure = f"AlgorithmError: {containers.failure()}, exit code: {code}"[:1024]
+                run.status = "Failed"
+                self.log(f"training job {name}: Failed: {run.failure}")
+                return
             model = S3Location.parse(self._backend().describe_training_job(name)["ModelArtifacts"]["S3ModelArtifacts"])
             s3 = self.client("s3")
             s3.upload_file(str(containers.pack("model", job_dir / "model.tar.gz")), model.bucket, model.prefix)
@@ -295,13 +304,41 @@ class Emulator:
             s3.upload_file(str(containers.pack("output/data", job_dir / "output.tar.gz")), model.bucket, output)
             run.status = "Completed"
             self.log(f"training job {name}: Completed, s3://{model.bucket}/{model.prefix}")
-        except Exception as exc:  # noqa: BLE001 - reported as the job's FailureReason
-            tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
-            run.failure = f"AlgorithmError: {exc}\n{tail}".strip()
+        except Exception as exc:  # noqa: BLE001 - the harness's own failure, reported as the job's
+            run.failure = f"InternalServerError: the rehearsal could not run the job: {exc}"
             run.status = "Failed"
             self.log(f"training job {name}: Failed: {exc}\n{traceback.format_exc()}")
         finally:
             run.seconds = time.perf_counter() - t0
+
+    def _ship_logs(self, containers, done: threading.Event) -> None:
+        """Each host's output into CloudWatch Logs as SageMaker sends it: group /aws/sagemaker/TrainingJobs, stream
+        ``<job>/<host>-<epoch>``, a few seconds behind, where the SDK's ``TrainingJob.wait(logs=True)`` reads it
+        (sagemaker/core/resources.py, MultiLogStreamHandler with prefix ``<job>/``)."""
+        logs, group, name = self.client("logs"), "/aws/sagemaker/TrainingJobs", containers.body["TrainingJobName"]
+        try:
+            logs.create_log_group(logGroupName=group)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        streams, sent = {}, {}
+        for host in containers.hosts:
+            streams[host] = f"{name}/{host}-{int(time.time())}"
+            logs.create_log_stream(logGroupName=group, logStreamName=streams[host])
+            sent[host] = 0
+        while True:
+            last = done.wait(2.0)
+            for host, stream in streams.items():
+                path = containers.log(host)
+                data = path.read_bytes()[sent[host]:] if path.exists() else b""
+                complete = data if last else data[:data.rfind(b"\n") + 1]
+                lines = [line for line in complete.decode(errors="replace").splitlines() if line.strip()]
+                sent[host] += len(complete)
+                now = int(time.time() * 1000)
+                for i in range(0, len(lines), 1000):  # PutLogEvents takes up to 10,000 events
+                    logs.put_log_events(logGroupName=group, logStreamName=stream,
+                                        logEvents=[{"timestamp": now, "message": line} for line in lines[i:i + 1000]])
+            if last:
+                return
 
     def stop_training(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """StopTrainingJob (not in moto 5.2): SIGTERM to the job's containers; it then says Stopping, Stopped.

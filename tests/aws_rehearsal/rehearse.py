@@ -250,11 +250,21 @@ def policy_actions(path: Path = POLICY) -> set[str]:
             for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
 
 
+# Actions a real account needs that no call here shows: a request's implied permissions (a job or model passes
+# the execution role; a Create* with Tags also needs AddTags), the log the SDK reads while a job runs on AWS, and
+# the notebook instance the SDK asks about when the course runs on one (get_execution_role)
+IMPLIED = {"iam:PassRole": "CreateTrainingJob and CreateModel pass the execution role",
+           "sagemaker:AddTags": "Create* requests with Tags",
+           "logs:GetLogEvents": "TrainingJob.wait(logs=True) on AWS",
+           "sagemaker:DescribeNotebookInstance": "get_execution_role on a notebook instance"}
+
+
 def check_policy(proxy_calls: list[str], client_calls: list[str], path: Path = POLICY) -> list[str]:
-    """'action (e.g. the call that needed it)' for every action called that the policy does not allow."""
+    """'action (e.g. the call that needed it)' for every action called, or implied, that the policy does not
+    allow."""
     allowed = policy_actions(path)
-    return [f"{action} (e.g. {call})" for action, call in sorted(iam_actions(proxy_calls, client_calls).items())
-            if action.lower() not in allowed]
+    needed = {**IMPLIED, **iam_actions(proxy_calls, client_calls)}
+    return [f"{action} (e.g. {call})" for action, call in sorted(needed.items()) if action.lower() not in allowed]
 
 
 def interrupted_training(cli: str, params: Path, run_id: str, env: dict[str, str], emulator: Emulator, log: Path,
@@ -292,9 +302,14 @@ def interrupted_training(cli: str, params: Path, run_id: str, env: dict[str, str
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
-    stopped = "SageMaker.StopTrainingJob" in emulator.calls[seen:]
+    after = emulator.calls[seen:]
+    # the kernel's own StopTrainingJob, before the runner's fallback lists the run's jobs (course.py,
+    # _stop_aws_training: ListTrainingJobs, then a stop for each one still InProgress)
+    stopped = "SageMaker.StopTrainingJob" in after and after.index("SageMaker.StopTrainingJob") < (
+        after.index("SageMaker.ListTrainingJobs") if "SageMaker.ListTrainingJobs" in after else len(after))
     return (0 if stopped and code == 130 else 1), (f"exit {code} after Ctrl-C (130: interrupted); StopTrainingJob "
-                                                   f"{'seen' if stopped else 'NOT seen'} by the proxy; log {log}")
+                                                   f"{'seen' if stopped else 'NOT seen'} from the notebook's kernel; "
+                                                   f"log {log}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,8 +149,8 @@ def test_a_training_container_gets_sagemakers_layout_and_its_model_comes_back_as
     if "proxy-test" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket="proxy-test")
     s3.put_object(Bucket="proxy-test", Key="train-data/cat/1.jpg", Body=b"jpeg")
-    start_job(sm, "layout", "cp /opt/ml/input/config/*.json /opt/ml/model/ && cp -r /opt/ml/input/data/train "
-                            "/opt/ml/model/ && echo $TRAINING_JOB_NAME > /opt/ml/output/data/name",
+    start_job(sm, "layout", "echo started on $(hostname) && cp /opt/ml/input/config/*.json /opt/ml/model/ && cp -r "
+                            "/opt/ml/input/data/train /opt/ml/model/ && echo $TRAINING_JOB_NAME > /opt/ml/output/data/name",
               HyperParameters={"epochs": "1"},
               InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
                   "S3DataType": "S3Prefix", "S3Uri": "s3://proxy-test/train-data"}}}])
@@ -164,14 +164,22 @@ def test_a_training_container_gets_sagemakers_layout_and_its_model_comes_back_as
     assert "train" in json.loads(model["inputdataconfig.json"]) and model["train/cat/1.jpg"] == b"jpeg"
     assert members(s3, key.replace("model.tar.gz", "output.tar.gz")) == {"name": b"layout\n"}
     assert not Path("/opt/ml/model/hyperparameters.json").exists()  # the container's /opt/ml was its own
+    # what the container printed is in CloudWatch Logs where the SDK's TrainingJob.wait(logs=True) looks for it
+    logs = client(emulator, "logs")
+    streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="layout/")
+    [stream] = [s["logStreamName"] for s in streams["logStreams"]]
+    assert stream.startswith("layout/algo-1-")
+    events = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)["events"]
+    assert [e["message"] for e in events] == ["started on algo-1"]
 
 
 def test_a_failed_container_makes_the_job_failed_with_its_failure_file(emulator):
     sm = client(emulator, "sagemaker")
     start_job(sm, "fails", "echo 'no images in the train channel' > /opt/ml/output/failure; exit 3")
     job = wait_job(sm, "fails")
-    assert job["TrainingJobStatus"] == "Failed"
-    assert "no images in the train channel" in job["FailureReason"]
+    # as on AWS: the failure file and the exit status, not the log (which is in CloudWatch Logs)
+    assert (job["TrainingJobStatus"], job["FailureReason"]) == (
+        "Failed", "AlgorithmError: no images in the train channel, exit code: 3")
     with pytest.raises(ClientError) as err:  # a second job of that name: AWS refuses, moto would replace it
         start_job(sm, "fails", "true")
     assert err.value.response["Error"]["Code"] == "ResourceInUse"

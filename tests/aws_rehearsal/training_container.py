@@ -118,23 +118,26 @@ class TrainingContainers:
                 "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{self.region}:123456789012:training-job/{name.lower()}",
                 **(self.body.get("Environment") or {})}
 
-    def run(self, log: Path) -> int:
+    def log(self, host: str) -> Path:
+        """What the host's container prints (SageMaker sends it to CloudWatch Logs, one stream per host)."""
+        return self.job_dir / host / "container.log"
+
+    def run(self) -> int:
         """Start every host's container and wait; the first non-zero exit status (0 when all succeeded)."""
         spec = self.body["AlgorithmSpecification"]
         argv = list(spec.get("ContainerEntrypoint") or []) + list(spec.get("ContainerArguments") or [])
         if not argv:
             raise RuntimeError("the job has no ContainerEntrypoint: only ModelTrainer jobs with source_code are "
                                "rehearsed (the image's own entry point is not here)")
-        with open(log, "ab") as out:
-            for host in self.hosts:
-                root = self.job_dir / host
-                with self._lock:
-                    if self.stopped.is_set():
-                        break
-                    self.procs.append(subprocess.Popen(
-                        container_command(argv, root, self.hosts, host), cwd=root, env=self.environment(host),
-                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            codes = [proc.wait() for proc in self.procs]
+        for host in self.hosts:
+            root = self.job_dir / host
+            with self._lock, open(self.log(host), "ab") as out:
+                if self.stopped.is_set():
+                    break
+                self.procs.append(subprocess.Popen(
+                    container_command(argv, root, self.hosts, host), cwd=root, env=self.environment(host),
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        codes = [proc.wait() for proc in self.procs]
         return next((code for code in codes if code), 0 if len(codes) == len(self.hosts) else 1)
 
     def stop(self) -> None:
@@ -152,7 +155,7 @@ class TrainingContainers:
                     pass
 
     def failure(self) -> str:
-        """``/opt/ml/output/failure`` of the first host that wrote one."""
+        """``/opt/ml/output/failure`` of the first host that wrote one (the job's FailureReason on AWS)."""
         for host in self.hosts:
             path = self.job_dir / host / "ml" / "output" / "failure"
             if path.exists() and path.read_text(errors="replace").strip():

@@ -183,6 +183,54 @@ def test_an_interrupt_the_sdks_train_would_swallow_still_stops_the_job(capsys):
     assert "stopped training job job-1" in capsys.readouterr().err
 
 
+class _CtrlCInsideTrain(_SdkTrainer):
+    """Ctrl-C arrives while ``train()`` describes the job it just created (TrainingJob.create, then get), where the
+    SDK's wrapper would turn the KeyboardInterrupt into a normal return."""
+
+    def train(self, input_data_config, wait, logs):
+        import os
+        import signal
+
+        try:
+            self._latest_training_job = self.job
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # swallowed, as the wrapper does
+        return None
+
+
+def test_ctrl_c_inside_train_is_held_until_it_returns_and_then_stops_the_job(capsys):
+    from cloudalliance.training import sagemaker
+
+    client, stub = _stubbed_sagemaker("InProgress", "stop")
+    with pytest.raises(KeyboardInterrupt):
+        sagemaker.start_sagemaker_training(_CtrlCInsideTrain(_Job("job-1")), "s3://b/train", sagemaker_client=client)
+    stub.assert_no_pending_responses()
+    assert "stopped training job job-1" in capsys.readouterr().err
+
+
+class _LoggingJob(_Job):
+    """TrainingJob.wait(logs=True) as the SDK does it: each CloudWatch line logged at INFO on its module's logger
+    (sagemaker/core/resources.py, TrainingJob.wait), which has no handler of its own."""
+
+    def wait(self, logs):
+        import logging
+
+        logging.getLogger("sagemaker.core.resources").info("algo-1-1700000000:\nepoch 1/1: val accuracy 0.91")
+        logging.getLogger("sagemaker.core.resources").info("Final Resource Status: [bold]Completed")
+
+
+def test_the_jobs_log_is_printed_while_it_is_followed(capsys):
+    import logging
+
+    from cloudalliance.training import sagemaker
+
+    assert sagemaker.start_sagemaker_training(_SdkTrainer(_LoggingJob("job-1")), "s3://b/train") == "job-1"
+    out = capsys.readouterr().out
+    assert "epoch 1/1: val accuracy 0.91" in out and "Final Resource Status: Completed" in out
+    assert not logging.getLogger("sagemaker.core.resources").handlers  # put back as it was
+
+
 def test_a_wait_error_polls_on_and_only_a_lasting_one_stops_the_job(capsys):
     """``TrainingJob.wait`` refreshes with nothing around it (resources.py), so one throttled describe or a
     log-read denial raises out of it: the job is then followed by DescribeTrainingJob, which may fail a while."""

@@ -5,11 +5,16 @@ the model brought back from ``model.tar.gz``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,8 +51,6 @@ CONSTRAINTS_FILE = Path(__file__).resolve().parents[3] / "requirements" / "const
 
 
 def _canonical(name: str) -> str:
-    import re
-
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -229,12 +232,15 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
     before = getattr(trainer, "_latest_training_job", None)  # a reused trainer's previous job is not this one
     try:
         # the job is created by train() and waited for here: train()'s telemetry wrapper turns an interrupt into a
-        # normal return (`return response` in a `finally`, sagemaker/core/telemetry/telemetry_logging.py:419-422)
-        trainer.train(input_data_config=channels, wait=False, logs=False)
+        # normal return (`return response` in a `finally`, sagemaker/core/telemetry/telemetry_logging.py:420-423),
+        # so an interrupt during train() is held until it returns, with the job's name known
+        with _interrupt_held():
+            trainer.train(input_data_config=channels, wait=False, logs=False)
         if getattr(trainer, "_latest_training_job", None) is before:
             raise LaunchError("ModelTrainer.train returned without creating a training job")
         if wait:
-            trainer._latest_training_job.wait(logs=logs)  # TrainingJob.wait: Completed, Stopped, or it raises
+            with _sdk_log_shown(logs):
+                trainer._latest_training_job.wait(logs=logs)  # TrainingJob.wait: Completed, Stopped, or it raises
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the job must not bill on unwatched
         job = getattr(trainer, "_latest_training_job", None)
         name = getattr(job, "training_job_name", None) if job is not before else None
@@ -261,6 +267,49 @@ def start_sagemaker_training(trainer, train_s3_uri: str, test_s3_uri: str | None
                               f"{RERUN_STARTS_OVER}") from exc
         raise exc  # an interrupt stays one
     return trainer._latest_training_job.training_job_name
+
+
+@contextlib.contextmanager
+def _interrupt_held():
+    """Ctrl-C (or the notebook's stop button) during the block is raised when the block ends, not lost in it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread gets signals
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sdk_log_shown(show: bool):
+    """Print the job's log while ``TrainingJob.wait(logs=True)`` follows it: the SDK logs each CloudWatch line at
+    INFO on ``sagemaker.core.resources``, a logger with no handler unless SAGEMAKER_ENABLE_RICH_LOGGING is set
+    (sagemaker/core/utils/utils.py, ``get_textual_rich_logger``), so without one the notebook shows nothing."""
+    log = logging.getLogger("sagemaker.core.resources")
+    if not show or (log.isEnabledFor(logging.INFO) and log.hasHandlers()):
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.level, log.propagate = saved
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:  # the SDK's lines carry rich's markup ("[bold]Completed")
+        return re.sub(r"\[/?bold\]", "", super().format(record))
 
 
 def _poll_until_ended(job_name: str, sagemaker_client, poll_s: float, patience_s: float) -> str | None:

@@ -206,8 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     # inside a SageMaker job (the toolkit sets SM_TRAINING_ENV, the platform TRAINING_JOB_NAME) a progress bar
     # only floods CloudWatch with carriage-return lines
     in_job = bool(os.environ.get("SM_TRAINING_ENV") or os.environ.get("TRAINING_JOB_NAME"))
-    run(cfg, args.train, args.model_dir, args.output_data_dir, args.checkpoint_dir, args.test,
-        progress=args.progress == "true" and not in_job)
+    try:
+        run(cfg, args.train, args.model_dir, args.output_data_dir, args.checkpoint_dir, args.test,
+            progress=args.progress == "true" and not in_job)
+    except (Exception, SystemExit) as exc:
+        # SageMaker reports this file as the job's FailureReason; without it the SDK's driver writes its own, which
+        # names only the command that failed (sagemaker/train/container_drivers/common/utils.py, write_failure_file)
+        failure = os.environ.get("SM_OUTPUT_FAILURE")
+        if failure and in_job:
+            Path(failure).write_text(f"{type(exc).__name__}: {exc}"[:900])
+        raise
     return 0
 
 
