@@ -216,7 +216,7 @@ class _LoggingJob(_Job):
     def wait(self, logs):
         import logging
 
-        logging.getLogger("sagemaker.core.resources").info("algo-1-1700000000:\nepoch 1/1: val accuracy 0.91")
+        logging.getLogger("sagemaker.core.resources").info("job-1/algo-1-1700000000:\nepoch 1/1: val accuracy 0.91")
         logging.getLogger("sagemaker.core.resources").info("Final Resource Status: [bold]Completed")
 
 
@@ -227,7 +227,7 @@ def test_the_jobs_log_is_printed_while_it_is_followed(capsys):
 
     assert sagemaker.start_sagemaker_training(_SdkTrainer(_LoggingJob("job-1")), "s3://b/train") == "job-1"
     out = capsys.readouterr().out
-    assert "epoch 1/1: val accuracy 0.91" in out and "Final Resource Status: Completed" in out
+    assert "[algo-1] epoch 1/1: val accuracy 0.91\n" in out and "Final Resource Status: Completed\n" in out
     assert not logging.getLogger("sagemaker.core.resources").handlers  # put back as it was
 
 

@@ -308,8 +308,12 @@ def _sdk_log_shown(show: bool):
 
 
 class _PlainFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:  # the SDK's lines carry rich's markup ("[bold]Completed")
-        return re.sub(r"\[/?bold\]", "", super().format(record))
+    """The SDK's lines as a learner reads them: "<job>/algo-1-<epoch>:\\n<line>" as "[algo-1] <line>", and without
+    rich's markup ("[bold]Completed")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = re.sub(r"\[/?bold\]", "", super().format(record))
+        return re.sub(r"^\S+/(algo-\d+)-\d+:\n", r"[\1] ", text)
 
 
 def _poll_until_ended(job_name: str, sagemaker_client, poll_s: float, patience_s: float) -> str | None:
