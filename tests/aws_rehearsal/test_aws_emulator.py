@@ -185,6 +185,22 @@ def test_a_failed_container_makes_the_job_failed_with_its_failure_file(emulator)
     assert err.value.response["Error"]["Code"] == "ResourceInUse"
 
 
+def test_a_host_that_fails_fails_the_job_and_ends_the_other_hosts(emulator):
+    """Two hosts: algo-2 fails at once while algo-1 would wait for it (as torchrun waits for a peer)."""
+    sm = client(emulator, "sagemaker")
+    sm.create_training_job(
+        TrainingJobName="two-hosts", RoleArn=ROLE_ARN,
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File",
+                                "ContainerEntrypoint": ["/bin/bash", "-c"],
+                                "ContainerArguments": ['[ "$(hostname)" = algo-2 ] && exit 4; sleep 300']},
+        OutputDataConfig={"S3OutputPath": "s3://proxy-test/out"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 2, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 600})
+    job = wait_job(sm, "two-hosts", 40)
+    assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", "AlgorithmError: , exit code: 4")
+    assert all(proc.poll() is not None for proc in emulator.trainings["two-hosts"].containers.procs)
+
+
 def test_stop_training_job_stops_the_container_by_its_pid(emulator):
     """StopTrainingJob (not in moto): Stopping, then Stopped once the container's processes are gone; a job that
     ended cannot be stopped."""

@@ -32,6 +32,7 @@ import sys
 import sysconfig
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,13 +138,21 @@ class TrainingContainers:
                 self.procs.append(subprocess.Popen(
                     container_command(argv, root, self.hosts, host), cwd=root, env=self.environment(host),
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        codes = [proc.wait() for proc in self.procs]
-        return next((code for code in codes if code), 0 if len(codes) == len(self.hosts) else 1)
+        first_failure = 0
+        while None in (codes := [proc.poll() for proc in self.procs]):
+            if any(codes):  # one host failed: the job has failed, end the others
+                first_failure = next(code for code in codes if code)
+                self._end_all()
+            time.sleep(0.5)
+        return first_failure or next((code for code in codes if code), 0 if len(codes) == len(self.hosts) else 1)
 
     def stop(self) -> None:
         """StopTrainingJob: SIGTERM to every container's process group, as SageMaker's stop does, then SIGKILL."""
         with self._lock:
             self.stopped.set()
+        self._end_all()
+
+    def _end_all(self) -> None:
         for proc in self.procs:
             for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
                 if proc.poll() is not None:
