@@ -173,16 +173,6 @@ class _InterruptedJob(_Job):
         raise KeyboardInterrupt
 
 
-def test_an_interrupt_the_sdks_train_would_swallow_still_stops_the_job(capsys):
-    from cloudalliance.training import sagemaker
-
-    client, stub = _stubbed_sagemaker("InProgress", "stop")
-    with pytest.raises(KeyboardInterrupt):
-        sagemaker.start_sagemaker_training(_SdkTrainer(_InterruptedJob("job-1")), "s3://b/train", sagemaker_client=client)
-    stub.assert_no_pending_responses()
-    assert "stopped training job job-1" in capsys.readouterr().err
-
-
 class _CtrlCInsideTrain(_SdkTrainer):
     """Ctrl-C arrives while ``train()`` describes the job it just created (TrainingJob.create, then get), where the
     SDK's wrapper would turn the KeyboardInterrupt into a normal return."""
@@ -199,12 +189,14 @@ class _CtrlCInsideTrain(_SdkTrainer):
         return None
 
 
-def test_ctrl_c_inside_train_is_held_until_it_returns_and_then_stops_the_job(capsys):
+@pytest.mark.parametrize("trainer", [_SdkTrainer(_InterruptedJob("job-1")), _CtrlCInsideTrain(_Job("job-1"))],
+                         ids=["while the job is followed", "inside train, where the SDK would swallow it"])
+def test_an_interrupt_the_sdk_would_swallow_still_stops_the_job(trainer, capsys):
     from cloudalliance.training import sagemaker
 
     client, stub = _stubbed_sagemaker("InProgress", "stop")
     with pytest.raises(KeyboardInterrupt):
-        sagemaker.start_sagemaker_training(_CtrlCInsideTrain(_Job("job-1")), "s3://b/train", sagemaker_client=client)
+        sagemaker.start_sagemaker_training(trainer, "s3://b/train", sagemaker_client=client)
     stub.assert_no_pending_responses()
     assert "stopped training job job-1" in capsys.readouterr().err
 
